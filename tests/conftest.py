@@ -1,0 +1,20 @@
+"""Test set-up: 8 fake CPU devices and a persistent compilation cache.
+
+Both must be set before jax is imported anywhere.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_CACHE = os.environ.setdefault(
+    "FCOS_JAX_COMPILATION_CACHE",
+    str(pathlib.Path.home() / ".cache" / "fcos_jax" / "jax_cache"))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
