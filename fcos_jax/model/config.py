@@ -72,6 +72,8 @@ class ModelConfig:
   focal_gamma: float = 2.0
   reg_loss: str = "giou"  # "giou", "iou" (-log IoU) or "linear_iou".
   reg_weighting: str = "centerness"  # "centerness" or "none" (/ num_pos).
+  iou_smooth: float = 1.0  # IoU = (I + s) / (U + s) in the reg loss: 1 in the
+  # official code (keeps -log IoU finite), 0 in torchvision.
 
   # --- Inference ----------------------------------------------------------
   score_thresh: float = 0.05
@@ -157,14 +159,16 @@ def paper(**overrides) -> ModelConfig:
 
 def torchvision(**overrides) -> ModelConfig:
   """torchvision `fcos_resnet50_fpn`: RGB ImageNet input, no Scale, anchors
-  at j*s, open size ranges, GIoU unweighted, threshold on sqrt score."""
+  at j*s, open size ranges, GIoU unweighted and unsmoothed, threshold on sqrt
+  score."""
   base = dict(
       stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
       pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
       use_scale=False, size_ranges=((0.0, 64.0), (64.0, 128.0), (128.0, 256.0),
                                     (256.0, 512.0), (512.0, INF)),
       size_range_inclusive=False, location_offset="zero",
-      reg_weighting="none", score_thresh=0.2, score_thresh_on="sqrt")
+      reg_weighting="none", iou_smooth=0.0, score_thresh=0.2,
+      score_thresh_on="sqrt")
   base.update(overrides)
   return ModelConfig(**base)
 
