@@ -1,0 +1,1 @@
+"""COCO evaluation of fixed-size detections."""

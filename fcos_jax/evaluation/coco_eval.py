@@ -1,0 +1,92 @@
+"""COCO AP with pycocotools, from the fixed-size detections of `eval_step`.
+
+Every evaluated image counts, including those with no detection (restricting
+`imgIds` to images with detections would inflate AP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from typing import Sequence
+
+import numpy as np
+
+METRIC_NAMES = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl",
+    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+_TABLE_LINES = (
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+)
+
+
+def detections_to_coco(dets: dict, label_to_category_id: Sequence[int]) -> list[dict]:
+  """Fixed-size detections (NumPy) -> COCO results entries.
+
+  dets: image_id [N], boxes [N, K, 4] (x0, y0, x1, y1) original pixels,
+        scores [N, K], classes [N, K] contiguous labels, valid [N, K].
+  """
+  lut = np.asarray(label_to_category_id)
+  results = []
+  for n, k in zip(*np.nonzero(dets["valid"])):
+    x0, y0, x1, y1 = (float(v) for v in dets["boxes"][n, k])
+    results.append({
+        "image_id": int(dets["image_id"][n]),
+        "category_id": int(lut[int(dets["classes"][n, k])]),
+        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+        "score": round(float(dets["scores"][n, k]), 5),
+    })
+  return results
+
+
+def format_table(metrics: dict) -> str:
+  return "\n".join(f" {line} = {metrics[name]:.3f}"
+                   for line, name in zip(_TABLE_LINES, METRIC_NAMES))
+
+
+def coco_evaluate(gt_json: str, results: list[dict],
+                  image_ids: Sequence[int]) -> dict:
+  """Runs COCOeval (bbox) over `image_ids`; returns the 12 standard numbers."""
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+
+  with contextlib.redirect_stdout(io.StringIO()):
+    gt = COCO(gt_json)
+  image_ids = sorted(set(int(i) for i in image_ids))
+  missing = set(image_ids) - set(gt.getImgIds())
+  if missing:
+    raise ValueError(
+        f"{len(missing)} evaluated image id(s) are not in {gt_json}, e.g. "
+        f"{sorted(missing)[:5]}: the evaluation split and the ground truth "
+        "file do not match.")
+  if not results:
+    logging.warning("No detections at all: every metric is 0.")
+    return {name: 0.0 for name in METRIC_NAMES}
+  log = io.StringIO()
+  with contextlib.redirect_stdout(log):
+    dt = gt.loadRes(results)
+    ev = COCOeval(gt, dt, "bbox")
+    ev.params.imgIds = image_ids
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+  return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+
+
+def write_json(path: str, obj) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f)

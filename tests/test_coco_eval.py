@@ -1,0 +1,64 @@
+"""COCO evaluation wrapper: hand-made cases with known AP."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fcos_jax.evaluation import coco_eval
+
+
+def _gt(tmp_path):
+  gt = {
+      "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"},
+                 {"id": 2, "width": 100, "height": 80, "file_name": "b.jpg"}],
+      "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+      "annotations": [
+          {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 20],
+           "area": 600, "iscrowd": 0},
+          {"id": 2, "image_id": 2, "category_id": 7, "bbox": [50, 30, 40, 40],
+           "area": 1600, "iscrowd": 0}],
+  }
+  path = tmp_path / "gt.json"
+  path.write_text(json.dumps(gt))
+  return str(path)
+
+
+def _dets(boxes, classes):
+  n = len(boxes)
+  return {"image_id": np.array([1, 2]),
+          "boxes": np.array(boxes, np.float32).reshape(2, 1, 4),
+          "scores": np.full((2, 1), 0.9, np.float32),
+          "classes": np.array(classes, np.int32).reshape(2, 1),
+          "valid": np.ones((2, 1), bool)}
+
+
+def test_perfect_detections_give_ap_one(tmp_path):
+  dets = _dets([[10, 10, 40, 30], [50, 30, 90, 70]], [0, 1])
+  res = coco_eval.detections_to_coco(dets, [3, 7])
+  assert res[0]["bbox"] == [10.0, 10.0, 30.0, 20.0] and res[1]["category_id"] == 7
+  m = coco_eval.coco_evaluate(_gt(tmp_path), res, [1, 2])
+  assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
+
+
+def test_images_without_detections_still_count(tmp_path):
+  dets = _dets([[10, 10, 40, 30], [50, 30, 90, 70]], [0, 1])
+  dets["valid"][1] = False  # The second image gets no detection.
+  m = coco_eval.coco_evaluate(
+      _gt(tmp_path), coco_eval.detections_to_coco(dets, [3, 7]), [1, 2])
+  # Two categories, one found perfectly, the other missed: mean AP 0.5.
+  assert m["AP"] == pytest.approx(0.5)
+
+
+def test_wrong_class_and_no_results(tmp_path):
+  dets = _dets([[10, 10, 40, 30], [50, 30, 90, 70]], [1, 0])
+  m = coco_eval.coco_evaluate(
+      _gt(tmp_path), coco_eval.detections_to_coco(dets, [3, 7]), [1, 2])
+  assert m["AP"] == pytest.approx(0.0)
+  assert coco_eval.coco_evaluate(_gt(tmp_path), [], [1, 2])["AP"] == 0.0
+  assert "maxDets=100" in coco_eval.format_table(m)
+
+
+def test_unknown_image_id_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="not in"):
+    coco_eval.coco_evaluate(_gt(tmp_path), [], [1, 99])
