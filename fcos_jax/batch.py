@@ -35,7 +35,8 @@ def dummy_batch(batch_size: int, canvas_hw: tuple[int, int], max_boxes: int,
   bw = np.minimum(rng.uniform(4, w / 2, (batch_size, max_boxes)), w - x0)
   bh = np.minimum(rng.uniform(4, h / 2, (batch_size, max_boxes)), h - y0)
   boxes = np.stack([x0, y0, x0 + bw, y0 + bh], -1).astype(np.float32)
-  valid = np.arange(max_boxes)[None, :] < n
+  valid = np.broadcast_to(np.arange(max_boxes)[None, :] < n,
+                          (batch_size, max_boxes))
   return {
       "image": rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8),
       "image_hw": np.tile(np.array([h, w], np.int32), (batch_size, 1)),
