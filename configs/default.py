@@ -1,0 +1,56 @@
+"""Every knob of a run, commented once. Other configs import this and change
+a few fields. As it stands: the official FCOS_imprv_R_50_FPN_1x recipe on
+COCO 2017 from TFDS (batch 16, 90k steps, LR 0.01, steps at 60k/80k).
+"""
+
+import ml_collections
+
+from fcos_jax.data.config import default_data_config
+from fcos_jax.model import config as model_presets
+from fcos_jax.train.config import model_config_dict
+from fcos_jax.train.optimizer import default_optim_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # The model: every field of fcos_jax.model.config.ModelConfig (architecture,
+  # assignment, loss and inference), from a preset (official / paper /
+  # torchvision). The backbone takes torchvision's layout (stride in the 3x3,
+  # RGB ImageNet normalisation) so that torchvision's ImageNet ResNet-50, the
+  # checkpoint users can get, initialises it (config.init_backbone); the head,
+  # targets, losses and inference are the official ones.
+  config.model = model_config_dict(model_presets.official(
+      num_classes=80, stride_in_1x1=False, bn_eps=1e-5, input_bgr=False,
+      input_range=1.0, pixel_mean=model_presets.IMAGENET_RGB_MEAN,
+      pixel_std=model_presets.IMAGENET_RGB_STD))
+
+  # The input pipeline (fcos_jax/data/config.py documents every field).
+  config.data = default_data_config()
+  config.data.source = "tfds"
+
+  # The optimizer and LR schedule (fcos_jax/train/optimizer.py).
+  config.optim = default_optim_config()
+
+  config.global_batch_size = 16  # Images per step over all devices and hosts.
+  config.num_train_steps = 90000
+  config.seed = 0  # Parameter initialisation and data order.
+
+  config.log_every_steps = 20  # Console + TensorBoard (WORKDIR/tensorboard).
+  config.checkpoint_every_steps = 2500
+  config.keep_checkpoints = 3  # Older checkpoints are deleted.
+  config.async_checkpointing = True  # Write checkpoints in the background.
+
+  config.eval_every_steps = 0  # Periodic COCO evaluation; 0 = only at the end.
+  config.eval_at_end = True
+  config.eval_batch_size = 8  # Global; a multiple of the device count.
+
+  # Backbone initialisation, used when the run starts (not on resume):
+  # "" = random; else a torchvision ImageNet ResNet state dict (.pth, needs
+  # torch) or the same saved with numpy (.npz), format "torchvision_resnet".
+  config.init_backbone = ""
+  config.init_backbone_format = "torchvision_resnet"
+
+  # Persistent XLA compilation cache ("" disables it).
+  config.compilation_cache_dir = "~/.cache/fcos_jax/jax_cache"
+  return config

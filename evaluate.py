@@ -1,0 +1,34 @@
+"""Evaluate an FCOS checkpoint with COCO AP.
+
+  python evaluate.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
+  python evaluate.py --config ... --workdir ... --checkpoint 5000
+  python evaluate.py --config ... --workdir ... --checkpoint /path/to/checkpoints/5000
+
+Prints the standard 12-number COCO table and writes detections (COCO results
+format) and metrics (JSON) to WORKDIR/eval.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fcos_jax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml-collections config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (its checkpoints/ are used).")
+flags.DEFINE_string("checkpoint", None,
+                    "A step number or a checkpoint directory; default: latest.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.setup(FLAGS.config)
+  from fcos_jax.evaluation.evaluate_checkpoint import evaluate_checkpoint
+  evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,70 @@
+"""The jitted train and eval steps (pure functions of state and batch).
+
+Under `jax.jit` with the batch sharded over the "data" mesh axis, every sum
+in the loss (positive count, centerness sum) runs over the global batch, so
+the normalisers are global on any number of devices and hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fcos_jax import losses, postprocess, targets
+from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.fcos import FCOS
+from fcos_jax.model.locations import compute_locations
+from fcos_jax.model.preprocess import normalize_images
+from fcos_jax.train.state import TrainState
+
+
+def compute_loss(params, batch, cfg: ModelConfig):
+  """Loss and metrics of one batch (see `fcos_jax.batch` for the format)."""
+  canvas_hw = batch["image"].shape[1:3]
+  locations = compute_locations(canvas_hw, cfg)
+  images = normalize_images(batch["image"], batch["image_hw"], cfg)
+  outputs = FCOS(cfg).apply({"params": params}, images)
+  tgt = targets.assign_targets(batch["boxes"], batch["classes"],
+                               batch["box_valid"], batch["is_crowd"],
+                               locations, cfg)
+  return losses.fcos_loss(outputs, tgt, locations, cfg)
+
+
+def train_step(state: TrainState, batch, *, cfg: ModelConfig,
+               tx: optax.GradientTransformation, schedule):
+  """One SGD update. Returns (new_state, metrics)."""
+  (loss, metrics), grads = jax.value_and_grad(
+      compute_loss, has_aux=True)(state.params, batch, cfg)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  # A non-finite loss or gradient never reaches the parameters: keep the last
+  # good state and remember the step, so the host can stop with a clear error.
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.first_bad_step < 0)
+  keep = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.where(ok, n, o), new, old)
+  first_bad = jnp.where((state.first_bad_step < 0) & ~ok, state.step,
+                        state.first_bad_step)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state), first_bad_step=first_bad)
+  metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                 lr=schedule(state.step))
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, cfg: ModelConfig):
+  """Detections of one batch, fixed shape, in original image coordinates."""
+  canvas_hw = batch["image"].shape[1:3]
+  locations = compute_locations(canvas_hw, cfg)
+  images = normalize_images(batch["image"], batch["image_hw"], cfg)
+  outputs = FCOS(cfg).apply({"params": params}, images)
+  dets = postprocess.postprocess(outputs, locations, batch["image_hw"],
+                                 batch["orig_hw"], cfg)
+  dets["valid"] = dets["valid"] & batch["example_valid"][:, None]
+  dets["image_id"] = batch["image_id"]
+  return dets

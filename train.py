@@ -1,0 +1,35 @@
+"""Train FCOS.
+
+  python train.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
+  python train.py --config configs/fcos_imprv_r50_1x.py --workdir gs://.../run1 \
+      --config.data.tfds_data_dir=... --config.global_batch_size=16
+
+A run resumes by itself from the latest checkpoint in --workdir. Any config
+field can be overridden with --config.FIELD=value; an unknown field or a
+value of the wrong type is refused.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fcos_jax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml-collections config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.setup(FLAGS.config)
+  from fcos_jax.train.loop import train_and_evaluate  # After jax is set up.
+  metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if metrics:
+    logging.info("Final COCO AP %.4f, AP50 %.4f.", metrics["AP"], metrics["AP50"])
+
+
+if __name__ == "__main__":
+  app.run(main)
