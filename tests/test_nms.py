@@ -29,7 +29,8 @@ def numpy_greedy_nms(boxes, scores, classes, valid, iou_threshold, max_output):
       inter = np.float32(w * h)
       area_i = np.float32((boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1]))
       area_j = np.float32((boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1]))
-      iou = np.float32(inter / np.float32(area_i + area_j - inter))
+      with np.errstate(invalid="ignore"):  # 0/0 for two empty boxes: NaN,
+        iou = np.float32(inter / np.float32(area_i + area_j - inter))  # kept.
       if float(iou) > iou_threshold:
         suppressed[j] = True
   return keep[:max_output]

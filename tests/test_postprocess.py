@@ -1,0 +1,245 @@
+"""Post-processing against a NumPy reference and torchvision's FCOS."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fcos_jax.model import config as config_lib
+from fcos_jax.model.locations import compute_locations
+from fcos_jax.postprocess import make_postprocess_fn, postprocess
+from test_nms import numpy_greedy_nms
+
+CANVAS = (128, 256)  # Levels 16x32, 8x16, 4x8, 2x4, 1x2.
+NUM_CLASSES = 6
+
+
+def head_outputs(batch, num_locations, num_classes, cfg, seed):
+  """Random head outputs with many candidates above either threshold:
+  background logits near -6, and 15% of the locations with a few confident
+  classes. Regression in stride units (norm_reg_targets) or pixels."""
+  rng = np.random.default_rng(seed)
+  cls = rng.normal(-6.0, 1.0, (batch, num_locations, num_classes))
+  for b in range(batch):
+    loc = rng.choice(num_locations, num_locations * 15 // 100, replace=False)
+    for _ in range(2):
+      cls[b, loc, rng.integers(0, num_classes, len(loc))] = rng.uniform(
+          -3, 5, len(loc))
+  reg = rng.uniform(0.1, 4.0, (batch, num_locations, 4))
+  if not cfg.norm_reg_targets:
+    reg = reg * 24.0  # Pixels.
+  ctr = rng.normal(0.5, 1.5, (batch, num_locations))
+  return {"cls_logits": cls.astype(np.float32),
+          "box_regression": reg.astype(np.float32),
+          "centerness": ctr.astype(np.float32)}
+
+
+def image_sizes(batch, canvas, seed):
+  """Resized sizes inside the canvas (some padded) and original sizes."""
+  rng = np.random.default_rng(seed)
+  image_hw = np.stack([rng.integers(canvas[0] // 2, canvas[0] + 1, batch),
+                       rng.integers(canvas[1] // 2, canvas[1] + 1, batch)], 1)
+  image_hw[0] = canvas
+  orig_hw = (image_hw * rng.uniform(0.5, 3.0, (batch, 1))).astype(np.int32)
+  return image_hw.astype(np.int32), orig_hw
+
+
+def sigmoid32(x):
+  return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
+
+
+def reference_postprocess(outputs, locations, image_hw, orig_hw, cfg):
+  """Per image, per level, with NumPy boolean indexing and sorting, as the
+  official FCOS / torchvision code does. Returns a list of dicts."""
+  results = []
+  c = cfg.num_classes
+  for b in range(image_hw.shape[0]):
+    boxes, scores, classes = [], [], []
+    for level, stride in enumerate(cfg.strides):
+      sl = locations.level_slice(level)
+      prob = sigmoid32(outputs["cls_logits"][b, sl])
+      ctr = sigmoid32(outputs["centerness"][b, sl])[:, None]
+      if cfg.score_thresh_on == "prob":
+        cand, rank = prob > cfg.score_thresh, prob * ctr
+      else:
+        rank = np.sqrt(prob * ctr)
+        cand = rank > cfg.score_thresh
+      flat = np.flatnonzero(cand.ravel())
+      order = np.argsort(-rank.ravel()[flat], kind="stable")
+      idx = flat[order[:cfg.pre_nms_topk]]
+      loc, cl = idx // c, idx % c
+      d = outputs["box_regression"][b, sl][loc]
+      if cfg.norm_reg_targets:
+        d = d * np.float32(stride)
+      x, y = locations.points[sl][loc].T
+      box = np.stack([x - d[:, 0], y - d[:, 1], x + d[:, 2], y + d[:, 3]], 1)
+      h, w = image_hw[b]
+      box = np.clip(box, 0, np.array([w, h, w, h], np.float32))
+      boxes.append(box)
+      scores.append(np.sqrt((prob * ctr).ravel()[idx]))
+      classes.append(cl)
+    boxes, scores, classes = (np.concatenate(x) for x in (boxes, scores,
+                                                          classes))
+    keep = numpy_greedy_nms(boxes, scores, classes, np.ones(len(scores), bool),
+                            cfg.nms_iou, cfg.max_detections)
+    ratio = orig_hw[b].astype(np.float32) / image_hw[b].astype(np.float32)
+    scale = np.array([ratio[1], ratio[0], ratio[1], ratio[0]], np.float32)
+    results.append({"boxes": boxes[keep] * scale, "scores": scores[keep],
+                    "classes": classes[keep]})
+  return results
+
+
+def assert_matches(got, want, max_diff_frac=0.0):
+  """Detections matched in score order: boxes within 1e-2 px, scores within
+  1e-4, same classes. `max_diff_frac` tolerates a tail of near-ties."""
+  for b, ref in enumerate(want):
+    n = len(ref["scores"])
+    valid = np.asarray(got["valid"][b])
+    assert n >= 20, "too few detections for a meaningful comparison"
+    assert valid.sum() == n and valid[:n].all()
+    boxes = np.asarray(got["boxes"][b][:n])
+    scores = np.asarray(got["scores"][b][:n])
+    classes = np.asarray(got["classes"][b][:n])
+    same = ((np.abs(boxes - ref["boxes"]).max(1) <= 1e-2) &
+            (np.abs(scores - ref["scores"]) <= 1e-4) &
+            (classes == ref["classes"]))
+    assert (~same).sum() <= max_diff_frac * n, (
+        f"image {b}: {(~same).sum()} of {n} detections differ, first at "
+        f"{np.flatnonzero(~same)[:5]}")
+    # Padding slots are zeros.
+    assert not np.asarray(got["boxes"][b][n:]).any()
+    assert not np.asarray(got["scores"][b][n:]).any()
+
+
+@pytest.mark.parametrize("preset,topk,max_det", [
+    ("official", 60, 40), ("paper", 1000, 50), ("torchvision", 60, 40)])
+def test_matches_numpy_reference(preset, topk, max_det):
+  cfg = config_lib.PRESETS[preset](num_classes=NUM_CLASSES,
+                                   pre_nms_topk=topk, max_detections=max_det)
+  locations = compute_locations(CANVAS, cfg)
+  outputs = head_outputs(3, locations.num_locations, NUM_CLASSES, cfg, seed=1)
+  image_hw, orig_hw = image_sizes(3, CANVAS, seed=2)
+  got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
+  want = reference_postprocess(outputs, locations, image_hw, orig_hw, cfg)
+  assert_matches(got, want)
+  assert got["boxes"].shape == (3, max_det, 4)
+  assert got["classes"].dtype == np.int32
+
+
+def test_no_candidates_gives_no_detections():
+  cfg = config_lib.official(num_classes=NUM_CLASSES)
+  locations = compute_locations(CANVAS, cfg)
+  outputs = head_outputs(2, locations.num_locations, NUM_CLASSES, cfg, seed=3)
+  outputs["cls_logits"] = np.full_like(outputs["cls_logits"], -10.0)
+  image_hw, orig_hw = image_sizes(2, CANVAS, seed=4)
+  got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
+  assert not np.asarray(got["valid"]).any()
+  assert not np.asarray(got["boxes"]).any()
+
+
+def test_boxes_clipped_to_image_not_canvas():
+  cfg = config_lib.official(num_classes=NUM_CLASSES)
+  locations = compute_locations(CANVAS, cfg)
+  outputs = head_outputs(2, locations.num_locations, NUM_CLASSES, cfg, seed=5)
+  outputs["box_regression"] *= 10.0  # Boxes far beyond the image.
+  image_hw = np.array([[100, 150], [64, 200]], np.int32)
+  got = make_postprocess_fn(locations, cfg)(outputs, image_hw, image_hw)
+  boxes, valid = np.asarray(got["boxes"]), np.asarray(got["valid"])
+  assert valid.sum() > 10
+  for b in range(2):
+    h, w = image_hw[b]
+    bx = boxes[b][valid[b]]
+    assert bx.min() >= 0 and bx[:, [0, 2]].max() == w and bx[:, [1, 3]].max() == h
+
+
+def test_bad_shapes_are_named():
+  cfg = config_lib.official(num_classes=NUM_CLASSES)
+  locations = compute_locations(CANVAS, cfg)
+  outputs = head_outputs(1, locations.num_locations, NUM_CLASSES, cfg, seed=6)
+  hw = np.array([CANVAS], np.int32)
+  with pytest.raises(ValueError, match="cls_logits.*num_classes"):
+    postprocess(outputs, locations, hw, hw, cfg.replace(num_classes=7))
+  with pytest.raises(ValueError, match="orig_hw"):
+    postprocess(outputs, locations, hw, hw[0], cfg)
+  with pytest.raises(KeyError, match="centerness"):
+    postprocess({k: v for k, v in outputs.items() if k != "centerness"},
+                locations, hw, hw, cfg)
+
+
+def torchvision_anchors(locations, strides):
+  """Boxes of side s centred on each location: torchvision's FCOS anchors."""
+  s = np.concatenate([np.full(h * w, st, np.float32)
+                      for (h, w), st in zip(locations.level_sizes, strides)])
+  return np.concatenate([locations.points - s[:, None] / 2,
+                         locations.points + s[:, None] / 2], 1)
+
+
+def torchvision_fcos(cfg):
+  """torchvision's FCOS with a stub backbone (32 channels): the weights play
+  no part in post-processing, and a ResNet-50 is slow to build."""
+  torch = pytest.importorskip("torch")
+  detection = pytest.importorskip("torchvision.models.detection")
+  backbone = torch.nn.Identity()
+  backbone.out_channels = 32
+  return detection.FCOS(
+      backbone, num_classes=cfg.num_classes, score_thresh=cfg.score_thresh,
+      nms_thresh=cfg.nms_iou, detections_per_img=cfg.max_detections,
+      topk_candidates=cfg.pre_nms_topk).eval()
+
+
+@pytest.mark.torch
+def test_matches_torchvision_fcos():
+  torch = pytest.importorskip("torch")
+  detection = pytest.importorskip("torchvision.models.detection")
+  cfg = config_lib.torchvision(num_classes=NUM_CLASSES, pre_nms_topk=80,
+                               max_detections=60)
+  canvas = (256, 384)  # Multiples of 128: torchvision's anchor strides agree.
+  locations = compute_locations(canvas, cfg)
+  batch = 3
+  outputs = head_outputs(batch, locations.num_locations, NUM_CLASSES, cfg, 7)
+  image_hw, orig_hw = image_sizes(batch, canvas, seed=8)
+  got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
+
+  model = torchvision_fcos(cfg)
+  # Its own anchor generator for this canvas, checked against our geometry.
+  images = detection.image_list.ImageList(
+      torch.zeros(batch, 3, *canvas), [tuple(hw) for hw in image_hw.tolist()])
+  feats = [torch.zeros(batch, 1, h, w) for h, w in locations.level_sizes]
+  anchors = model.anchor_generator(images, feats)
+  np.testing.assert_array_equal(
+      anchors[0].numpy(), torchvision_anchors(locations, cfg.strides))
+
+  sizes = [h * w for h, w in locations.level_sizes]
+  t = {k: torch.from_numpy(v) for k, v in outputs.items()}
+  head = {"cls_logits": t["cls_logits"], "bbox_regression": t["box_regression"],
+          "bbox_ctrness": t["centerness"][..., None]}
+  split = {k: list(v.split(sizes, dim=1)) for k, v in head.items()}
+  anchors = [list(a.split(sizes)) for a in anchors]
+  image_sizes_list = [tuple(hw) for hw in image_hw.tolist()]
+  with torch.no_grad():
+    dets = model.postprocess_detections(split, anchors, image_sizes_list)
+    dets = model.transform.postprocess(dets, image_sizes_list,
+                                       [tuple(hw) for hw in orig_hw.tolist()])
+  want = [{"boxes": d["boxes"].numpy(), "scores": d["scores"].numpy(),
+           "classes": d["labels"].numpy()} for d in dets]
+  assert_matches(got, want)
+
+
+@pytest.mark.torch
+def test_benchmark_smoke(tmp_path):
+  pytest.importorskip("torch")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "bench.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(root, "benchmarks", "bench_postprocess.py"),
+       "--smoke", "--json", str(out)],
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "speed-up" in proc.stdout
+  import json
+  result = json.loads(out.read_text())
+  assert result["ours_detections"] == result["torchvision_detections"] > 0
