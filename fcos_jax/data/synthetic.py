@@ -1,0 +1,225 @@
+"""A deterministic synthetic detection dataset, written in COCO format.
+
+Five classes of filled shapes (rectangle, ellipse, triangle, cross, ring) in
+colours that contrast with a textured background (gradient + noise), from
+about 8 pixels to most of the image, overlapping but never hidden: a new
+shape is rejected if it would leave an earlier one less than 60% visible,
+and every box is the tight box of the visible pixels of its shape. About 1
+image in 12 has no object; about 1 in 10 has a crowd (iscrowd=1) region of
+many small shapes of one class.
+
+The dataset is a pure function of its parameters; `ensure_synthetic_dataset`
+writes it once (into a temporary folder renamed into place) and reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
+MIN_VISIBLE = 0.6  # Fraction of a shape that must stay visible.
+_VERSION = 1  # Bump when the generator changes: forces a remake.
+
+
+def _shape_mask(kind: int, h: int, w: int) -> np.ndarray:
+  """bool [h, w] mask of shape `kind` filling an h x w box."""
+  y = (np.arange(h)[:, None] + 0.5) / h * 2 - 1  # -1..1 across the box.
+  x = (np.arange(w)[None, :] + 0.5) / w * 2 - 1
+  if kind == 0:
+    return np.ones((h, w), bool)
+  if kind == 1:
+    return x * x + y * y <= 1.0
+  if kind == 2:  # Triangle pointing up.
+    return np.abs(x) <= (y + 1) / 2
+  if kind == 3:
+    return (np.abs(x) <= 0.33) | (np.abs(y) <= 0.33)
+  r = x * x + y * y
+  return (r <= 1.0) & (r >= 0.3)
+
+
+def _background(rng, h: int, w: int) -> np.ndarray:
+  """float [h, w, 3] gradient between two dull colours plus noise."""
+  c0, c1 = rng.uniform(40, 140, 3), rng.uniform(40, 140, 3)
+  if rng.random() < 0.5:
+    c0, c1 = 255 - c0, 255 - c1  # Light backgrounds too.
+  t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else \
+      np.linspace(0, 1, h)[:, None, None]
+  img = c0 + (c1 - c0) * t + np.zeros((h, w, 3))
+  return img + rng.normal(0, rng.uniform(2, 12), (h, w, 1))
+
+
+def _contrasting_colour(rng, background_mean: np.ndarray) -> np.ndarray:
+  for _ in range(20):
+    c = rng.uniform(0, 255, 3)
+    if np.abs(c - background_mean).sum() > 180:
+      return c
+  return 255 - background_mean
+
+
+def _draw(img, owner, mask, y0, x0, colour, index, rng):
+  """Paints `mask` at (y0, x0) with a lightly textured colour."""
+  h, w = mask.shape
+  texture = rng.normal(0, 6, (h, w, 1))
+  region = img[y0:y0 + h, x0:x0 + w]
+  region[mask] = (colour + texture)[mask]
+  owner[y0:y0 + h, x0:x0 + w][mask] = index
+
+
+def _visible_box(owner, index):
+  ys, xs = np.nonzero(owner == index)
+  return (float(xs.min()), float(ys.min()), float(xs.max() + 1),
+          float(ys.max() + 1)), int(len(xs))
+
+
+def make_image(rng, height: int, width: int):
+  """One image: uint8 [H, W, 3] and its annotations (list of dicts with
+  bbox [x, y, w, h], category (0-based), iscrowd, area)."""
+  img = _background(rng, height, width)
+  bg_mean = img.reshape(-1, 3).mean(0)
+  owner = np.full((height, width), -1, np.int32)
+  anns, full_area = [], {}
+  n_obj = 0 if rng.random() < 1 / 12 else int(rng.integers(1, 7))
+  side = min(height, width)
+  crowd_box = None
+  if rng.random() < 0.1:  # A crowd: many small shapes of one class.
+    kind = int(rng.integers(len(CLASSES)))
+    ch, cw = int(side * rng.uniform(0.2, 0.35)), int(side * rng.uniform(0.2, 0.35))
+    cy, cx = int(rng.integers(0, height - ch)), int(rng.integers(0, width - cw))
+    colour = _contrasting_colour(rng, bg_mean)
+    for _ in range(int(rng.integers(8, 16))):
+      s = int(rng.integers(5, 9))
+      y, x = cy + int(rng.integers(0, ch - s)), cx + int(rng.integers(0, cw - s))
+      _draw(img, owner, _shape_mask(kind, s, s), y, x, colour, 1000, rng)
+    box, area = _visible_box(owner, 1000)
+    crowd_box = box
+    anns.append({"bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                 "category": kind, "iscrowd": 1, "area": area})
+  tries = 0
+  while n_obj and tries < 4 * n_obj + 10 and len(full_area) < n_obj:
+    tries += 1
+    kind = int(rng.integers(len(CLASSES)))
+    size = float(np.exp(rng.uniform(np.log(8), np.log(0.8 * side))))
+    aspect = float(np.exp(rng.uniform(-0.5, 0.5)))
+    h = int(np.clip(round(size * aspect), 8, height))
+    w = int(np.clip(round(size / aspect), 8, width))
+    y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    if crowd_box and not (x0 >= crowd_box[2] or x0 + w <= crowd_box[0] or
+                          y0 >= crowd_box[3] or y0 + h <= crowd_box[1]):
+      continue
+    mask = _shape_mask(kind, h, w)
+    under = owner[y0:y0 + h, x0:x0 + w][mask]
+    hidden = np.bincount(under[under >= 0], minlength=1)
+    ok = all(1 - hidden[k] / full_area[k] >= MIN_VISIBLE
+             for k in full_area if k < len(hidden) and hidden[k])
+    if not ok:
+      continue  # Would hide an earlier shape too much.
+    k = len(full_area)
+    full_area[k] = int(mask.sum())
+    anns.append({"kind": kind, "index": k})
+    _draw(img, owner, mask, y0, x0, _contrasting_colour(rng, bg_mean), k, rng)
+  out = []
+  for a in anns:
+    if "index" in a:
+      box, area = _visible_box(owner, a["index"])
+      a = {"bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+           "category": a["kind"], "iscrowd": 0, "area": area}
+    out.append(a)
+  return np.clip(np.round(img), 0, 255).astype(np.uint8), out
+
+
+def _image_hw(image_size) -> tuple[int, int]:
+  if isinstance(image_size, (tuple, list)):
+    return int(image_size[0]), int(image_size[1])
+  return int(image_size), int(image_size)
+
+
+def write_split(out_dir: str, split: str, num_images: int, image_size,
+                seed: int, first_image_id: int = 1) -> str:
+  """Writes images under out_dir/split/ and out_dir/split.json; the json path."""
+  height, width = _image_hw(image_size)
+  img_dir = os.path.join(out_dir, split)
+  os.makedirs(img_dir, exist_ok=True)
+  images, annotations = [], []
+  split_key = {"train": 0, "val": 1}.get(split, 2)
+  for i in range(num_images):
+    rng = np.random.default_rng([seed, split_key, i])
+    pixels, anns = make_image(rng, height, width)
+    image_id = first_image_id + i
+    name = f"{image_id:08d}.jpg"
+    Image.fromarray(pixels).save(os.path.join(img_dir, name), quality=92)
+    images.append({"id": image_id, "file_name": name, "width": width,
+                   "height": height})
+    for a in anns:
+      annotations.append({
+          "id": len(annotations) + 1, "image_id": image_id,
+          "category_id": a["category"] + 1, "bbox": a["bbox"],
+          "area": float(a["area"]), "iscrowd": a["iscrowd"],
+          "segmentation": []})
+  path = os.path.join(out_dir, f"{split}.json")
+  with open(path, "w") as f:
+    json.dump({"images": images, "annotations": annotations,
+               "categories": [{"id": i + 1, "name": n}
+                              for i, n in enumerate(CLASSES)]}, f)
+  return path
+
+
+def _files(d: str) -> dict[str, str]:
+  return {"train_json": os.path.join(d, "train.json"),
+          "train_images": os.path.join(d, "train"),
+          "val_json": os.path.join(d, "val.json"),
+          "val_images": os.path.join(d, "val")}
+
+
+def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
+                             num_val: int = 200, image_size=256,
+                             seed: int = 0) -> dict[str, str]:
+  """Makes the dataset in `directory` unless it is there with these
+  parameters; returns {train_json, train_images, val_json, val_images}.
+
+  image_size: side of square images, or (H, W). Written into a temporary
+  sibling folder and renamed into place, so a crash never leaves a half
+  dataset; a folder made with other parameters is replaced.
+  """
+  params = {"version": _VERSION, "num_train": int(num_train),
+            "num_val": int(num_val), "image_size": list(_image_hw(image_size)),
+            "seed": int(seed)}
+  stamp = os.path.join(directory, "params.json")
+
+  def current():
+    try:
+      with open(stamp) as f:
+        return json.load(f) == params
+    except (OSError, ValueError):
+      return False
+
+  if current():
+    return _files(directory)
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+  try:
+    write_split(tmp, "train", num_train, image_size, seed, first_image_id=1)
+    write_split(tmp, "val", num_val, image_size, seed,
+                first_image_id=1_000_000)
+    with open(os.path.join(tmp, "params.json"), "w") as f:
+      json.dump(params, f)
+    if os.path.exists(directory):
+      if current():  # Someone else finished first.
+        return _files(directory)
+      old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
+      os.rename(directory, os.path.join(old, "d"))
+      shutil.rmtree(old, ignore_errors=True)
+    try:
+      os.rename(tmp, directory)
+    except OSError:
+      if not current():
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return _files(directory)

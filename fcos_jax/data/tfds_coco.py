@@ -1,0 +1,138 @@
+"""TFDS `coco/2017`, exported once to COCO format and read as such.
+
+TFDS stores COCO in sequential record files, which cannot be read at a
+random index; the pipeline needs random access (cheap exact resume, per-
+epoch index shuffles, canvas buckets known before decoding). So each split
+is exported once: the encoded images are copied unchanged (no re-encoding)
+and an instances JSON is written with the standard COCO category ids and
+pixel boxes. That JSON is also the evaluation ground truth unless a real
+`instances_val2017.json` is configured (data.tfds.val_gt_json): the image
+ids are the COCO ids, so both agree.
+
+Labels: TFDS numbers the 80 COCO classes 0..79 in category-id order; COCO
+ids use the 91-id scheme with gaps (`COCO_CATEGORY_IDS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from fcos_jax.data.errors import DataError
+
+# COCO 2017 category id of each TFDS label 0..79, and the names.
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+    23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+    46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64,
+    65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88,
+    89, 90)
+COCO_CATEGORY_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
+    "truck", "boat", "traffic light", "fire hydrant", "stop sign",
+    "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
+    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
+    "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
+    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush")
+_LABEL_TO_ID = np.asarray(COCO_CATEGORY_IDS, np.int64)
+
+
+def tfds_label_to_category_id(labels) -> np.ndarray:
+  """TFDS coco labels 0..79 (any shape) -> COCO category ids."""
+  return _LABEL_TO_ID[np.asarray(labels)]
+
+
+def category_id_to_tfds_label(ids) -> np.ndarray:
+  """COCO category ids (any shape) -> TFDS labels 0..79 (-1 if unknown)."""
+  lut = np.full(max(COCO_CATEGORY_IDS) + 1, -1, np.int64)
+  lut[_LABEL_TO_ID] = np.arange(80)
+  return lut[np.asarray(ids)]
+
+
+def _image_hw(encoded: bytes) -> tuple[int, int]:
+  try:
+    shape = tf.image.extract_jpeg_shape(encoded)  # Header only: cheap.
+  except tf.errors.OpError:
+    shape = tf.shape(tf.io.decode_image(encoded, channels=3,
+                                        expand_animations=False))
+  return int(shape[0]), int(shape[1])
+
+
+def _safe_split_name(split: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_" else "_" for c in split)
+
+
+def export_tfds_split(name: str, split: str, data_dir: str | None = None,
+                      export_dir: str | None = None) -> tuple[str, str]:
+  """Exports a TFDS split to COCO format once; (instances json, image dir).
+
+  Reuses a finished export; writes into a temporary folder renamed into
+  place, so an interrupted export is redone.
+  """
+  import tensorflow_datasets as tfds
+  root = export_dir or os.path.join(
+      data_dir or os.path.expanduser("~/tensorflow_datasets"), "fcos_jax_export")
+  out = os.path.join(root, name.replace("/", "_"), _safe_split_name(split))
+  files = (os.path.join(out, "instances.json"), os.path.join(out, "images"))
+  if os.path.exists(files[0]):
+    return files
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+  except Exception as e:  # TFDS raises many types for a missing dataset.
+    raise DataError(
+        f"TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}) cannot "
+        f"be read: {e}. Prepare it first (tfds build {name} --data_dir=...) "
+        "or set data.tfds.data_dir.") from e
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(out))
+  try:
+    img_dir = os.path.join(tmp, "images")
+    os.makedirs(img_dir)
+    images, annotations = [], []
+    for ex in ds.as_numpy_iterator():
+      image_id = int(ex["image/id"])
+      encoded = ex["image"]
+      h, w = _image_hw(encoded)
+      fname = os.path.basename(ex["image/filename"].decode()) or \
+          f"{image_id:012d}.jpg"
+      with open(os.path.join(img_dir, fname), "wb") as f:
+        f.write(encoded)
+      images.append({"id": image_id, "file_name": fname, "width": w,
+                     "height": h})
+      obj = ex["objects"]
+      # TFDS boxes: normalised (ymin, xmin, ymax, xmax) -> pixel xywh.
+      b = np.asarray(obj["bbox"], np.float64).reshape(-1, 4)
+      ids = tfds_label_to_category_id(np.asarray(obj["label"], np.int64))
+      for k in range(len(b)):
+        x0, y0 = b[k, 1] * w, b[k, 0] * h
+        bw, bh = (b[k, 3] - b[k, 1]) * w, (b[k, 2] - b[k, 0]) * h
+        ann_id = int(obj["id"][k]) if "id" in obj else len(annotations) + 1
+        annotations.append({
+            "id": ann_id, "image_id": image_id, "category_id": int(ids[k]),
+            "bbox": [x0, y0, bw, bh],
+            "area": float(obj["area"][k]) if "area" in obj else bw * bh,
+            "iscrowd": int(bool(obj["is_crowd"][k])), "segmentation": []})
+    with open(os.path.join(tmp, "instances.json"), "w") as f:
+      json.dump({"images": images, "annotations": annotations,
+                 "categories": [{"id": i, "name": n} for i, n in
+                                zip(COCO_CATEGORY_IDS, COCO_CATEGORY_NAMES)]}, f)
+    if os.path.exists(out):
+      shutil.rmtree(out)  # A stale, unfinished export (no instances.json).
+    os.rename(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return files
