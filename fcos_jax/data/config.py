@@ -45,19 +45,21 @@ def default_data_config() -> ml_collections.ConfigDict:
   # remade when the parameters below change.
   c.synthetic.num_train = 2000  # Training images.
   c.synthetic.num_val = 200  # Held-out evaluation images.
-  c.synthetic.image_size = 256  # Side of the square images, pixels.
+  # Side of the square images, or (H, W), pixels.
+  c.synthetic.image_size = ml_collections.FieldReference(256, field_type=object)
   c.synthetic.seed = 0  # Generator seed (the dataset is a function of it).
 
   # --- Geometry ----------------------------------------------------------------
   # Short side after resizing, pixels: an int, or (lo, hi) for multi-scale
   # training (drawn uniformly from the integers lo..hi per training image;
   # evaluation uses hi). Official 1x: 800; 2x: (640, 800).
-  c.min_size = 800
+  c.min_size = ml_collections.FieldReference(800, field_type=object)
   c.max_size = 1333  # Cap on the long side after resizing, pixels.
   # Canvas buckets (H, W); multiples of 32. Each image goes to the smallest
   # canvas that holds it (landscape images to the wide one, portrait to the
   # tall one); every batch uses one canvas on all processes.
-  c.canvases = ((800, 1344), (1344, 800))
+  c.canvases = ml_collections.FieldReference(((800, 1344), (1344, 800)),
+                                            field_type=object)
   c.max_boxes = 100  # M: boxes kept per image (extra ones are counted, logged).
 
   # --- Augmentation and filtering ---------------------------------------------

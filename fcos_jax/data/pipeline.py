@@ -110,29 +110,34 @@ def _choice_cdf(weights) -> np.ndarray:
   return cdf
 
 
-def _choices_tf(steps, seed: int, cdf: np.ndarray):
-  """TF ops: the bucket of each step in `steps` (int64, any shape).
+def _choices_tf(steps, block, seed: int, cdf: np.ndarray):
+  """TF ops: the bucket of each step in `steps` (int64, scalar or [n]), all
+  in the block `block` (= step // K).
 
   Within each block of K steps the buckets appear in proportion to their
   weights (a seeded permutation of evenly spread quantiles), so the mix is
   balanced at every scale and a pure function of (seed, step).
   """
   k = tf.constant(_CHOICE_BLOCK, tf.int64)
-  block = steps // k
-  seeds = tf.stack([tf.fill(tf.shape(steps), tf.constant(seed, tf.int64)),
-                    block], axis=-1)
-  perm = tf.random.experimental.index_shuffle(steps % k, seeds, k - 1)
+  perm = tf.random.experimental.index_shuffle(
+      steps % k, tf.stack([tf.constant(seed, tf.int64), block]), k - 1)
   u = (tf.cast(perm, tf.float64) + 0.5) / float(_CHOICE_BLOCK)
-  return tf.searchsorted(tf.constant(cdf, tf.float64), u[..., None],
-                         side="right", out_type=tf.int64)[..., 0]
+  # Bucket = number of cdf entries <= u (searchsorted, side="right").
+  above = tf.reshape(u, [-1, 1]) >= tf.constant(cdf, tf.float64)[None, :]
+  return tf.reduce_sum(tf.cast(above, tf.int64), axis=1)
 
 
 def bucket_choices(seed: int, start: int, stop: int, weights) -> np.ndarray:
   """[stop - start] canvas bucket of each step in [start, stop)."""
-  if stop <= start:
-    return np.zeros(0, np.int64)
-  steps = tf.range(start, stop, dtype=tf.int64)
-  return _choices_tf(steps, seed % (2**62), _choice_cdf(weights)).numpy()
+  cdf = _choice_cdf(weights)
+  out = [np.zeros(0, np.int64)]
+  for block in range(start // _CHOICE_BLOCK, -(-stop // _CHOICE_BLOCK)):
+    lo = max(start, block * _CHOICE_BLOCK)
+    hi = min(stop, (block + 1) * _CHOICE_BLOCK)
+    steps = tf.range(lo, hi, dtype=tf.int64)
+    out.append(_choices_tf(steps, tf.constant(block, tf.int64),
+                           seed % (2**62), cdf).numpy())
+  return np.concatenate(out)
 
 
 def _process_slices(bucket: np.ndarray, num_buckets: int, process_index: int,
@@ -421,7 +426,7 @@ def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
 
   cdf = _choice_cdf(counts)
   choices = tf.data.Dataset.range(start_step, 2**62).map(
-      lambda t: _choices_tf(t, seed % (2**62), cdf))
+      lambda t: _choices_tf(t, t // _CHOICE_BLOCK, seed % (2**62), cdf)[0])
   ds = tf.data.Dataset.choose_from_datasets(datasets, choices)
   ds = ds.prefetch(int(data_cfg.prefetch)).with_options(_options(data_cfg))
   return BatchIterator(ds, table, info, streams, step_bucket, start_step, B,
