@@ -282,11 +282,12 @@ class BatchIterator:
     n = len(s.members)
     if not self._train:
       return s.members[pos]
-    perm = tf.random.experimental.index_shuffle(
-        tf.constant(pos % n, tf.int64),
-        tf.constant(np.stack([np.full_like(pos, s.seed), pos // n], -1),
-                    tf.int64), tf.constant(n - 1, tf.int64)).numpy()
-    return s.members[perm]
+    # The graph's mapping (see `locate` in build_train_dataset), eagerly.
+    perm = [int(tf.random.experimental.index_shuffle(
+        tf.constant(int(p) % n, tf.int64),
+        tf.constant([s.seed, int(p) // n], tf.int64),
+        tf.constant(n - 1, tf.int64))) for p in pos]
+    return s.members[np.asarray(perm, np.int64)]
 
   def __next__(self) -> dict[str, np.ndarray]:
     b = int(self._step_buckets(self._step))
