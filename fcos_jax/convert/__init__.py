@@ -1,0 +1,1 @@
+"""Weight converters from other frameworks into fcos_jax variables."""

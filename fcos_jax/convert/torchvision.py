@@ -1,0 +1,230 @@
+"""torchvision weights -> fcos_jax variables.
+
+- `convert_fcos_state_dict`: `torchvision.models.detection.fcos_resnet50_fpn`
+  (whole detector) -> {"params": ...} for `FCOS(cfg)` with the torchvision
+  preset, `fcos_jax.model.config.torchvision(num_classes=...)`.
+- `convert_resnet_state_dict`: ImageNet `torchvision.models.resnet50` (or
+  18/34/101/152) -> the backbone subtree, variables["params"]["backbone"];
+  put it into a fresh model with `merge_backbone`:
+
+      variables = init_variables(cfg, jax.random.key(0))
+      backbone = convert_resnet_state_dict("resnet50-0676ba61.pth", cfg)
+      variables = merge_backbone(variables, backbone)
+
+A state dict is a path to a `.pth` (needs PyTorch) or `.npz` file, or any
+mapping of names to torch tensors or NumPy arrays. Conversion is strict: a
+missing, unexpected or mis-shaped tensor is refused with the full list.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
+                                   ModelConfig)
+from fcos_jax.model.fcos import MODEL_STRIDES, init_variables
+
+# Fields that change what the weights compute, and torchvision's values.
+_BACKBONE_REQUIRED = dict(
+    stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
+    pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD)
+_FCOS_REQUIRED = dict(
+    _BACKBONE_REQUIRED, fpn_channels=256, p6_from="p5", head_norm="gn",
+    gn_groups=32, centerness_on="reg", norm_reg_targets=True, use_scale=False,
+    location_offset="zero", strides=MODEL_STRIDES)
+
+_BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
+       "var": "running_var"}
+
+
+def load_state_dict(state_dict) -> dict[str, np.ndarray]:
+  """A path (.pth / .pt via torch, .npz via NumPy) or a mapping -> NumPy."""
+  if isinstance(state_dict, (str, os.PathLike)):
+    path = os.fspath(state_dict)
+    if path.endswith(".npz"):
+      with np.load(path) as data:
+        return {k: np.asarray(data[k]) for k in data.files}
+    try:
+      import torch  # Lazy: only needed to read .pth files.
+    except ImportError as e:
+      raise ImportError(
+          f"Reading {path!r} needs PyTorch (pip install torch). Without it, "
+          "save the state dict as .npz elsewhere "
+          "(np.savez(f, **{k: v.numpy() for k, v in sd.items()})) and pass "
+          "that file or the np.load()ed dict.") from e
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  if not isinstance(state_dict, Mapping):
+    raise TypeError(
+        f"state_dict must be a path or a mapping of names to arrays, got "
+        f"{type(state_dict).__name__}.")
+  return {k: _to_numpy(v) for k, v in state_dict.items()}
+
+
+def _to_numpy(v) -> np.ndarray:
+  if hasattr(v, "detach"):  # torch.Tensor, without importing torch.
+    v = v.detach().cpu().numpy()
+  return np.asarray(v)
+
+
+def _check_cfg(cfg: ModelConfig, required: Mapping[str, Any], what: str):
+  bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in required.items()
+         if getattr(cfg, k) != v]
+  if bad:
+    raise ValueError(
+        f"ModelConfig is not compatible with {what}: {'; '.join(bad)}. "
+        "Use fcos_jax.model.config.torchvision(num_classes=..., depth=...).")
+
+
+def _backbone_name(path: tuple[str, ...]) -> str:
+  """Our backbone path (under params/backbone) -> torchvision ResNet name."""
+  *mods, leaf = path
+  if mods[0] == "stem":
+    module = {"conv": "conv1", "bn": "bn1"}[mods[1]]
+  else:
+    layer = f"layer{int(mods[0][3:]) - 1}.{int(mods[1][5:])}"
+    sub = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"
+           }.get(mods[2], mods[2])
+    module = f"{layer}.{sub}"
+  return f"{module}.{'weight' if leaf == 'kernel' else _BN[leaf]}"
+
+
+def _fpn_name(path: tuple[str, ...]) -> str:
+  module, leaf = path
+  if module in ("p6", "p7"):
+    name = f"extra_blocks.{module}"
+  else:
+    kind = "inner_blocks" if module.startswith("lateral") else "layer_blocks"
+    name = f"{kind}.{int(module[-1]) - 3}.0"
+  return f"{name}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
+def _head_name(path: tuple[str, ...]) -> str:
+  module, leaf = path
+  m = re.fullmatch(r"(cls|box)_(tower|norm)_(\d+)", module)
+  if m:
+    branch = "classification_head" if m[1] == "cls" else "regression_head"
+    # torchvision's tower is Sequential(conv, GroupNorm, ReLU) x n.
+    index = 3 * int(m[3]) + (m[2] == "norm")
+    name = f"{branch}.conv.{index}"
+  else:
+    name = {"cls_logits": "classification_head.cls_logits",
+            "box_regression": "regression_head.bbox_reg",
+            "centerness": "regression_head.bbox_ctrness"}[module]
+  return f"{name}.{'weight' if leaf in ('kernel', 'scale') else 'bias'}"
+
+
+def _torch_to_ours(array: np.ndarray, leaf: str) -> np.ndarray:
+  # Conv kernels: torch OIHW -> Flax HWIO.
+  if leaf == "kernel" and array.ndim == 4:
+    array = array.transpose(2, 3, 1, 0)
+  return np.asarray(array, np.float32)
+
+
+def _normalise_names(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Drop BatchNorm `num_batches_tracked` counters (absent from
+  FrozenBatchNorm2d state dicts; they do not affect the output) and rename
+  FPN blocks saved by torchvision < 0.13 (`inner_blocks.0.weight`)."""
+  out = {}
+  for k, v in sd.items():
+    if k.endswith("num_batches_tracked"):
+      continue
+    k = re.sub(r"fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(weight|bias)$",
+               r"fpn.\1.\2.0.\3", k)
+    out[k] = v
+  return out
+
+
+def _convert(sd: dict[str, np.ndarray], targets: dict, what: str) -> dict:
+  """targets: {torch name: (our path, shape)} -> {our path: array}."""
+  sd = _normalise_names(sd)
+  missing = sorted(set(targets) - set(sd))
+  unexpected = sorted(set(sd) - set(targets))
+  converted, misshaped = {}, []
+  for name, (path, shape) in targets.items():
+    if name not in sd:
+      continue
+    value = _torch_to_ours(sd[name], path[-1])
+    if value.shape != tuple(shape):
+      misshaped.append(f"{name}: got {tuple(sd[name].shape)}, expected "
+                       f"{_torch_shape(shape, path[-1])}")
+    converted[path] = value
+  if missing or unexpected or misshaped:
+    lines = [f"Cannot convert this state dict to {what}:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("mis-shaped", misshaped)):
+      if items:
+        lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) +
+                     (" ..." if len(items) > 20 else ""))
+    lines.append("Check that cfg.depth, cfg.width and cfg.num_classes match "
+                 "the checkpoint.")
+    raise ValueError("\n".join(lines))
+  return converted
+
+
+def _torch_shape(shape, leaf):
+  shape = tuple(shape)
+  return (shape[3], shape[2], shape[0], shape[1]) if (
+      leaf == "kernel" and len(shape) == 4) else shape
+
+
+def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+  shapes = jax.eval_shape(lambda r: init_variables(cfg, r), jax.random.key(0))
+  flat = traverse_util.flatten_dict(shapes["params"])
+  return {p: s.shape for p, s in flat.items()}
+
+
+def convert_fcos_state_dict(state_dict, cfg: ModelConfig) -> dict:
+  """torchvision `fcos_resnet50_fpn` state dict -> {"params": ...}.
+
+  cfg: the torchvision preset, with the checkpoint's num_classes (91 for
+  torchvision's COCO weights: it keeps the unused COCO ids) and depth.
+  """
+  _check_cfg(cfg, _FCOS_REQUIRED, "torchvision's FCOS")
+  sd = load_state_dict(state_dict)
+  prefix = {"backbone": ("backbone.body.", _backbone_name),
+            "fpn": ("backbone.fpn.", _fpn_name),
+            "head": ("head.", _head_name)}
+  targets = {}
+  for path, shape in _param_shapes(cfg).items():
+    pre, name = prefix[path[0]]
+    targets[pre + name(path[1:])] = (path, shape)
+  flat = _convert(sd, targets, "fcos_jax FCOS (torchvision preset)")
+  return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def convert_resnet_state_dict(state_dict, cfg: ModelConfig) -> dict:
+  """torchvision ImageNet ResNet state dict -> backbone params, the tree of
+  variables["params"]["backbone"] (`fc.*` is ignored). See `merge_backbone`.
+  """
+  _check_cfg(cfg, _BACKBONE_REQUIRED, "a torchvision ResNet")
+  sd = {k: v for k, v in load_state_dict(state_dict).items()
+        if not k.startswith("fc.")}
+  targets = {}
+  for path, shape in _param_shapes(cfg).items():
+    if path[0] == "backbone":
+      targets[_backbone_name(path[1:])] = (path[1:], shape)
+  flat = _convert(sd, targets, f"a ResNet-{cfg.depth} backbone")
+  return traverse_util.unflatten_dict(flat)
+
+
+def merge_backbone(variables: dict, backbone_params: dict) -> dict:
+  """A copy of `variables` with params["backbone"] replaced by
+  `backbone_params` (from `convert_resnet_state_dict`); shapes must match."""
+  old = traverse_util.flatten_dict(variables["params"]["backbone"])
+  new = traverse_util.flatten_dict(backbone_params)
+  if set(old) != set(new):
+    diff = sorted("/".join(p) for p in set(old) ^ set(new))
+    raise ValueError(f"merge_backbone: parameter trees differ at {diff[:10]}; "
+                     "build both from the same cfg.depth.")
+  bad = ["/".join(p) for p in old if tuple(old[p].shape) != tuple(new[p].shape)]
+  if bad:
+    raise ValueError(f"merge_backbone: shapes differ at {bad[:10]}; build "
+                     "both from the same cfg.width and cfg.depth.")
+  params = dict(variables["params"], backbone=backbone_params)
+  return dict(variables, params=params)

@@ -1,0 +1,74 @@
+"""FCOS: ResNet + FPN P3-P7 + shared head, outputs flattened over levels.
+
+Naming: B = batch, P = locations over all levels (P3 first, each level
+flattened row-major over (H_l, W_l), the order of
+`fcos_jax.model.locations.compute_locations`), C = classes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.fpn import FPN
+from fcos_jax.model.head import FCOSHead
+from fcos_jax.model.resnet import ResNet
+
+MODEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, what this network produces.
+
+# Parameters do not depend on the canvas: initialise on a small one.
+INIT_CANVAS_HW = (64, 64)
+
+
+def check_config(cfg: ModelConfig):
+  if tuple(cfg.strides) != MODEL_STRIDES:
+    raise ValueError(
+        f"ModelConfig.strides={cfg.strides}: the FCOS network produces P3-P7 "
+        f"with strides {MODEL_STRIDES}; set strides to that.")
+
+
+class FCOS(nn.Module):
+  """Normalised images [B, H, W, 3] (see `preprocess.normalize_images`) ->
+
+    cls_logits     float32 [B, P, C]  class logits.
+    box_regression float32 [B, P, 4]  (l, t, r, b) distances, activated: in
+                                      strides when cfg.norm_reg_targets
+                                      (relu), else in pixels (exp).
+    centerness     float32 [B, P]     centerness logits.
+  """
+
+  cfg: ModelConfig
+
+  def setup(self):
+    check_config(self.cfg)
+    self.backbone = ResNet(self.cfg)
+    self.fpn = FPN(self.cfg)
+    self.head = FCOSHead(self.cfg)
+
+  def level_outputs(self, images):
+    """Per-level outputs: a list over P3..P7 of (cls [B, H_l, W_l, C],
+    reg [B, H_l, W_l, 4], ctr [B, H_l, W_l])."""
+    levels = self.fpn(self.backbone(images))
+    # A Python loop over the 5 levels: the head parameters are shared.
+    return [self.head(x, level) for level, x in enumerate(levels)]
+
+  def __call__(self, images):
+    outs = self.level_outputs(images)
+    flat = lambda x: x.reshape(x.shape[0], x.shape[1] * x.shape[2],
+                               *x.shape[3:])
+    cls, reg, ctr = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
+                     for i in range(3))
+    return {"cls_logits": cls, "box_regression": reg, "centerness": ctr}
+
+
+def init_variables(cfg: ModelConfig, rng, canvas_hw=INIT_CANVAS_HW):
+  """Fresh variables {"params": ...} for `FCOS(cfg)`.
+
+  Jitted, so XLA drops the forward pass and only the initialisers run;
+  also works under `jax.eval_shape` to get the shapes without any compute.
+  """
+  check_config(cfg)
+  images = jnp.zeros((1, *canvas_hw, 3), jnp.float32)
+  return jax.jit(FCOS(cfg).init)(rng, images)

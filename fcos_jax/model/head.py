@@ -1,0 +1,88 @@
+"""The FCOS head, shared by every FPN level.
+
+Two towers of `cfg.head_convs` x [conv3x3 + bias, GroupNorm (when
+`cfg.head_norm == "gn"`), ReLU]: the class tower feeds the class logits, the
+box tower the box regression; centerness reads the box tower
+(`centerness_on="reg"`) or the class tower ("cls").
+
+Init: convs N(0, 0.01), bias 0; class bias -log((1 - p) / p), p =
+`cfg.prior_prob`; one learnable scalar Scale per level, init 1
+(`cfg.use_scale`).
+
+Parameter tree: cls_tower_{i}, box_tower_{i} (kernel, bias),
+cls_norm_{i}, box_norm_{i} (GroupNorm scale, bias), cls_logits,
+box_regression, centerness (kernel, bias), scale_{l} (scalar).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.resnet import compute_dtype
+
+# Matches PyTorch's GroupNorm default (Flax's default is 1e-6).
+GN_EPS = 1e-5
+
+
+class FCOSHead(nn.Module):
+  """One level's features [B, H, W, F] -> (cls [B, H, W, C], reg [B, H, W, 4],
+  ctr [B, H, W]), all float32. Call it once per level with `level` set.
+
+  reg is `relu(scale_l * x)` in stride units when `cfg.norm_reg_targets`,
+  else `exp(scale_l * x)` in pixels; ctr is a logit.
+  """
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg, dtype = self.cfg, compute_dtype(self.cfg)
+    normal = nn.initializers.normal(0.01)
+
+    def conv(features, bias_init=nn.initializers.zeros):
+      return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)),
+                     kernel_init=normal, bias_init=bias_init, dtype=dtype,
+                     param_dtype=jnp.float32)
+
+    def norm():
+      return nn.GroupNorm(num_groups=cfg.gn_groups, epsilon=GN_EPS,
+                          use_fast_variance=False, dtype=dtype,
+                          param_dtype=jnp.float32)
+
+    n, f, gn = cfg.head_convs, cfg.fpn_channels, cfg.head_norm == "gn"
+    self.cls_tower = [conv(f) for _ in range(n)]
+    self.box_tower = [conv(f) for _ in range(n)]
+    if gn:
+      self.cls_norm = [norm() for _ in range(n)]
+      self.box_norm = [norm() for _ in range(n)]
+    prior = -math.log((1 - cfg.prior_prob) / cfg.prior_prob)
+    self.cls_logits = conv(cfg.num_classes, nn.initializers.constant(prior))
+    self.box_regression = conv(4)
+    self.centerness = conv(1)
+    if cfg.use_scale:
+      self.scales = [self.param(f"scale_{l}", nn.initializers.ones, ())
+                     for l in range(cfg.num_levels)]
+
+  def _tower(self, x, convs, norms):
+    for i, conv in enumerate(convs):
+      x = conv(x)
+      if norms is not None:
+        x = norms[i](x)
+      x = nn.relu(x)
+    return x
+
+  def __call__(self, x, level: int):
+    gn = self.cfg.head_norm == "gn"
+    cls_feat = self._tower(x, self.cls_tower, self.cls_norm if gn else None)
+    box_feat = self._tower(x, self.box_tower, self.box_norm if gn else None)
+    cls = self.cls_logits(cls_feat).astype(jnp.float32)
+    reg = self.box_regression(box_feat).astype(jnp.float32)
+    ctr_feat = box_feat if self.cfg.centerness_on == "reg" else cls_feat
+    ctr = self.centerness(ctr_feat).astype(jnp.float32)[..., 0]
+    if self.cfg.use_scale:
+      reg = reg * self.scales[level]
+    reg = nn.relu(reg) if self.cfg.norm_reg_targets else jnp.exp(reg)
+    return cls, reg, ctr

@@ -1,0 +1,50 @@
+"""Optimizer groups: one label per parameter, for `optax.multi_transform`.
+
+  "frozen": frozen BatchNorm statistics and affine, and every parameter of a
+            frozen backbone stage (stage k <= cfg.freeze_at; stem = 1,
+            res2 = 2, ...). No update and no optimizer state.
+  "bias":   conv biases and GroupNorm biases (official: LR x2, no decay).
+  "norm":   GroupNorm scales.
+  "weight": conv kernels and the per-level Scale.
+"""
+
+from __future__ import annotations
+
+from flax import traverse_util
+
+from fcos_jax.model.config import ModelConfig
+
+LABELS = ("frozen", "bias", "norm", "weight")
+
+
+def _stage_index(name: str) -> int:
+  return 1 if name == "stem" else int(name[len("res"):])
+
+
+def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
+  top, leaf = path[0], path[-1]
+  if top == "backbone":
+    # Convs in the backbone have only a kernel; everything else is a
+    # FrozenBatchNorm vector.
+    if _stage_index(path[1]) <= cfg.freeze_at or leaf != "kernel":
+      return "frozen"
+    return "weight"
+  if top in ("fpn", "head"):
+    if leaf == "kernel" or leaf.startswith("scale_"):
+      return "weight"
+    if leaf == "bias":
+      return "bias"
+    if leaf == "scale" and "_norm_" in path[-2]:
+      return "norm"
+  raise ValueError(
+      f"param_labels: no optimizer group for parameter {'/'.join(path)}; "
+      "pass variables['params'] of an FCOS model.")
+
+
+def param_labels(params, cfg: ModelConfig):
+  """Same structure as `params` (variables["params"] of `FCOS(cfg)`), each
+  leaf one of LABELS."""
+  if "params" in params and len(params) == 1:
+    raise ValueError("param_labels: pass variables['params'], not variables.")
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({p: _label(p, cfg) for p in flat})

@@ -1,0 +1,172 @@
+"""ResNet backbone (NHWC) with frozen BatchNorm, returning C3, C4, C5.
+
+Padding is explicit and symmetric, as in PyTorch, so every stride-2 conv and
+the stem's max pool give ceil(n / 2) cells: C3, C4, C5 have strides 8, 16, 32
+and the sizes `fcos_jax.model.locations.level_sizes` predicts.
+
+Parameter tree (the converters and `param_groups` rely on these names):
+  stem/{conv, bn}
+  res2 .. res5 / block{i} / {conv1, bn1, conv2, bn2[, conv3, bn3]}
+                            [/ downsample_conv, downsample_bn]
+Every `bn*` is a `FrozenBatchNorm` with params scale, bias, mean, var.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fcos_jax.model.config import ModelConfig
+
+# Blocks per stage (res2..res5) and whether the depth uses bottlenecks.
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
+                101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+# He init (fan_out, relu), as torchvision initialises an untrained ResNet.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def uses_bottleneck(depth: int) -> bool:
+  return depth >= 50
+
+
+def stage_channels(cfg: ModelConfig) -> tuple[int, int, int, int]:
+  """Output channels of res2..res5 (C2..C5)."""
+  expansion = 4 if uses_bottleneck(cfg.depth) else 1
+  return tuple(cfg.width * 2 ** i * expansion for i in range(4))
+
+
+def compute_dtype(cfg: ModelConfig):
+  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _pad(k: int):
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class FrozenBatchNorm(nn.Module):
+  """y = (x - mean) / sqrt(var + eps) * scale + bias, with fixed statistics.
+
+  All four vectors [C] are parameters (so checkpoints and converters see
+  them) but never receive a gradient; the optimizer labels them "frozen".
+  """
+
+  eps: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    sg = jax.lax.stop_gradient
+    scale = sg(self.param("scale", nn.initializers.ones, (c,)))
+    bias = sg(self.param("bias", nn.initializers.zeros, (c,)))
+    mean = sg(self.param("mean", nn.initializers.zeros, (c,)))
+    var = sg(self.param("var", nn.initializers.ones, (c,)))
+    # Fold into one multiply-add, computed in float32 then cast.
+    mult = scale * jax.lax.rsqrt(var + self.eps)
+    add = bias - mean * mult
+    return x * mult.astype(self.dtype) + add.astype(self.dtype)
+
+
+def _conv(features, k, stride, name, dtype):
+  return nn.Conv(features, (k, k), strides=(stride, stride), padding=_pad(k),
+                 use_bias=False, kernel_init=_conv_init, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 -> 1x1 (x4 channels) residual block."""
+
+  planes: int
+  stride: int
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, dtype = self.cfg, compute_dtype(self.cfg)
+    bn = lambda name: FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+    s1, s3 = (self.stride, 1) if cfg.stride_in_1x1 else (1, self.stride)
+    y = nn.relu(bn("bn1")(_conv(self.planes, 1, s1, "conv1", dtype)(x)))
+    y = nn.relu(bn("bn2")(_conv(self.planes, 3, s3, "conv2", dtype)(y)))
+    y = bn("bn3")(_conv(self.planes * 4, 1, 1, "conv3", dtype)(y))
+    if self.stride != 1 or x.shape[-1] != self.planes * 4:
+      x = bn("downsample_bn")(
+          _conv(self.planes * 4, 1, self.stride, "downsample_conv", dtype)(x))
+    return nn.relu(y + x)
+
+
+class BasicBlock(nn.Module):
+  """3x3 -> 3x3 residual block (ResNet-18/34)."""
+
+  planes: int
+  stride: int
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, dtype = self.cfg, compute_dtype(self.cfg)
+    bn = lambda name: FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+    y = nn.relu(bn("bn1")(_conv(self.planes, 3, self.stride, "conv1", dtype)(x)))
+    y = bn("bn2")(_conv(self.planes, 3, 1, "conv2", dtype)(y))
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      x = bn("downsample_bn")(
+          _conv(self.planes, 1, self.stride, "downsample_conv", dtype)(x))
+    return nn.relu(y + x)
+
+
+class Stem(nn.Module):
+  """7x7/2 conv, frozen BN, ReLU, 3x3/2 max pool (padding 1): stride 4."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    dtype = compute_dtype(self.cfg)
+    x = _conv(self.cfg.width, 7, 2, "conv", dtype)(x)
+    x = nn.relu(FrozenBatchNorm(self.cfg.bn_eps, dtype, name="bn")(x))
+    # max_pool pads with -inf, like PyTorch's MaxPool2d.
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+
+
+class Stage(nn.Module):
+  """One ResNet stage; the first block carries the stride."""
+
+  planes: int
+  blocks: int
+  stride: int
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    block = Bottleneck if uses_bottleneck(self.cfg.depth) else BasicBlock
+    for i in range(self.blocks):
+      x = block(self.planes, self.stride if i == 0 else 1, self.cfg,
+                name=f"block{i}")(x)
+    return x
+
+
+class ResNet(nn.Module):
+  """images [B, H, W, 3] -> (C3, C4, C5) with strides 8, 16, 32.
+
+  Stage k (stem = 1, res2 = 2, ..., res5 = 5) is frozen when
+  k <= cfg.freeze_at: its output passes through `stop_gradient`, so no
+  backward work is spent on it or anything before it.
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    freeze = lambda k, y: jax.lax.stop_gradient(y) if k <= cfg.freeze_at else y
+    x = freeze(1, Stem(cfg, name="stem")(x.astype(compute_dtype(cfg))))
+    outs = []
+    for k, blocks in zip(range(2, 6), STAGE_BLOCKS[cfg.depth]):
+      planes = cfg.width * 2 ** (k - 2)
+      x = Stage(planes, blocks, 1 if k == 2 else 2, cfg, name=f"res{k}")(x)
+      x = freeze(k, x)
+      outs.append(x)
+    return tuple(outs[1:])
