@@ -62,36 +62,101 @@ def _check_inputs(outputs, locations: Locations, image_hw, orig_hw,
                        f"expected ({b}, 2) = (h, w) per image.")
 
 
-def _level_candidates(cls, reg, ctr, points, stride, cfg: ModelConfig):
-  """The top candidates of one level.
+# The fast path of a level gathers the rows of at most this many times
+# `pre_nms_topk` locations; a level with more candidate locations takes the
+# full (exact, slower) path instead.
+CANDIDATE_LOCATIONS_PER_TOPK = 2
 
-  cls [B, L, C] logits, reg [B, L, 4] head distances, ctr [B, L] logits,
-  points [L, 2] (x, y) pixels, stride: int (L = H_l * W_l).
-  Returns boxes [B, k, 4] canvas pixels (unclipped), scores [B, k] =
-  sqrt(prob * ctr), classes [B, k] int32, valid [B, k] bool; k =
-  min(pre_nms_topk, L * C).
-  """
-  b, l, c = cls.shape
+
+def _rank(cls, ctr, cfg: ModelConfig):
+  """cls [..., C] and ctr [...] logits -> [..., C] ranking key, -inf where
+  the pair is no candidate (see the module docstring)."""
   prob = jax.nn.sigmoid(cls.astype(jnp.float32))
   ctr_prob = jax.nn.sigmoid(ctr.astype(jnp.float32))[..., None]
   neg_inf = jnp.float32(-jnp.inf)
   if cfg.score_thresh_on == "prob":
     # Official: threshold on prob, rank by prob * ctr, sqrt after top-k.
-    rank = jnp.where(prob > cfg.score_thresh, prob * ctr_prob, neg_inf)
-  else:
-    # torchvision: threshold and rank on sqrt(prob * ctr).
-    score = jnp.sqrt(prob * ctr_prob)
-    rank = jnp.where(score > cfg.score_thresh, score, neg_inf)
-  k = min(cfg.pre_nms_topk, l * c)
-  top, flat_index = jax.lax.top_k(rank.reshape(b, l * c), k)
-  valid = top > neg_inf
-  scores = jnp.sqrt(top) if cfg.score_thresh_on == "prob" else top
-  loc = flat_index // c
-  classes = (flat_index % c).astype(jnp.int32)
+    return jnp.where(prob > cfg.score_thresh, prob * ctr_prob, neg_inf)
+  # torchvision: threshold and rank on sqrt(prob * ctr).
+  score = jnp.sqrt(prob * ctr_prob)
+  return jnp.where(score > cfg.score_thresh, score, neg_inf)
 
-  reg = jnp.take_along_axis(reg.astype(jnp.float32), loc[..., None], axis=1)
+
+def _logit_lower_bound(cfg: ModelConfig) -> float:
+  """A logit below which no (location, class) pair can be a candidate:
+  prob > t (official) or sqrt(prob * ctr) > t, hence prob > t^2 (ctr <= 1).
+  The margin absorbs float32 rounding; the exact test follows anyway."""
+  t = cfg.score_thresh if cfg.score_thresh_on == "prob" else cfg.score_thresh**2
+  if t <= 0.0:
+    return -math.inf
+  if t >= 1.0:
+    return math.inf
+  return math.log(t / (1.0 - t)) - 1e-2
+
+
+def _level_top_k(cls, ctr, loc_max, sl: slice, k: int, cfg: ModelConfig):
+  """The best k candidate pairs of one level.
+
+  cls [B, P, C], ctr [B, P] logits of all levels; loc_max [B, P] the
+  largest class logit of each location; sl: the level's slice of P
+  (L = its length). Returns (rank [B, k], -inf for no candidate; loc [B, k]
+  int32 in [0, P); classes [B, k] int32).
+
+  Fast path: most locations have no class above the threshold. `loc_max`
+  tells which locations can hold a candidate; the class rows of up to `cap`
+  such locations are gathered (in location order, so ties break as in the
+  full path) and ranked. If some image has more candidate locations than
+  `cap`, the level takes the full path: rank every pair and top-k them.
+  Both give the same result; the fast path avoids reading the level twice
+  and the sigmoid of every pair.
+  """
+  b, _, c = cls.shape
+  l = sl.stop - sl.start
+
+  def full():
+    rank = _rank(cls[:, sl], ctr[:, sl], cfg).reshape(b, l * c)
+    top, flat = jax.lax.top_k(rank, k)
+    return (top, (flat // c + sl.start).astype(jnp.int32),
+            (flat % c).astype(jnp.int32))
+
+  cap = CANDIDATE_LOCATIONS_PER_TOPK * k
+  if cap >= l:
+    return full()
+
+  level_max = loc_max[:, sl]
+  num_locations = jnp.sum(level_max > _logit_lower_bound(cfg), axis=1)
+
+  def fast():
+    _, sel = jax.lax.top_k(level_max, cap)  # Every candidate location.
+    sel = jnp.sort(sel, axis=1) + sl.start
+    rows = jnp.take_along_axis(cls, sel[..., None], axis=1)  # [B, cap, C]
+    rank = _rank(rows, jnp.take_along_axis(ctr, sel, axis=1), cfg)
+    top, flat = jax.lax.top_k(rank.reshape(b, cap * c), k)
+    loc = jnp.take_along_axis(sel, flat // c, axis=1)
+    return top, loc.astype(jnp.int32), (flat % c).astype(jnp.int32)
+
+  return jax.lax.cond(jnp.any(num_locations > cap), full, fast)
+
+
+def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
+                      cfg: ModelConfig):
+  """The top candidates of one level, decoded.
+
+  cls [B, P, C] logits, reg [B, P, 4] head distances, ctr [B, P] logits,
+  loc_max [B, P] max class logit, points [P, 2] (x, y) pixels, strides [P];
+  sl: the level's slice of P (L locations).
+  Returns boxes [B, k, 4] canvas pixels (unclipped), scores [B, k] =
+  sqrt(prob * ctr), classes [B, k] int32, valid [B, k] bool; k =
+  min(pre_nms_topk, L * C).
+  """
+  k = min(cfg.pre_nms_topk, (sl.stop - sl.start) * cls.shape[-1])
+  top, loc, classes = _level_top_k(cls, ctr, loc_max, sl, k, cfg)
+  valid = top > -jnp.inf
+  scores = jnp.sqrt(top) if cfg.score_thresh_on == "prob" else top
+
+  reg = jnp.take_along_axis(reg, loc[..., None], axis=1).astype(jnp.float32)
   ltrb = box_coding.distances_to_pixels(
-      reg, np.full((k,), stride, np.float32), cfg)
+      reg, np.full((k,), strides[sl.start], np.float32), cfg)
   boxes = jax.vmap(box_coding.decode_boxes)(jnp.asarray(points)[loc], ltrb)
   return boxes, jnp.where(valid, scores, 0.0), classes, valid
 
@@ -122,11 +187,11 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   _check_inputs(outputs, locations, image_hw, orig_hw, cfg)
   cls, reg, ctr = (outputs[k] for k in ("cls_logits", "box_regression",
                                         "centerness"))
-  per_level = []
-  for level, stride in enumerate(cfg.strides):
-    sl = locations.level_slice(level)
-    per_level.append(_level_candidates(
-        cls[:, sl], reg[:, sl], ctr[:, sl], locations.points[sl], stride, cfg))
+  loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
+  per_level = [
+      _level_candidates(cls, reg, ctr, loc_max, locations.points,
+                        locations.strides, locations.level_slice(level), cfg)
+      for level in range(cfg.num_levels)]
   boxes, scores, classes, valid = (jnp.concatenate(x, axis=1)
                                    for x in zip(*per_level))
 

@@ -129,6 +129,27 @@ def test_matches_numpy_reference(preset, topk, max_det):
   assert got["classes"].dtype == np.int32
 
 
+@pytest.mark.parametrize("factor", [1, 3])
+def test_fast_and_full_paths_agree(monkeypatch, factor):
+  """Level 0 (512 locations) holds about 80 candidate locations: cap = 60
+  sends it down the full path, cap = 180 down the gathered fast path."""
+  from fcos_jax import postprocess as module
+  monkeypatch.setattr(module, "CANDIDATE_LOCATIONS_PER_TOPK", factor)
+  cfg = config_lib.official(num_classes=NUM_CLASSES, pre_nms_topk=60,
+                            max_detections=40)
+  locations = compute_locations(CANVAS, cfg)
+  outputs = head_outputs(3, locations.num_locations, NUM_CLASSES, cfg, seed=9)
+  image_hw, orig_hw = image_sizes(3, CANVAS, seed=10)
+  sl = locations.level_slice(0)
+  prob = sigmoid32(outputs["cls_logits"][:, sl])
+  n_loc = (prob > cfg.score_thresh).any(-1).sum(-1)
+  cap = factor * cfg.pre_nms_topk
+  assert (n_loc.max() > cap) == (factor == 1), n_loc
+  got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
+  want = reference_postprocess(outputs, locations, image_hw, orig_hw, cfg)
+  assert_matches(got, want)
+
+
 def test_no_candidates_gives_no_detections():
   cfg = config_lib.official(num_classes=NUM_CLASSES)
   locations = compute_locations(CANVAS, cfg)
