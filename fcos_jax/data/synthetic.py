@@ -24,7 +24,7 @@ from PIL import Image
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
 MIN_VISIBLE = 0.6  # Fraction of a shape that must stay visible.
-_VERSION = 1  # Bump when the generator changes: forces a remake.
+_VERSION = 2  # Bump when the generator changes: forces a remake.
 
 
 def _shape_mask(kind: int, h: int, w: int) -> np.ndarray:
@@ -43,23 +43,30 @@ def _shape_mask(kind: int, h: int, w: int) -> np.ndarray:
   return (r <= 1.0) & (r >= 0.3)
 
 
-def _background(rng, h: int, w: int) -> np.ndarray:
-  """float [h, w, 3] gradient between two dull colours plus noise."""
+def _background(rng, h: int, w: int):
+  """float [h, w, 3] gradient between two dull colours plus noise, and
+  [5, 3] colours along the gradient (for the contrast test)."""
   c0, c1 = rng.uniform(40, 140, 3), rng.uniform(40, 140, 3)
   if rng.random() < 0.5:
     c0, c1 = 255 - c0, 255 - c1  # Light backgrounds too.
   t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else \
       np.linspace(0, 1, h)[:, None, None]
   img = c0 + (c1 - c0) * t + np.zeros((h, w, 3))
-  return img + rng.normal(0, rng.uniform(2, 12), (h, w, 1))
+  along = c0 + (c1 - c0) * np.linspace(0, 1, 5)[:, None]
+  return img + rng.normal(0, rng.uniform(2, 12), (h, w, 1)), along
 
 
-def _contrasting_colour(rng, background_mean: np.ndarray) -> np.ndarray:
-  for _ in range(20):
+def _contrasting_colour(rng, background: np.ndarray) -> np.ndarray:
+  """A colour far (L1 > 200 when possible) from every background colour."""
+  best, best_d = None, -1.0
+  for _ in range(50):
     c = rng.uniform(0, 255, 3)
-    if np.abs(c - background_mean).sum() > 180:
+    d = np.abs(c[None] - background).sum(-1).min()
+    if d > 200:
       return c
-  return 255 - background_mean
+    if d > best_d:
+      best, best_d = c, d
+  return best
 
 
 def _draw(img, owner, mask, y0, x0, colour, index, rng):
@@ -80,8 +87,7 @@ def _visible_box(owner, index):
 def make_image(rng, height: int, width: int):
   """One image: uint8 [H, W, 3] and its annotations (list of dicts with
   bbox [x, y, w, h], category (0-based), iscrowd, area)."""
-  img = _background(rng, height, width)
-  bg_mean = img.reshape(-1, 3).mean(0)
+  img, bg_colours = _background(rng, height, width)
   owner = np.full((height, width), -1, np.int32)
   anns, full_area = [], {}
   n_obj = 0 if rng.random() < 1 / 12 else int(rng.integers(1, 7))
@@ -91,7 +97,7 @@ def make_image(rng, height: int, width: int):
     kind = int(rng.integers(len(CLASSES)))
     ch, cw = int(side * rng.uniform(0.2, 0.35)), int(side * rng.uniform(0.2, 0.35))
     cy, cx = int(rng.integers(0, height - ch)), int(rng.integers(0, width - cw))
-    colour = _contrasting_colour(rng, bg_mean)
+    colour = _contrasting_colour(rng, bg_colours)
     for _ in range(int(rng.integers(8, 16))):
       s = int(rng.integers(5, 9))
       y, x = cy + int(rng.integers(0, ch - s)), cx + int(rng.integers(0, cw - s))
@@ -122,7 +128,7 @@ def make_image(rng, height: int, width: int):
     k = len(full_area)
     full_area[k] = int(mask.sum())
     anns.append({"kind": kind, "index": k})
-    _draw(img, owner, mask, y0, x0, _contrasting_colour(rng, bg_mean), k, rng)
+    _draw(img, owner, mask, y0, x0, _contrasting_colour(rng, bg_colours), k, rng)
   out = []
   for a in anns:
     if "index" in a:

@@ -1,0 +1,188 @@
+"""Sources: the synthetic generator and TFDS coco/2017 (mocked)."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fcos_jax.data import synthetic
+from fcos_jax.data.config import default_data_config
+from fcos_jax.data.pipeline import build_eval_dataset, build_train_dataset
+from fcos_jax.data.tfds_coco import (COCO_CATEGORY_IDS,
+                                     category_id_to_tfds_label,
+                                     export_tfds_split,
+                                     tfds_label_to_category_id)
+
+
+# --- Synthetic -----------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_reused_and_remade(tmp_path):
+  a = synthetic.ensure_synthetic_dataset(str(tmp_path / "a"), 12, 4, 64, seed=3)
+  b = synthetic.ensure_synthetic_dataset(str(tmp_path / "b"), 12, 4, 64, seed=3)
+  assert open(a["train_json"]).read() == open(b["train_json"]).read()
+  name = sorted(os.listdir(a["train_images"]))[5]
+  assert (open(os.path.join(a["train_images"], name), "rb").read() ==
+          open(os.path.join(b["train_images"], name), "rb").read())
+  stamp = os.path.getmtime(a["train_json"])
+  synthetic.ensure_synthetic_dataset(str(tmp_path / "a"), 12, 4, 64, seed=3)
+  assert os.path.getmtime(a["train_json"]) == stamp  # Reused.
+  synthetic.ensure_synthetic_dataset(str(tmp_path / "a"), 10, 4, 64, seed=4)
+  assert len(json.load(open(a["train_json"]))["images"]) == 10  # Remade.
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".synthetic")]
+
+
+def _residual(img, anns):
+  """L1 distance of each pixel from a linear background fitted outside the
+  boxes: large on shapes, small on the background."""
+  h, w, _ = img.shape
+  outside = np.ones((h, w), bool)
+  for a in anns:
+    x, y, bw, bh = (int(round(v)) for v in a["bbox"])
+    outside[y:y + bh, x:x + bw] = False
+  yy, xx = np.mgrid[:h, :w]
+  design = np.stack([np.ones(h * w), xx.ravel(), yy.ravel()], -1)
+  pix = img.reshape(-1, 3).astype(np.float64)
+  coef, *_ = np.linalg.lstsq(design[outside.ravel()], pix[outside.ravel()],
+                             rcond=None)
+  return np.abs(pix - design @ coef).sum(-1).reshape(h, w), outside
+
+
+def test_synthetic_boxes_are_tight_around_the_drawn_shapes():
+  crowds = empties = n_boxes = 0
+  sizes = []
+  for i in range(40):
+    img, anns = synthetic.make_image(np.random.default_rng([1, i]), 96, 128)
+    empties += not anns
+    if not anns:
+      continue
+    res, outside = _residual(img, anns)
+    strong = res > 150
+    # Nothing drawn outside the boxes (background noise stays below 150).
+    assert (strong & outside).sum() <= 2
+    for a in anns:
+      x, y, w, h = (int(round(v)) for v in a["bbox"])
+      assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 96 and w > 0
+      crowds += a["iscrowd"]
+      n_boxes += 1
+      sizes.append(max(w, h))
+      inside = strong[y:y + h, x:x + w]
+      # Tight: the shape touches all four sides of its box.
+      assert inside[:, 0].any() and inside[:, -1].any()
+      assert inside[0].any() and inside[-1].any()
+  assert crowds >= 1 and empties >= 1 and n_boxes > 60
+  assert min(sizes) <= 12 and max(sizes) >= 60
+
+
+def test_synthetic_source_through_the_pipeline(tmp_path):
+  c = default_data_config()
+  c.synthetic.dir = str(tmp_path / "syn")
+  c.synthetic.num_train, c.synthetic.num_val, c.synthetic.image_size = 16, 6, 64
+  c.min_size, c.max_size, c.canvases = 64, 64, ((64, 64),)
+  b = next(build_train_dataset(c, 4, 0, 1))
+  assert b["image"].shape == (4, 64, 64, 3) and b["box_valid"].any(1).all()
+  ev = build_eval_dataset(c, 4, 0, 1)
+  assert ev.info.num_classes == 5 and ev.num_steps == 2
+  assert sum(int(x["example_valid"].sum()) for x in ev) == 6
+
+
+# --- TFDS ----------------------------------------------------------------------
+
+
+def test_tfds_label_map_round_trip():
+  assert len(COCO_CATEGORY_IDS) == 80 and len(set(COCO_CATEGORY_IDS)) == 80
+  assert COCO_CATEGORY_IDS[0] == 1 and COCO_CATEGORY_IDS[-1] == 90
+  missing = sorted(set(range(1, 91)) - set(COCO_CATEGORY_IDS))
+  assert missing == [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
+  labels = np.arange(80)
+  np.testing.assert_array_equal(
+      category_id_to_tfds_label(tfds_label_to_category_id(labels)), labels)
+  assert category_id_to_tfds_label([12])[0] == -1
+
+
+def _jpeg(h, w, seed):
+  pixels = np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+# Three valid examples: (id, h, w, [(label, ymin, xmin, ymax, xmax, crowd)]).
+TFDS_EXAMPLES = [
+    (139, 40, 60, [(0, 0.1, 0.2, 0.5, 0.6, False), (79, 0.0, 0.0, 1.0, 0.5,
+                                                     True)]),
+    (285, 60, 40, [(11, 0.25, 0.25, 0.75, 0.5, False)]),
+    (632, 40, 60, []),
+]
+
+
+def _mock_as_dataset(self, split, decoders=None, **kwargs):
+  import tensorflow_datasets as tfds
+  assert isinstance((decoders or {}).get("image"), tfds.decode.SkipDecoding)
+
+  def gen():
+    for k, (iid, h, w, objs) in enumerate(TFDS_EXAMPLES):
+      yield {
+          "image": _jpeg(h, w, k), "image/filename": f"{iid:012d}.jpg",
+          "image/id": iid,
+          "objects": {
+              "area": np.array([int((o[3] - o[1]) * h * (o[4] - o[2]) * w)
+                                for o in objs], np.int64),
+              "bbox": np.array([o[1:5] for o in objs],
+                               np.float32).reshape(-1, 4),
+              "id": np.arange(len(objs), dtype=np.int64) + 10 * k,
+              "is_crowd": np.array([o[5] for o in objs], bool),
+              "label": np.array([o[0] for o in objs], np.int64)}}
+
+  spec = {"image": tf.TensorSpec([], tf.string),
+          "image/filename": tf.TensorSpec([], tf.string),
+          "image/id": tf.TensorSpec([], tf.int64),
+          "objects": {"area": tf.TensorSpec([None], tf.int64),
+                      "bbox": tf.TensorSpec([None, 4], tf.float32),
+                      "id": tf.TensorSpec([None], tf.int64),
+                      "is_crowd": tf.TensorSpec([None], tf.bool),
+                      "label": tf.TensorSpec([None], tf.int64)}}
+  return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+
+def test_tfds_export_and_pipeline(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=len(TFDS_EXAMPLES),
+                              policy=tfds.testing.MockPolicy.USE_CODE,
+                              as_dataset_fn=_mock_as_dataset):
+    js, im = export_tfds_split("coco/2017", "validation",
+                               export_dir=str(tmp_path / "export"))
+    c = default_data_config()
+    c.source = "tfds"
+    c.tfds.export_dir = str(tmp_path / "export")
+    c.min_size, c.max_size, c.canvases = 40, 64, ((64, 64),)
+    ev = build_eval_dataset(c, 2, 0, 1)
+    batches = list(ev)
+  data = json.load(open(js))
+  assert [i["id"] for i in data["images"]] == [139, 285, 632]
+  assert [(i["height"], i["width"]) for i in data["images"]] == [
+      (40, 60), (60, 40), (40, 60)]
+  anns = {a["id"]: a for a in data["annotations"]}
+  np.testing.assert_allclose(anns[0]["bbox"], [0.2 * 60, 0.1 * 40, 0.4 * 60,
+                                               0.4 * 40], rtol=1e-5)
+  assert anns[0]["category_id"] == 1 and anns[1]["category_id"] == 90
+  assert anns[1]["iscrowd"] == 1
+  assert anns[10]["category_id"] == 13  # TFDS label 11 is COCO id 13.
+  np.testing.assert_allclose(anns[10]["bbox"], [10, 15, 10, 30], rtol=1e-5)
+  assert ev.info.num_classes == 80 and ev.info.gt_json == js
+  assert ev.info.label_to_category_id == COCO_CATEGORY_IDS
+  # Image bytes are copied unchanged.
+  assert open(os.path.join(im, "000000000139.jpg"), "rb").read() == _jpeg(
+      40, 60, 0)
+  got = {int(i): (b["classes"][k][b["box_valid"][k]].tolist(),
+                  b["boxes"][k][b["box_valid"][k]])
+         for b in batches for k, i in enumerate(b["image_id"])
+         if b["example_valid"][k]}
+  assert sorted(got) == [139, 285, 632]
+  assert got[285][0] == [11]  # Contiguous label = TFDS label.
+  np.testing.assert_allclose(got[285][1], [[10, 15, 20, 45]], atol=1e-4)
+  assert got[139][0] == [0, 79]  # Crowd kept in evaluation.
