@@ -41,19 +41,31 @@ def sigmoid_focal_loss(logits, targets, alpha: float = 0.25,
                        gamma: float = 2.0):
   """Elementwise sigmoid focal loss (Lin et al. 2017), not reduced.
 
-  logits, targets: [...] (targets in {0, 1}, or soft). alpha < 0 disables the
-  class weighting. Same formula as torchvision.ops.sigmoid_focal_loss:
-  alpha_t * BCE(x, t) * (1 - p_t)^gamma. Written without selects on the
-  targets: XLA:CPU vectorises it, which matters over [B, P, C].
+  logits: [...]; targets: [...] in {0, 1} (or soft), or a Python number for
+  all elements. alpha < 0 disables the class weighting. The formula of
+  torchvision.ops.sigmoid_focal_loss, alpha_t * BCE(x, t) * (1 - p_t)^gamma,
+  but with 1 - p_t computed without cancellation (from sigmoid(x) and
+  sigmoid(-x)), and no selects on the targets: XLA:CPU vectorises it, which
+  matters over [B, P, C].
   """
   x = jnp.asarray(logits, jnp.float32)
+  # -log(1 - p) = softplus(x) and -log(p) = softplus(-x), each computed
+  # directly (softplus(x) - x would cancel for large x).
+  log1p_e = jnp.log1p(jnp.exp(-jnp.abs(x)))
+  neg_log_1mp = jnp.maximum(x, 0.0) + log1p_e
+  neg_log_p = jnp.maximum(-x, 0.0) + log1p_e
+  if isinstance(targets, (int, float)) and targets in (0, 1):
+    # A constant target (the dense "all negative" sum): half the work.
+    if targets == 0:
+      loss = neg_log_1mp * _pow(jax.lax.logistic(x), gamma)
+      return (1.0 - alpha) * loss if alpha >= 0 else loss
+    loss = neg_log_p * _pow(jax.lax.logistic(-x), gamma)
+    return alpha * loss if alpha >= 0 else loss
   t = jnp.asarray(targets, jnp.float32)
-  p = jax.lax.logistic(x)
-  # softplus(x) = -log(1 - p), stable for any x.
-  softplus = jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
-  ce = softplus - x * t
-  p_t = p * t + (1.0 - p) * (1.0 - t)
-  loss = ce * _pow(1.0 - p_t, gamma)
+  ce = (1.0 - t) * neg_log_1mp + t * neg_log_p  # BCE with logits
+  one_minus_p_t = (jax.lax.logistic(x) * (1.0 - t)
+                   + jax.lax.logistic(-x) * t)
+  loss = ce * _pow(one_minus_p_t, gamma)
   if alpha >= 0:
     loss = (alpha * t + (1.0 - alpha) * (1.0 - t)) * loss
   return loss
@@ -170,7 +182,9 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   # building the one-hot (which costs XLA:CPU 7x the focal loss itself).
   logits = outputs["cls_logits"].astype(jnp.float32)        # [B, P, C]
   alpha, gamma = cfg.focal_alpha, cfg.focal_gamma
-  all_negative = jnp.sum(sigmoid_focal_loss(logits, 0.0, alpha, gamma))
+  # Per location first, then over locations: shorter float32 sums.
+  all_negative = jnp.sum(jnp.sum(
+      sigmoid_focal_loss(logits, 0.0, alpha, gamma), axis=-1))
   x_true = jnp.take_along_axis(
       logits, targets.labels[..., None], axis=-1)[..., 0]   # [B, P]
   swap = (sigmoid_focal_loss(x_true, 1.0, alpha, gamma)

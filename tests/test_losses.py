@@ -1,0 +1,333 @@
+"""FCOS losses against hand-computed values, a NumPy reimplementation of the
+normalised loss, and torchvision."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcos_jax import losses
+from fcos_jax.model import config as config_lib
+from fcos_jax.model.locations import compute_locations
+from fcos_jax.targets import Targets, assign_targets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# --- Elementwise losses, by hand -------------------------------------------
+
+def test_iou_losses_by_hand():
+  # A 2x2 box inside a 4x4 box, same centre: I = 4, U = 16, E = 16.
+  pred, target = np.array([1., 1, 1, 1]), np.array([2., 2, 2, 2])
+  np.testing.assert_allclose(losses.iou_loss(pred, target), -math.log(0.25),
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.linear_iou_loss(pred, target), 0.75,
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.giou_loss(pred, target), 0.75, rtol=1e-6)
+  # 4x2 against 2x4 around the same point: I = 1x1, U = 15, E = 5x5.
+  pred, target = np.array([1., 2, 3, 0]), np.array([2., 1, 0, 3])
+  np.testing.assert_allclose(losses.iou_loss(pred, target), math.log(15),
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.linear_iou_loss(pred, target), 14 / 15,
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.giou_loss(pred, target),
+                             1 - (1 / 15 - 10 / 25), rtol=1e-6)
+  # Official smoothing: IoU = (I + 1) / (U + 1) = 2 / 16.
+  np.testing.assert_allclose(losses.iou_loss(pred, target, smooth=1.0),
+                             math.log(8), rtol=1e-6)
+  np.testing.assert_allclose(losses.giou_loss(pred, target, smooth=1.0),
+                             1 - (2 / 16 - 10 / 25), rtol=1e-6)
+  # Identical boxes: no loss.
+  np.testing.assert_allclose(losses.giou_loss(target, target), 0, atol=1e-6)
+
+
+def test_focal_and_bce_by_hand():
+  def focal(x, t, a=0.25, g=2.0):  # Lin et al.: -a_t (1 - p_t)^g log p_t
+    p = 1 / (1 + math.exp(-x))
+    if t:
+      return -a * (1 - p) ** g * math.log(p)
+    return -(1 - a) * p ** g * math.log(1 - p)
+
+  xs = np.array([0.0, 2.0, -3.0, 7.5, -12.0], np.float32)
+  for t in (0.0, 1.0):
+    got = losses.sigmoid_focal_loss(xs, np.full_like(xs, t))
+    want = [focal(float(x), t) for x in xs]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(0.0, 1.0, 0.5, 0.0),
+                             0.5 * math.log(2), rtol=1e-6)
+  # BCE: -(t log p + (1 - t) log(1 - p)).
+  x, t = 1.3, 0.4
+  p = 1 / (1 + math.exp(-x))
+  np.testing.assert_allclose(losses.centerness_loss(x, t),
+                             -(t * math.log(p) + (1 - t) * math.log(1 - p)),
+                             rtol=1e-6)
+  # Extreme logits stay finite, as do their gradients.
+  big = np.array([-200.0, 200.0], np.float32)
+  for t in (0.0, 1.0):
+    assert np.isfinite(losses.sigmoid_focal_loss(big, t)).all()
+    g = jax.grad(lambda x: losses.sigmoid_focal_loss(x, t).sum())(big)
+    assert np.isfinite(g).all()
+
+
+# --- The full normalised loss against NumPy ----------------------------------
+
+def numpy_fcos_loss(outputs, targets, strides, cfg):
+  """Spec section 3 in float64, with one-hot targets and the official
+  formulas (IOULoss of tianzhi0549/FCOS, focal of Lin et al.)."""
+  pos = np.asarray(targets.positive)
+  labels = np.asarray(targets.labels)
+  num_pos = max(pos.sum(), 1)
+  x = np.asarray(outputs["cls_logits"], np.float64)
+  onehot = (labels[..., None] == np.arange(x.shape[-1])) & pos[..., None]
+  # p, 1 - p, -log p and -log(1 - p) each without cancellation in float64.
+  p, q = 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(x))
+  a, g = cfg.focal_alpha, cfg.focal_gamma
+  focal = np.where(onehot, a * q ** g * np.logaddexp(0, -x),
+                   (1 - a) * p ** g * np.logaddexp(0, x))
+  cls = focal.sum() / num_pos
+
+  pred = np.asarray(outputs["box_regression"], np.float64)[pos]
+  if cfg.norm_reg_targets:
+    pred = pred * np.broadcast_to(strides, pos.shape)[pos][:, None]
+  tgt = np.asarray(targets.reg_targets, np.float64)[pos]
+  ctr_t = np.asarray(targets.centerness, np.float64)[pos]
+  pl, pt, pr, pb = pred.T
+  tl, tt, tr, tb = tgt.T
+  inter = (np.minimum(pl, tl) + np.minimum(pr, tr)) * (
+      np.minimum(pt, tt) + np.minimum(pb, tb))
+  union = (pl + pr) * (pt + pb) + (tl + tr) * (tt + tb) - inter
+  enclose = (np.maximum(pl, tl) + np.maximum(pr, tr)) * (
+      np.maximum(pt, tt) + np.maximum(pb, tb))
+  s = cfg.iou_smooth
+  iou = (inter + s) / (union + s)
+  if cfg.reg_loss == "iou":
+    per_box = -np.log(iou)
+  elif cfg.reg_loss == "linear_iou":
+    per_box = 1 - iou
+  else:
+    per_box = 1 - (iou - (enclose - union) / enclose)
+  if cfg.reg_weighting == "centerness":
+    reg = (per_box * ctr_t).sum() / ctr_t.sum() if pos.any() else 0.0
+  else:
+    reg = per_box.sum() / num_pos
+
+  z = np.asarray(outputs["centerness"], np.float64)[pos]
+  ctr = (ctr_t * np.logaddexp(0, -z)
+         + (1 - ctr_t) * np.logaddexp(0, z)).sum() / num_pos
+  return {"loss_cls": cls, "loss_reg": reg, "loss_ctr": ctr,
+          "num_pos": float(pos.sum())}
+
+
+def random_problem(cfg, canvas_hw=(96, 128), batch=3, num_boxes=6, seed=0,
+                   empty_images=()):
+  rng = np.random.default_rng(seed)
+  locations = compute_locations(canvas_hw, cfg)
+  h, w = canvas_hw
+  xy = rng.uniform(0, [w, h], (batch, num_boxes, 2))
+  wh = rng.uniform(6, 80, (batch, num_boxes, 2))
+  boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], -1).astype(
+      np.float32)
+  classes = rng.integers(0, cfg.num_classes, (batch, num_boxes)).astype(
+      np.int32)
+  valid = np.ones((batch, num_boxes), bool)
+  valid[list(empty_images)] = False
+  targets = jax.jit(lambda *a: assign_targets(*a, locations, cfg))(
+      boxes, classes, valid, np.zeros_like(valid))
+  p = locations.num_locations
+  outputs = {
+      "cls_logits": rng.normal(-3, 2, (batch, p, cfg.num_classes)).astype(
+          np.float32),
+      "box_regression": rng.uniform(0.2, 6, (batch, p, 4)).astype(np.float32),
+      "centerness": rng.normal(0, 1.5, (batch, p)).astype(np.float32),
+  }
+  if not cfg.norm_reg_targets:  # pixels
+    outputs["box_regression"] *= 8
+  return locations, targets, outputs
+
+
+LOSS_CONFIGS = {
+    "official": config_lib.official(num_classes=7),
+    "paper": config_lib.paper(num_classes=7),
+    "torchvision": config_lib.torchvision(num_classes=7),
+    "linear_iou": config_lib.official(num_classes=7, reg_loss="linear_iou"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_CONFIGS))
+def test_fcos_loss_matches_numpy(name):
+  cfg = LOSS_CONFIGS[name]
+  locations, targets, outputs = random_problem(cfg, seed=len(name))
+  total, metrics = jax.jit(
+      lambda o, t: losses.fcos_loss(o, t, locations, cfg))(outputs, targets)
+  want = numpy_fcos_loss(outputs, targets, locations.strides, cfg)
+  assert want["num_pos"] > 10
+  for key, value in want.items():
+    np.testing.assert_allclose(metrics[key], value, rtol=2e-5, err_msg=key)
+  np.testing.assert_allclose(
+      total, want["loss_cls"] + want["loss_reg"] + want["loss_ctr"], rtol=2e-5)
+
+
+def _loss_and_grad(cfg, locations):
+  def fn(outputs, targets):
+    return losses.fcos_loss(outputs, targets, locations, cfg)
+  return jax.jit(jax.value_and_grad(fn, has_aux=True))
+
+
+@pytest.mark.parametrize("name", ["official", "paper", "torchvision"])
+@pytest.mark.parametrize("empty", ["all", "some"])
+def test_finite_with_empty_images(name, empty):
+  cfg = LOSS_CONFIGS[name]
+  empty_images = (0, 1, 2) if empty == "all" else (0, 2)
+  locations, targets, outputs = random_problem(cfg, empty_images=empty_images)
+  # Harsh outputs: zero distances (relu at 0) on some positives, extreme
+  # logits, huge distances on background.
+  background = ~np.asarray(targets.positive)
+  outputs["box_regression"][:, ::3] = 0.0
+  outputs["box_regression"][background & (np.arange(background.shape[1]) % 7
+                                          == 1)] = 1e30
+  outputs["cls_logits"][:, ::5] = 30.0
+  outputs["centerness"][:, ::4] = -90.0
+  (total, metrics), grads = _loss_and_grad(cfg, locations)(outputs, targets)
+  assert np.isfinite(total)
+  for g in jax.tree_util.tree_leaves(grads):
+    assert np.isfinite(g).all()
+  want = numpy_fcos_loss(outputs, targets, locations.strides, cfg)
+  if empty == "all":
+    assert metrics["num_pos"] == 0
+    assert metrics["loss_reg"] == 0 and metrics["loss_ctr"] == 0
+    assert (np.asarray(grads["box_regression"]) == 0).all()
+    np.testing.assert_allclose(metrics["loss_cls"], want["loss_cls"],
+                               rtol=2e-5)
+  else:
+    assert metrics["num_pos"] > 0
+    np.testing.assert_allclose(metrics["loss_cls"], want["loss_cls"],
+                               rtol=2e-5)
+    np.testing.assert_allclose(metrics["loss_ctr"], want["loss_ctr"],
+                               rtol=2e-5)
+    np.testing.assert_allclose(metrics["loss_reg"], want["loss_reg"],
+                               rtol=2e-5)
+
+
+def test_bfloat16_outputs_give_a_float32_loss():
+  cfg = LOSS_CONFIGS["official"]
+  locations, targets, outputs = random_problem(cfg, seed=5)
+  bf16 = {k: jnp.asarray(v, jnp.bfloat16) for k, v in outputs.items()}
+  as_f32 = {k: np.asarray(v.astype(jnp.float32)) for k, v in bf16.items()}
+  total, metrics = losses.fcos_loss(bf16, targets, locations, cfg)
+  assert total.dtype == jnp.float32
+  want = numpy_fcos_loss(as_f32, targets, locations.strides, cfg)
+  for key in ("loss_cls", "loss_reg", "loss_ctr"):
+    np.testing.assert_allclose(metrics[key], want[key], rtol=2e-5)
+
+
+def test_gradient_matches_finite_differences():
+  cfg = LOSS_CONFIGS["official"]
+  locations, targets, outputs = random_problem(cfg, seed=9)
+  f = jax.jit(lambda o: losses.fcos_loss(o, targets, locations, cfg)[0])
+  grads = jax.grad(f)(outputs)
+  pos = np.argwhere(np.asarray(targets.positive))[:3]
+  x64 = {k: v.astype(np.float64) for k, v in outputs.items()}
+  for b, p in pos:
+    for key, index in (("box_regression", (b, p, 1)), ("centerness", (b, p)),
+                       ("cls_logits", (b, p, int(targets.labels[b, p])))):
+      eps = 1e-2
+      up = {k: v.copy() for k, v in x64.items()}
+      down = {k: v.copy() for k, v in x64.items()}
+      up[key][index] += eps
+      down[key][index] -= eps
+      numeric = (sum(numpy_fcos_loss(up, targets, locations.strides, cfg)[k]
+                     for k in ("loss_cls", "loss_reg", "loss_ctr"))
+                 - sum(numpy_fcos_loss(down, targets, locations.strides, cfg)[k]
+                       for k in ("loss_cls", "loss_reg", "loss_ctr"))) / (2 * eps)
+      np.testing.assert_allclose(grads[key][index], numeric, rtol=2e-3,
+                                 atol=1e-6, err_msg=key)
+
+
+def test_bad_outputs_are_named():
+  cfg = LOSS_CONFIGS["official"]
+  locations, targets, outputs = random_problem(cfg)
+  bad = dict(outputs, cls_logits=outputs["cls_logits"][..., :3])
+  with pytest.raises(ValueError, match="cls_logits"):
+    losses.fcos_loss(bad, targets, locations, cfg)
+  with pytest.raises(KeyError, match="centerness"):
+    losses.fcos_loss({k: v for k, v in outputs.items() if k != "centerness"},
+                     targets, locations, cfg)
+
+
+# --- torchvision ---------------------------------------------------------
+
+@pytest.mark.torch
+def test_elementwise_losses_match_torchvision():
+  torch = pytest.importorskip("torch")
+  from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 4, (200,)).astype(np.float32)
+  t = (rng.random(200) < 0.3).astype(np.float32)
+  want = sigmoid_focal_loss(torch.from_numpy(x), torch.from_numpy(t),
+                            alpha=0.25, gamma=2.0, reduction="none").numpy()
+  np.testing.assert_allclose(losses.sigmoid_focal_loss(x, t), want,
+                             rtol=1e-5, atol=1e-7)
+  # Distances around points -> boxes for torchvision.
+  point = rng.uniform(0, 100, (200, 2)).astype(np.float32)
+  pred = rng.uniform(0, 30, (200, 4)).astype(np.float32)
+  target = rng.uniform(0.5, 30, (200, 4)).astype(np.float32)
+
+  def to_box(d):
+    return torch.from_numpy(np.concatenate([point - d[:, :2],
+                                            point + d[:, 2:]], -1))
+
+  want = generalized_box_iou_loss(to_box(pred), to_box(target)).numpy()
+  np.testing.assert_allclose(losses.giou_loss(pred, target), want,
+                             rtol=1e-4, atol=1e-5)
+
+
+def _load_bench():
+  spec = importlib.util.spec_from_file_location(
+      "bench_loss", ROOT / "benchmarks" / "bench_loss.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.torch
+def test_assign_and_loss_match_torchvision_compute_loss():
+  """Matching and loss end to end against torchvision's FCOS.compute_loss."""
+  torch = pytest.importorskip("torch")
+  bench = _load_bench()
+  from fcos_jax.batch import dummy_batch
+  cfg = config_lib.torchvision(num_classes=6)
+  canvas_hw = (256, 384)
+  locations = compute_locations(canvas_hw, cfg)
+  batch = dummy_batch(3, canvas_hw, 8, 6, seed=4, boxes_per_image=6)
+  batch["box_valid"][1] = False  # an image without boxes
+  outputs = bench.random_outputs(3, locations.num_locations, 6, seed=4)
+  total, metrics = bench.make_ours(locations, cfg)(
+      outputs, batch["boxes"], batch["classes"], batch["box_valid"],
+      batch["is_crowd"])
+  with torch.no_grad():
+    want = bench.make_torchvision(cfg)(
+        *bench.torchvision_inputs(batch, outputs, locations))
+  assert metrics["num_pos"] > 20
+  for ours, theirs in (("loss_cls", "classification"),
+                       ("loss_reg", "bbox_regression"),
+                       ("loss_ctr", "bbox_ctrness")):
+    np.testing.assert_allclose(metrics[ours], float(want[theirs]), rtol=1e-5,
+                               err_msg=ours)
+
+
+@pytest.mark.torch
+def test_bench_loss_smoke(tmp_path, capsys):
+  pytest.importorskip("torch")
+  out = tmp_path / "bench.json"
+  _load_bench().main(["--smoke", "--json", str(out)])
+  assert "speed-up" in capsys.readouterr().out
+  result = json.loads(out.read_text())
+  assert result["ours_ms"]["median"] > 0 and result["torchvision_ms"]["min"] > 0
+  for key in ("loss_cls", "loss_reg", "loss_ctr"):
+    np.testing.assert_allclose(result["loss_ours"][key],
+                               result["loss_torchvision"][key], rtol=1e-5)
