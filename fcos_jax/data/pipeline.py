@@ -24,7 +24,9 @@ the process index, so hosts agree without talking and resuming is exact):
   buckets run in order, so all processes agree on the canvas of each step.
 * Bad images: with `skip_bad_examples=False` a decode failure stops with a
   `DataError` naming the file; with True it is dropped (the next image of
-  the same bucket takes its place), counted and logged.
+  the same bucket takes its place), counted and logged. Resume offsets count
+  stream positions, so with skipped images before `start_step` a resumed
+  run is shifted by that many images (still deterministic).
 """
 
 from __future__ import annotations
@@ -35,17 +37,12 @@ import math
 import os
 
 import numpy as np
-import tensorflow as tf
+from fcos_jax.data.tf_setup import tf
 
 from fcos_jax.data import transforms
 from fcos_jax.data.coco_format import DatasetInfo, ExampleTable
 from fcos_jax.data.errors import DataError
 from fcos_jax.data.sources import load_split
-
-try:  # Never let TF grab a GPU: JAX owns the accelerators.
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # Already initialised by someone else; nothing to do.
-  pass
 
 log = logging.getLogger("fcos_jax.data")
 

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 
 import numpy as np
-import tensorflow as tf
+from fcos_jax.data.tf_setup import tf
 
 from fcos_jax.data.errors import DataError
 

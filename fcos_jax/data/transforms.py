@@ -9,7 +9,7 @@ resume.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from fcos_jax.data.tf_setup import tf
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
