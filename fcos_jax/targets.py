@@ -1,10 +1,12 @@
 """FCOS target assignment: which ground-truth box each location regresses.
 
 Spec section 2. Naming: B = images, P = locations over all levels
-(`Locations`), M = padded ground-truth boxes. The work is one fused pass over
-the [P, M] pairs of each image (vmapped over B) that ends in an argmin over M:
-XLA fuses the elementwise tests into that reduction, so no [B, P, M, 4]
-tensor is ever materialised. Everything else is [B, P] or [B, P, 4].
+(`Locations`), M = padded ground-truth boxes. Per image (vmapped over B)
+and per level, the match test splits into per-axis tests ([M, W] along x,
+[M, H] along y); boxes are ranked by area and those tests packed as bits, 32
+boxes to a uint32 word, so the only per-(location, box) work is three bitwise
+ops on [K, H, W] words (K = ceil(M / 32)) and a find-first-set. No
+[B, P, M] tensor, let alone [B, P, M, 4], is ever built.
 
 Rules (official FCOS `compute_targets_for_locations`; torchvision and
 detectron2 `_match_anchors` state the same rule differently):
@@ -97,6 +99,29 @@ def _level_grid(locations: Locations, level: int):
   return xs, ys, stride, (lo, hi)
 
 
+def _pack_bits(flags):
+  """[M, N] bool -> [K, N] uint32, K = ceil(M / 32): bit m % 32 of word
+  m // 32 is flags[m]."""
+  num, n = flags.shape
+  words = -(-num // 32)
+  flags = jnp.pad(flags, ((0, 32 * words - num), (0, 0)))
+  bit = jnp.left_shift(jnp.uint32(1), jnp.arange(32, dtype=jnp.uint32))
+  # Distinct powers of two: their sum is their bitwise or.
+  return jnp.sum(flags.reshape(words, 32, n).astype(jnp.uint32)
+                 * bit[None, :, None], axis=1, dtype=jnp.uint32)
+
+
+def _first_set_bit(words, num_boxes: int):
+  """[K, ...] uint32 -> [...] int32: the lowest set bit position over the
+  K words (word k holds positions 32k .. 32k + 31); num_boxes if none."""
+  # Isolate the lowest set bit; ones below it count its position.
+  low = words & (~words + jnp.uint32(1))
+  pos = jax.lax.population_count(low - jnp.uint32(1)).astype(jnp.int32)
+  pos = pos + 32 * jnp.arange(words.shape[0], dtype=jnp.int32).reshape(
+      (-1,) + (1,) * (words.ndim - 1))
+  return jnp.min(jnp.where(words != 0, pos, num_boxes), axis=0)
+
+
 def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
   """One image: boxes [M, 4], classes [M], usable [M] -> `Targets` of [P]."""
   num_boxes = boxes.shape[0]
@@ -107,7 +132,6 @@ def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
   order = jnp.argsort(area, stable=True).astype(jnp.int32)  # [M]
   sb = boxes[order]
   su = usable[order]
-  rank = jnp.arange(num_boxes, dtype=jnp.int32)
 
   first, points = [], []
   for xs, ys, stride, (lo, hi) in grids:  # 5 levels: static loop.
@@ -116,12 +140,12 @@ def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
     in_y, reach_y = _axis_tests(jnp.asarray(ys), sb[:, 1:2], sb[:, 3:4],
                                 stride, radius, lo, hi, inclusive)  # [M, H]
     in_x = in_x & su[:, None]
-    # The only [M, H, W] work: three boolean ops and a min over M, fused by
-    # XLA into one vectorised reduction; nothing [M, H, W] is written out.
-    ok = (in_y[:, :, None] & in_x[:, None, :]
-          & (reach_y[:, :, None] | reach_x[:, None, :]))
-    first.append(jnp.min(
-        jnp.where(ok, rank[:, None, None], num_boxes), axis=0).reshape(-1))
+    # Pack the boxes (in rank order) as bits, 32 to a word: the pair test
+    # then runs on [K, H, W] words, K = ceil(M / 32), instead of [M, H, W].
+    ay, ax, ry, rx = (_pack_bits(a) for a in (in_y, in_x, reach_y, reach_x))
+    words = (ay[:, :, None] & ax[:, None, :]
+             & (ry[:, :, None] | rx[:, None, :]))              # [K, H, W]
+    first.append(_first_set_bit(words, num_boxes).reshape(-1))
     gx, gy = np.meshgrid(xs, ys)
     points.append(np.stack([gx.ravel(), gy.ravel()], -1))
   first = jnp.concatenate(first)                       # [P] rank or M

@@ -139,6 +139,22 @@ def test_matches_brute_force_on_random_cases(preset):
   assert num_positive > 10, "the random cases should have positives"
 
 
+@pytest.mark.parametrize("num_boxes", [33, 70])
+def test_more_than_32_boxes(num_boxes):
+  # The assigner packs boxes 32 to a word: matches must cross words.
+  cfg = PRESETS["small_ranges"]
+  rng = np.random.default_rng(num_boxes)
+  boxes, classes, valid, crowd = random_case(rng, 1, num_boxes, (72, 64))
+  valid[:] = True
+  crowd[:] = False
+  _, got, want = run_both(boxes, classes, valid, crowd, (72, 64), cfg)
+  assert_same(got, want)
+  area = (boxes[0, :, 2] - boxes[0, :, 0]) * (boxes[0, :, 3] - boxes[0, :, 1])
+  rank = np.argsort(np.argsort(area, kind="stable"), kind="stable")
+  matched = got.matched_index[0][got.positive[0]]
+  assert rank[matched].max() >= 32, "some match should be in the 2nd word"
+
+
 def _index(locations, level, x, y):
   """Index in P of the location at (x, y) on `level`."""
   sl = locations.level_slice(level)
