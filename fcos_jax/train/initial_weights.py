@@ -1,0 +1,28 @@
+"""Parameters a run starts from: the backbone from an ImageNet checkpoint."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from fcos_jax.convert import torchvision as tv_convert
+from fcos_jax.model.config import ModelConfig
+
+FORMATS = ("torchvision_resnet", "torchvision_fcos")
+
+
+def load_initial_params(params, path: str, fmt: str, cfg: ModelConfig):
+  """`params` with the backbone (or the whole model) read from `path`.
+
+  fmt "torchvision_resnet": a torchvision ImageNet ResNet state dict
+  (`.pth`, needs torch; or an `.npz` of the same names); "torchvision_fcos":
+  a whole torchvision FCOS state dict (torchvision preset only).
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"config.init_backbone_format={fmt!r}: use one of {FORMATS}.")
+  state_dict = dict(np.load(path)) if path.endswith(".npz") else path
+  params = jax.device_get(params)
+  if fmt == "torchvision_fcos":
+    return tv_convert.convert_fcos_state_dict(state_dict, cfg)["params"]
+  backbone = tv_convert.convert_resnet_state_dict(state_dict, cfg)
+  return tv_convert.merge_backbone({"params": params}, backbone)["params"]

@@ -1,0 +1,168 @@
+"""The real command-line jobs, end to end, on a tiny synthetic dataset.
+
+Each run is a subprocess of train.py / evaluate.py (as a user runs them),
+bounded in time; a killed run's process is ours and killed by pid.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600
+
+
+def tiny_args(tmp_path, steps=6, **extra):
+  """Overrides that shrink configs/synthetic_cpu.py to a seconds-long run."""
+  args = {
+      "data.synthetic.dir": str(tmp_path.parent / "synthetic_tiny"),
+      "data.synthetic.num_train": 24,
+      "data.synthetic.num_val": 8,
+      "data.synthetic.image_size": 128,
+      "data.min_size": 128,
+      "data.max_size": 128,
+      "data.canvases": "((128,128),)",
+      "data.num_parallel_calls": 2,
+      "model.width": 8,
+      "model.fpn_channels": 32,
+      "model.head_convs": 1,
+      "model.gn_groups": 8,
+      "global_batch_size": 8,
+      "eval_batch_size": 8,
+      "num_train_steps": steps,
+      "log_every_steps": 1,
+      "checkpoint_every_steps": 2,
+      "async_checkpointing": False,
+      "optim.warmup_steps": 2,
+      "optim.decay_steps": "(4,)",
+  }
+  args.update(extra)
+  return [f"--config.{k}={v}" for k, v in args.items()]
+
+
+def run(script, workdir, args, check=True, env_extra=None):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))
+  cmd = [sys.executable, str(ROOT / script), "--config",
+         str(ROOT / "configs/synthetic_cpu.py"), "--workdir", str(workdir)] + args
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT_S)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{script} failed ({proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+  return proc
+
+
+def final_params(workdir):
+  """The parameters of the latest checkpoint, as a flat dict of arrays."""
+  import orbax.checkpoint as ocp
+  ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+  step = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+  tree = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
+  flat = {}
+
+  def visit(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        visit(f"{prefix}/{k}", v)
+    else:
+      flat[prefix] = np.asarray(node)
+  visit("", tree["params"])
+  return step, flat
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_through_the_clis(tmp_path):
+  workdir = tmp_path / "run"
+  proc = run("train.py", workdir, tiny_args(tmp_path))
+  log = proc.stderr
+  assert "loss_cls" in log and "images_per_s" in log and "ETA" in log
+  assert "Average Precision" in proc.stdout
+  assert list((workdir / "tensorboard").iterdir())
+  assert (workdir / "checkpoints" / "6").is_dir()
+
+  proc = run("evaluate.py", workdir, tiny_args(tmp_path) + ["--checkpoint=4"])
+  assert "COCO bbox evaluation at step 4" in proc.stdout
+  metrics = json.loads((workdir / "eval" / "metrics_step4.json").read_text())
+  assert set(metrics) >= {"AP", "AP50", "ARl"} and metrics["num_images"] == 8
+  detections = json.loads((workdir / "eval" / "detections_step4.json").read_text())
+  assert isinstance(detections, list)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+  steps = 8
+  ref = tmp_path / "uninterrupted"
+  run("train.py", ref, tiny_args(tmp_path, steps, eval_at_end=False))
+  ref_step, ref_params = final_params(ref)
+  assert ref_step == steps
+
+  killed = tmp_path / "killed"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  cmd = [sys.executable, str(ROOT / "train.py"), "--config",
+         str(ROOT / "configs/synthetic_cpu.py"), "--workdir", str(killed)
+         ] + tiny_args(tmp_path, steps, eval_at_end=False)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + TIMEOUT_S
+    # Kill hard once a mid-run checkpoint exists (step 4 of 8).
+    while not (killed / "checkpoints" / "4").is_dir():
+      assert proc.poll() is None, "training ended before it could be killed"
+      assert time.time() < deadline, "no checkpoint in time"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
+  interrupted_step = max(int(p.name) for p in (killed / "checkpoints").iterdir()
+                         if p.name.isdigit())
+  assert interrupted_step < steps
+
+  proc = run("train.py", killed, tiny_args(tmp_path, steps, eval_at_end=False))
+  assert "Resumed from" in proc.stderr
+  step, params = final_params(killed)
+  assert step == steps and params.keys() == ref_params.keys()
+  for name, value in ref_params.items():
+    np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+  workdir = tmp_path / "nan"
+  # Two tiny warm-up steps, then an absurd LR makes the loss non-finite.
+  args = tiny_args(tmp_path, 8, checkpoint_every_steps=1, eval_at_end=False) + [
+      "--config.optim.base_lr=1e12", "--config.optim.warmup_factor=1e-15",
+      "--config.optim.warmup_method=constant"]
+  proc = run("train.py", workdir, args, check=False)
+  assert proc.returncode != 0
+  assert "NaN/inf" in proc.stderr and "is intact" in proc.stderr
+  good, params = final_params(workdir)
+  assert 1 <= good < 8
+  assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_config_typos_are_refused(tmp_path):
+  proc = run("train.py", tmp_path / "typo", ["--config.optim.base_lrr=0.1"],
+             check=False)
+  assert proc.returncode != 0 and "base_lrr" in proc.stderr
+  proc = run("train.py", tmp_path / "typo", ["--config.model.depth=fifty"],
+             check=False)
+  assert proc.returncode != 0 and "depth" in proc.stderr
+
+
+def test_model_config_refuses_unknown_and_bad_values():
+  from fcos_jax.model.config import ModelConfig
+  with pytest.raises(ValueError, match="centreness_on"):
+    ModelConfig.from_dict({"centreness_on": "reg"})
+  with pytest.raises(ValueError, match="reg_loss"):
+    ModelConfig.from_dict({"reg_loss": "smooth_l1"})
+  assert ModelConfig.from_dict({"preset": "paper"}).reg_loss == "iou"
