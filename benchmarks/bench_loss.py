@@ -4,10 +4,11 @@
 Both get the same batch (random boxes, `dummy_batch`) and the same random
 head outputs on the same locations, with the torchvision preset (anchors at
 (j*s, i*s), open size ranges, centre sampling 1.5, GIoU unweighted), so the
-two losses must also agree: the table reports both. torchvision's anchors are
-boxes of side s centred on our locations, as its AnchorGenerator builds them
-when the canvas is a multiple of 128. Ours is timed after compilation with
-`block_until_ready`.
+two losses must also agree: the table reports both. torchvision's anchors
+are boxes of side s centred on our locations, as its AnchorGenerator builds
+them when the canvas is a multiple of 128. Ours is timed after compilation
+with `block_until_ready`; the two take turns in the timing loop, so that a
+busy machine slows both alike.
 
   python benchmarks/bench_loss.py            # 8 x 800x1344, 50 boxes, 80 classes
   python benchmarks/bench_loss.py --smoke    # tiny, for the test
@@ -97,12 +98,15 @@ def make_torchvision(cfg):
   return lambda *args: tv_fcos.FCOS.compute_loss(model, *args)
 
 
-def _time(fn, repeats):
-  times = []
+def _time_interleaved(fns, repeats):
+  """Seconds per call of each fn, taking turns so that a busy machine slows
+  them alike."""
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
+    for fn, out in zip(fns, times):
+      start = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - start)
   return times
 
 
@@ -127,13 +131,14 @@ def run(batch_size, canvas_hw, num_boxes, num_classes, repeats, seed=0):
   start = time.perf_counter()
   total, metrics = jax.block_until_ready(ours(*args))
   compile_s = time.perf_counter() - start
-  ours_times = _time(lambda: jax.block_until_ready(ours(*args)), repeats)
 
   tv_loss = make_torchvision(cfg)
   tv_args = torchvision_inputs(batch, outputs, locations)
   with torch.no_grad():
     tv_out = tv_loss(*tv_args)  # warm-up
-    tv_times = _time(lambda: tv_loss(*tv_args), repeats)
+    ours_times, tv_times = _time_interleaved(
+        [lambda: jax.block_until_ready(ours(*args)),
+         lambda: tv_loss(*tv_args)], repeats)
   tv_losses = {k: float(tv_out[n]) for k, n in zip(
       LOSS_KEYS, ("classification", "bbox_regression", "bbox_ctrness"))}
 
