@@ -248,6 +248,23 @@ def test_gradient_matches_finite_differences():
                                  atol=1e-6, err_msg=key)
 
 
+def test_sums_are_global_when_the_batch_is_sharded():
+  # 8 fake CPU devices (conftest): each holds one image, some without boxes;
+  # the loss must equal the unsharded one (global num_pos and weights).
+  n = jax.device_count()
+  cfg = LOSS_CONFIGS["official"]
+  locations, targets, outputs = random_problem(cfg, batch=n, seed=2,
+                                               empty_images=(1, 2))
+  mesh = jax.make_mesh((n,), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  shard = lambda tree: jax.device_put(tree, sharding)
+  fn = jax.jit(lambda o, t: losses.fcos_loss(o, t, locations, cfg))
+  total, metrics = fn(shard(outputs), shard(targets))
+  want = numpy_fcos_loss(outputs, targets, locations.strides, cfg)
+  for key, value in want.items():
+    np.testing.assert_allclose(metrics[key], value, rtol=2e-5, err_msg=key)
+
+
 def test_bad_outputs_are_named():
   cfg = LOSS_CONFIGS["official"]
   locations, targets, outputs = random_problem(cfg)
