@@ -18,6 +18,7 @@ missing, unexpected or mis-shaped tensor is refused with the full list.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any, Mapping
@@ -173,6 +174,7 @@ def _torch_shape(shape, leaf):
       leaf == "kernel" and len(shape) == 4) else shape
 
 
+@functools.lru_cache(maxsize=8)
 def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
   shapes = jax.eval_shape(lambda r: init_variables(cfg, r), jax.random.key(0))
   flat = traverse_util.flatten_dict(shapes["params"])
