@@ -1,6 +1,7 @@
 """FCOS losses against hand-computed values, a NumPy reimplementation of the
 normalised loss, and torchvision."""
 
+import functools
 import importlib.util
 import json
 import math
@@ -123,10 +124,23 @@ def numpy_fcos_loss(outputs, targets, strides, cfg):
           "num_pos": float(pos.sum())}
 
 
+@functools.lru_cache(maxsize=None)
+def jitted(cfg, canvas_hw=(96, 128)):
+  """(locations, assign, loss, loss_and_grad), compiled once per config."""
+  locations = compute_locations(canvas_hw, cfg)
+
+  def loss(outputs, targets):
+    return losses.fcos_loss(outputs, targets, locations, cfg)
+
+  return (locations,
+          jax.jit(lambda *a: assign_targets(*a, locations, cfg)),
+          jax.jit(loss), jax.jit(jax.value_and_grad(loss, has_aux=True)))
+
+
 def random_problem(cfg, canvas_hw=(96, 128), batch=3, num_boxes=6, seed=0,
                    empty_images=()):
   rng = np.random.default_rng(seed)
-  locations = compute_locations(canvas_hw, cfg)
+  locations, assign, _, _ = jitted(cfg, canvas_hw)
   h, w = canvas_hw
   xy = rng.uniform(0, [w, h], (batch, num_boxes, 2))
   wh = rng.uniform(6, 80, (batch, num_boxes, 2))
@@ -136,8 +150,7 @@ def random_problem(cfg, canvas_hw=(96, 128), batch=3, num_boxes=6, seed=0,
       np.int32)
   valid = np.ones((batch, num_boxes), bool)
   valid[list(empty_images)] = False
-  targets = jax.jit(lambda *a: assign_targets(*a, locations, cfg))(
-      boxes, classes, valid, np.zeros_like(valid))
+  targets = assign(boxes, classes, valid, np.zeros_like(valid))
   p = locations.num_locations
   outputs = {
       "cls_logits": rng.normal(-3, 2, (batch, p, cfg.num_classes)).astype(
@@ -162,20 +175,13 @@ LOSS_CONFIGS = {
 def test_fcos_loss_matches_numpy(name):
   cfg = LOSS_CONFIGS[name]
   locations, targets, outputs = random_problem(cfg, seed=len(name))
-  total, metrics = jax.jit(
-      lambda o, t: losses.fcos_loss(o, t, locations, cfg))(outputs, targets)
+  total, metrics = jitted(cfg)[2](outputs, targets)
   want = numpy_fcos_loss(outputs, targets, locations.strides, cfg)
   assert want["num_pos"] > 10
   for key, value in want.items():
     np.testing.assert_allclose(metrics[key], value, rtol=2e-5, err_msg=key)
   np.testing.assert_allclose(
       total, want["loss_cls"] + want["loss_reg"] + want["loss_ctr"], rtol=2e-5)
-
-
-def _loss_and_grad(cfg, locations):
-  def fn(outputs, targets):
-    return losses.fcos_loss(outputs, targets, locations, cfg)
-  return jax.jit(jax.value_and_grad(fn, has_aux=True))
 
 
 @pytest.mark.parametrize("name", ["official", "paper", "torchvision"])
@@ -192,7 +198,7 @@ def test_finite_with_empty_images(name, empty):
                                           == 1)] = 1e30
   outputs["cls_logits"][:, ::5] = 30.0
   outputs["centerness"][:, ::4] = -90.0
-  (total, metrics), grads = _loss_and_grad(cfg, locations)(outputs, targets)
+  (total, metrics), grads = jitted(cfg)[3](outputs, targets)
   assert np.isfinite(total)
   for g in jax.tree_util.tree_leaves(grads):
     assert np.isfinite(g).all()
@@ -228,8 +234,7 @@ def test_bfloat16_outputs_give_a_float32_loss():
 def test_gradient_matches_finite_differences():
   cfg = LOSS_CONFIGS["official"]
   locations, targets, outputs = random_problem(cfg, seed=9)
-  f = jax.jit(lambda o: losses.fcos_loss(o, targets, locations, cfg)[0])
-  grads = jax.grad(f)(outputs)
+  _, grads = jitted(cfg)[3](outputs, targets)
   pos = np.argwhere(np.asarray(targets.positive))[:3]
   x64 = {k: v.astype(np.float64) for k, v in outputs.items()}
   for b, p in pos:
@@ -258,8 +263,7 @@ def test_sums_are_global_when_the_batch_is_sharded():
   mesh = jax.make_mesh((n,), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   shard = lambda tree: jax.device_put(tree, sharding)
-  fn = jax.jit(lambda o, t: losses.fcos_loss(o, t, locations, cfg))
-  total, metrics = fn(shard(outputs), shard(targets))
+  total, metrics = jitted(cfg)[2](shard(outputs), shard(targets))
   want = numpy_fcos_loss(outputs, targets, locations.strides, cfg)
   for key, value in want.items():
     np.testing.assert_allclose(metrics[key], value, rtol=2e-5, err_msg=key)

@@ -126,17 +126,22 @@ PRESETS = {
 }
 
 
+# One canvas per preset (each compiles once), of varied shapes and ratios.
+CANVASES = {"official": (64, 96), "paper": (100, 72), "torchvision": (96, 64),
+            "small_ranges": (72, 120), "small_ranges_open": (136, 136)}
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_matches_brute_force_on_random_cases(preset):
   cfg = PRESETS[preset]
   rng = np.random.default_rng(sorted(PRESETS).index(preset))
-  num_positive = 0
-  for canvas_hw in ((64, 96), (100, 72), (136, 136)):
-    boxes, classes, valid, crowd = random_case(rng, 3, 12, canvas_hw)
-    _, got, want = run_both(boxes, classes, valid, crowd, canvas_hw, cfg)
-    assert_same(got, want)
-    num_positive += got.positive.sum()
-  assert num_positive > 10, "the random cases should have positives"
+  canvas_hw = CANVASES[preset]
+  boxes, classes, valid, crowd = random_case(rng, 8, 12, canvas_hw)
+  _, got, want = run_both(boxes, classes, valid, crowd, canvas_hw, cfg)
+  assert_same(got, want)
+  # Tiny size ranges leave few positives (most boxes land on the sparse top
+  # levels); the real presets give about a hundred.
+  assert got.positive.sum() >= 5, "the random case should have positives"
 
 
 @pytest.mark.parametrize("num_boxes", [33, 70])
