@@ -183,6 +183,10 @@ def _check_inputs(boxes, classes, box_valid, is_crowd, locations, cfg):
         f"assign_targets: boxes must be [B, M, 4] (x0, y0, x1, y1), got shape "
         f"{tuple(boxes.shape)}; pad every image to M boxes and batch them.")
   bm = tuple(boxes.shape[:2])
+  if bm[1] == 0:
+    raise ValueError(
+        "assign_targets: boxes has M = 0; pad every image to at least one box "
+        "(with box_valid False) so that shapes stay static.")
   for name, value in (("classes", classes), ("box_valid", box_valid),
                       ("is_crowd", is_crowd)):
     if tuple(value.shape) != bm:

@@ -299,5 +299,8 @@ def test_bad_input_is_named():
     assign_targets(boxes[..., :3], ok.astype(np.int32), ok, ok, locations, cfg)
   with pytest.raises(ValueError, match="classes must be"):
     assign_targets(boxes, np.zeros((2, 4), np.int32), ok, ok, locations, cfg)
+  with pytest.raises(ValueError, match="M = 0"):
+    assign_targets(boxes[:, :0], ok[:, :0], ok[:, :0], ok[:, :0], locations,
+                   cfg)
   with pytest.raises(TypeError, match="Locations"):
     assign_targets(boxes, ok.astype(np.int32), ok, ok, locations.points, cfg)
