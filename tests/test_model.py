@@ -276,3 +276,26 @@ def test_fpn_upsample_matches_pytorch_nearest_rule():
     cols = np.floor(np.arange(hw[1]) * 4 / hw[1]).astype(int)
     want = x[:, rows][:, :, cols]
     np.testing.assert_array_equal(np.asarray(upsample_to(x, hw)), want)
+
+
+def test_groupnorm_backbone_trains_every_norm_parameter():
+  """backbone_norm="gn": trainable GroupNorm, labelled norm/bias, with grads."""
+  import jax
+  import jax.numpy as jnp
+  from fcos_jax.model import FCOS, init_variables, param_labels
+  from fcos_jax.model.config import official
+  from flax import traverse_util
+  cfg = official(num_classes=3, depth=18, width=8, fpn_channels=16,
+                 gn_groups=4, head_convs=1, freeze_at=0, backbone_norm="gn")
+  params = init_variables(cfg, jax.random.key(0), (64, 64))["params"]
+  labels = traverse_util.flatten_dict(param_labels(params, cfg))
+  bb = {p: l for p, l in labels.items() if p[0] == "backbone"}
+  assert "frozen" not in bb.values()
+  assert {l for p, l in bb.items() if p[-1] == "scale"} == {"norm"}
+  images = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
+  grads = jax.grad(lambda p: sum(
+      jnp.sum(v ** 2) for v in FCOS(cfg).apply({"params": p}, images).values())
+                   )(params)
+  flat = traverse_util.flatten_dict(grads)
+  stem_scale = flat[("backbone", "stem", "bn", "gn", "scale")]
+  assert float(jnp.abs(stem_scale).sum()) > 0

@@ -33,7 +33,8 @@ from fcos_jax.model.fcos import MODEL_STRIDES, init_variables
 
 # Fields that change what the weights compute, and torchvision's values.
 _BACKBONE_REQUIRED = dict(
-    stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
+    stride_in_1x1=False, bn_eps=1e-5, backbone_norm="frozen_bn",
+    input_bgr=False, input_range=1.0,
     pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD)
 _FCOS_REQUIRED = dict(
     _BACKBONE_REQUIRED, fpn_channels=256, p6_from="p5", head_norm="gn",

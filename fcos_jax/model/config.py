@@ -38,6 +38,9 @@ class ModelConfig:
   # False: torchvision, stride in the 3x3 conv.
   freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ...
   bn_eps: float = 0.0  # Frozen BatchNorm epsilon (torchvision uses 1e-5).
+  backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones) or
+  # "gn": trainable GroupNorm (min(gn_groups, C) groups), for training from
+  # scratch, where an identity frozen BN would leave the ResNet unnormalised.
 
   # --- Input normalisation (applied on the device) ------------------------
   input_bgr: bool = True  # Feed channels as BGR (caffe weights) or RGB.
@@ -89,6 +92,7 @@ class ModelConfig:
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
     _check_choice(self, "head_norm", ("gn", "none"))
+    _check_choice(self, "backbone_norm", ("frozen_bn", "gn"))
     _check_choice(self, "centerness_on", ("reg", "cls"))
     _check_choice(self, "location_offset", ("half", "zero"))
     _check_choice(self, "reg_loss", ("giou", "iou", "linear_iou"))

@@ -24,11 +24,15 @@ def _stage_index(name: str) -> int:
 def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
   top, leaf = path[0], path[-1]
   if top == "backbone":
-    # Convs in the backbone have only a kernel; everything else is a
-    # FrozenBatchNorm vector.
-    if _stage_index(path[1]) <= cfg.freeze_at or leaf != "kernel":
+    # Convs in the backbone have only a kernel; everything else is a norm
+    # vector: frozen BatchNorm, or trainable GroupNorm (backbone_norm="gn").
+    if _stage_index(path[1]) <= cfg.freeze_at:
       return "frozen"
-    return "weight"
+    if leaf == "kernel":
+      return "weight"
+    if cfg.backbone_norm == "gn":
+      return "norm" if leaf == "scale" else "bias"
+    return "frozen"
   if top in ("fpn", "head"):
     if leaf == "kernel" or leaf.startswith("scale_"):
       return "weight"

@@ -8,7 +8,8 @@ Parameter tree (the converters and `param_groups` rely on these names):
   stem/{conv, bn}
   res2 .. res5 / block{i} / {conv1, bn1, conv2, bn2[, conv3, bn3]}
                             [/ downsample_conv, downsample_bn]
-Every `bn*` is a `FrozenBatchNorm` with params scale, bias, mean, var.
+Every `bn*` is a `FrozenBatchNorm` with params scale, bias, mean, var, or
+with `cfg.backbone_norm == "gn"` a trainable GroupNorm with scale, bias.
 """
 
 from __future__ import annotations
@@ -71,6 +72,28 @@ class FrozenBatchNorm(nn.Module):
     return x * mult.astype(self.dtype) + add.astype(self.dtype)
 
 
+def backbone_norm(cfg: ModelConfig, dtype, name: str) -> nn.Module:
+  """The backbone's normalisation layer named `name` (see the module doc)."""
+  if cfg.backbone_norm == "frozen_bn":
+    return FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+  return _GroupNormAnyWidth(cfg.gn_groups, dtype, name=name)
+
+
+class _GroupNormAnyWidth(nn.Module):
+  """GroupNorm with the largest group count <= `groups` dividing C."""
+
+  groups: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    g = max(d for d in range(1, min(self.groups, c) + 1) if c % d == 0)
+    norm = nn.GroupNorm(num_groups=g, epsilon=1e-5, dtype=self.dtype,
+                        param_dtype=jnp.float32, name="gn")
+    return norm(x)
+
+
 def _conv(features, k, stride, name, dtype):
   return nn.Conv(features, (k, k), strides=(stride, stride), padding=_pad(k),
                  use_bias=False, kernel_init=_conv_init, dtype=dtype,
@@ -87,7 +110,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg, dtype = self.cfg, compute_dtype(self.cfg)
-    bn = lambda name: FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+    bn = lambda name: backbone_norm(cfg, dtype, name)
     s1, s3 = (self.stride, 1) if cfg.stride_in_1x1 else (1, self.stride)
     y = nn.relu(bn("bn1")(_conv(self.planes, 1, s1, "conv1", dtype)(x)))
     y = nn.relu(bn("bn2")(_conv(self.planes, 3, s3, "conv2", dtype)(y)))
@@ -108,7 +131,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg, dtype = self.cfg, compute_dtype(self.cfg)
-    bn = lambda name: FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+    bn = lambda name: backbone_norm(cfg, dtype, name)
     y = nn.relu(bn("bn1")(_conv(self.planes, 3, self.stride, "conv1", dtype)(x)))
     y = bn("bn2")(_conv(self.planes, 3, 1, "conv2", dtype)(y))
     if self.stride != 1 or x.shape[-1] != self.planes:
@@ -126,7 +149,7 @@ class Stem(nn.Module):
   def __call__(self, x):
     dtype = compute_dtype(self.cfg)
     x = _conv(self.cfg.width, 7, 2, "conv", dtype)(x)
-    x = nn.relu(FrozenBatchNorm(self.cfg.bn_eps, dtype, name="bn")(x))
+    x = nn.relu(backbone_norm(self.cfg, dtype, "bn")(x))
     # max_pool pads with -inf, like PyTorch's MaxPool2d.
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
 
