@@ -72,8 +72,10 @@ def run(smoke: bool = False) -> dict:
   args = (s["canvas_hw"], s["train_batch"], s["infer_batches"], s["num_boxes"])
 
   ours = bench_model.Ours(cfg, *args)
+  # On a CPU (smoke) torch stays float32: its bf16 autocast there is
+  # emulated and takes minutes on AVX2 machines.
   theirs = bench_model.Torchvision(tv_cfg, *args, device=device,
-                                   autocast=torch.bfloat16)
+                                   autocast=torch.bfloat16 if on_gpu else None)
   rows = {}
   tasks = [("train", "train_once", None)] + [
       (f"infer_b{b}", "infer_once", b) for b in s["infer_batches"]]
@@ -104,7 +106,9 @@ def run(smoke: bool = False) -> dict:
   stats = jax.devices()[0].memory_stats() or {}
   result = {
       "device_kind": kind, "backend": jax.default_backend(),
-      "torch_device": device, "peak_bf16_flops": peak, "smoke": smoke,
+      "torch_device": device,
+      "torch_autocast": "bfloat16" if on_gpu else None,
+      "peak_bf16_flops": peak, "smoke": smoke,
       "settings": {k: list(v) if isinstance(v, tuple) else v
                    for k, v in s.items()},
       "jax_peak_bytes_in_use": stats.get("peak_bytes_in_use"),
@@ -129,7 +133,7 @@ def print_table(r: dict):
   """The GPU table: seconds per call, throughput, ratio, MFU."""
   s = r["settings"]
   print(f"GPU mode on {r['device_kind']} (jax {r['backend']}, torch "
-        f"{r['torch_device']}), bf16, canvas {s['canvas_hw'][0]}x"
+        f"{r['torch_device']}, autocast {r['torch_autocast']}), ours bf16, canvas {s['canvas_hw'][0]}x"
         f"{s['canvas_hw'][1]}, {s['num_boxes']} boxes, {s['repeats']} repeats"
         + (" [SMOKE: tiny sizes, not a measurement]" if r["smoke"] else ""))
   print(f"{'row':12s} {'ours ms (min/med/max)':>26s} "
