@@ -3,6 +3,7 @@ multi-process start, the persistent compilation cache, the device mesh."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
@@ -35,6 +36,27 @@ def initialize_distributed() -> None:
     logging.info("Process %d of %d, %d local / %d global devices.",
                  jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
+
+
+_barriers = itertools.count()
+
+
+def compile_everywhere(jitted, *args, name: str = "step",
+                       timeout_s: int = 1800) -> None:
+  """Compiles `jitted` for `args`, then waits until every process has.
+
+  Only with several processes. The first collective of a step waits for the
+  peers to arrive; CPU (gloo) collectives give up after 30 s, so a process
+  that compiles a step much faster than another would fail. Compiling ahead
+  fills jit's cache: the next call with these shapes runs at once. The wait
+  is a barrier of the coordination service, not a device collective (which
+  would have the same 30 s limit).
+  """
+  if jax.process_count() > 1:
+    from jax._src import distributed  # The client jax.distributed started.
+    jitted.lower(*args).compile()
+    distributed.global_state.client.wait_at_barrier(
+        f"fcos_jax_{name}_compiled_{next(_barriers)}", timeout_s * 1000)
 
 
 def _on_tpu_pod() -> bool:

@@ -41,8 +41,10 @@ def predict(config, params, mesh) -> dict:
   step_fn = jax.jit(functools.partial(steps.eval_step, cfg=cfg),
                     in_shardings=(rep, data), out_shardings=data)
   chunks = []
-  for local in ds:
+  for i, local in enumerate(ds):
     batch = global_batch.to_global_batch(local, mesh)
+    if i == 0:
+      runtime.compile_everywhere(step_fn, params, batch, name="eval_step")
     dets = step_fn(params, batch)
     dets["example_valid"] = batch["example_valid"]
     chunks.append(multihost_utils.process_allgather(dets, tiled=True))

@@ -138,6 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                start_step, total, global_bs, jax.device_count())
   for step in range(start_step + 1, total + 1):
     batch = global_batch.to_global_batch(next(train_iter), mesh)
+    if step == start_step + 1:
+      runtime.compile_everywhere(train_step, state, batch, name="train_step")
     state, metrics = train_step(state, batch)
     pending.append(metrics)
 
