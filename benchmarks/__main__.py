@@ -186,8 +186,8 @@ def run_cpu(args) -> dict:
 
 def _fmt_s(s):
   if s is None:
-    return f"{'n/a':>24s}"
-  return f"{1e3 * s['min']:8.1f}{1e3 * s['median']:8.1f}{1e3 * s['max']:8.1f}"
+    return f"{'n/a':>29s}"
+  return " ".join(f"{1e3 * s[k]:9.1f}" for k in ("min", "median", "max"))
 
 
 def _gb(b):
@@ -203,8 +203,8 @@ def print_cpu_table(r: dict):
         f"; jax {v.get('jax')}, flax {v.get('flax')}, torch {v.get('torch')}, "
         f"torchvision {v.get('torchvision')}"
         + (" [SMOKE: tiny sizes, not a measurement]" if r["smoke"] else ""))
-  print(f"{'row (ms per call)':26s} {'ours min/med/max':>24s} "
-        f"{'torchvision min/med/max':>24s} {'tv/ours':>8s} {'img/s':>7s}")
+  print(f"{'row (ms per call)':26s} {'ours min/med/max':>29s} "
+        f"{'torchvision min/med/max':>29s} {'tv/ours':>8s} {'img/s':>8s}")
   s = r["sections"]
   rows = []
   for key in ("r50", "small"):
@@ -217,11 +217,11 @@ def print_cpu_table(r: dict):
     ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
     ips = row["batch"] / row["ours_s"]["median"]
     print(f"{row['name']:26s} {_fmt_s(row['ours_s'])} "
-          f"{_fmt_s(row['torchvision_s'])} {ratio:>8s} {ips:7.2f}")
+          f"{_fmt_s(row['torchvision_s'])} {ratio:>8s} {ips:8.3g}")
   if "input" in s:
     i = s["input"]["images_per_s"]
-    print(f"{'input pipeline (img/s)':26s} {i['min']:8.1f}{i['median']:8.1f}"
-          f"{i['max']:8.1f}  (canvas {s['input']['canvas']}, batch "
+    print(f"{'input pipeline (img/s)':26s} {i['min']:9.1f} {i['median']:9.1f} "
+          f"{i['max']:9.1f}  (canvas {s['input']['canvas']}, batch "
           f"{s['input']['batch']})")
   if "coco" in s:
     c = s["coco"]
