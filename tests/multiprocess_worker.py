@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402  (defines --config and --workdir)
@@ -84,6 +84,7 @@ def main(argv):
 
   pipeline.build_train_dataset = hooked
   train.main(argv)
+  logging.info("multiprocess_worker: done.")
 
 
 if __name__ == "__main__":
