@@ -100,6 +100,14 @@ def _conv(features, k, stride, name, dtype):
                  param_dtype=jnp.float32, name=name)
 
 
+def _shortcut(x, channels: int, stride: int, bn, dtype):
+  """The residual branch: identity, or a strided 1x1 conv + norm when the
+  block changes the resolution or the width."""
+  if stride == 1 and x.shape[-1] == channels:
+    return x
+  return bn("downsample_bn")(_conv(channels, 1, stride, "downsample_conv", dtype)(x))
+
+
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 (x4 channels) residual block."""
 
@@ -115,10 +123,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(bn("bn1")(_conv(self.planes, 1, s1, "conv1", dtype)(x)))
     y = nn.relu(bn("bn2")(_conv(self.planes, 3, s3, "conv2", dtype)(y)))
     y = bn("bn3")(_conv(self.planes * 4, 1, 1, "conv3", dtype)(y))
-    if self.stride != 1 or x.shape[-1] != self.planes * 4:
-      x = bn("downsample_bn")(
-          _conv(self.planes * 4, 1, self.stride, "downsample_conv", dtype)(x))
-    return nn.relu(y + x)
+    return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, bn, dtype))
 
 
 class BasicBlock(nn.Module):
@@ -134,10 +139,7 @@ class BasicBlock(nn.Module):
     bn = lambda name: backbone_norm(cfg, dtype, name)
     y = nn.relu(bn("bn1")(_conv(self.planes, 3, self.stride, "conv1", dtype)(x)))
     y = bn("bn2")(_conv(self.planes, 3, 1, "conv2", dtype)(y))
-    if self.stride != 1 or x.shape[-1] != self.planes:
-      x = bn("downsample_bn")(
-          _conv(self.planes, 1, self.stride, "downsample_conv", dtype)(x))
-    return nn.relu(y + x)
+    return nn.relu(y + _shortcut(x, self.planes, self.stride, bn, dtype))
 
 
 class Stem(nn.Module):
