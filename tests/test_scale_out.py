@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import Mesh
+from tiny_run import TINY_RUN, as_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # For `configs` (the CLIs load it by path).
@@ -237,34 +238,19 @@ def test_checkpoint_from_4_devices_resumes_on_1_4_and_8(setup, tmp_path):
 
 def cli_args(synthetic_dir, steps, **extra):
   """Overrides that shrink configs/synthetic_cpu.py to a seconds-long run."""
-  args = {
+  args = dict(TINY_RUN, **{
       "data.synthetic.dir": str(synthetic_dir),
-      "data.synthetic.num_train": 24,
-      "data.synthetic.num_val": 8,
-      "data.synthetic.image_size": 128,
-      "data.min_size": 128,
-      "data.max_size": 128,
-      "data.canvases": "((128,128),)",
       "data.num_parallel_calls": 1,
-      "model.width": 8,
-      "model.fpn_channels": 32,
-      "model.head_convs": 1,
-      "model.gn_groups": 8,
       # Untrained scores are ~0.01: keep every candidate, so the evaluation
       # compares real detection lists (AP itself is ~0 after a few steps).
       "model.score_thresh": 0.0,
-      "global_batch_size": 8,
-      "eval_batch_size": 8,
       "num_train_steps": steps,
-      "log_every_steps": 1,
       "checkpoint_every_steps": 1000,  # Only the final, forced one.
-      "async_checkpointing": False,
       "optim.warmup_steps": 1,
       "optim.decay_steps": "()",
-  }
+  })
   args.update(extra)
-  return ["--config", str(ROOT / "configs/synthetic_cpu.py")] + [
-      f"--config.{k}={v}" for k, v in args.items()]
+  return ["--config", str(ROOT / "configs/synthetic_cpu.py")] + as_flags(args)
 
 
 def free_port():

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from tiny_run import TINY_RUN, as_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
@@ -21,30 +22,16 @@ TIMEOUT_S = 600
 
 def tiny_args(tmp_path, steps=6, **extra):
   """Overrides that shrink configs/synthetic_cpu.py to a seconds-long run."""
-  args = {
+  args = dict(TINY_RUN, **{
       "data.synthetic.dir": str(tmp_path.parent / "synthetic_tiny"),
-      "data.synthetic.num_train": 24,
-      "data.synthetic.num_val": 8,
-      "data.synthetic.image_size": 128,
-      "data.min_size": 128,
-      "data.max_size": 128,
-      "data.canvases": "((128,128),)",
       "data.num_parallel_calls": 2,
-      "model.width": 8,
-      "model.fpn_channels": 32,
-      "model.head_convs": 1,
-      "model.gn_groups": 8,
-      "global_batch_size": 8,
-      "eval_batch_size": 8,
       "num_train_steps": steps,
-      "log_every_steps": 1,
       "checkpoint_every_steps": 2,
-      "async_checkpointing": False,
       "optim.warmup_steps": 2,
       "optim.decay_steps": "(4,)",
-  }
+  })
   args.update(extra)
-  return [f"--config.{k}={v}" for k, v in args.items()]
+  return as_flags(args)
 
 
 def run(script, workdir, args, check=True, env_extra=None):
