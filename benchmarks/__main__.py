@@ -84,6 +84,7 @@ def model_section(label, cfg, canvas_hw, train_batch, infer_batches,
                     "ours_rss_delta": res["ours"]["rss_delta_bytes"],
                     "torchvision_rss_delta": tv["rss_delta_bytes"] if tv else None}
   analytic = flops.analytic_forward_flops(cfg, canvas_hw)
+  analytic_train = flops.analytic_train_flops(cfg, canvas_hw)["total"]
   fwd_xla = ours.figures[f"infer_b{infer_batches[0]}"]["flops"]
   train_xla = ours.figures["train"]["flops"]
   return {
@@ -93,6 +94,7 @@ def model_section(label, cfg, canvas_hw, train_batch, infer_batches,
       "flops_per_image": {
           "analytic_forward": analytic["total"],
           "analytic_parts": {k: analytic[k] for k in ("backbone", "fpn", "head")},
+          "analytic_train": analytic_train,
           "xla_forward_with_postprocess": fwd_xla / infer_batches[0] if fwd_xla else None,
           "xla_train_step": train_xla / train_batch if train_xla else None},
   }
@@ -250,6 +252,7 @@ def print_cpu_table(r: dict):
     parts = ", ".join(f"{k} {g(x)}" for k, x in f["analytic_parts"].items())
     print(f"   GFLOP/image: analytic forward {g(f['analytic_forward'])} "
           f"({parts}); XLA forward+post {g(f['xla_forward_with_postprocess'])};"
+          f" analytic train {g(f['analytic_train'])};"
           f" XLA train step {g(f['xla_train_step'])}")
 
 

@@ -80,6 +80,7 @@ class Ours:
   def __init__(self, cfg: ModelConfig, canvas_hw, train_batch: int,
                infer_batches, num_boxes: int, seed: int = 0):
     self.cfg = cfg
+    self.last_loss = None
     params = init_variables(cfg, jax.random.key(seed))["params"]
     optim = optimizer_lib.default_optim_config()
     tx = optimizer_lib.make_optimizer(optim, train_batch,
@@ -110,7 +111,7 @@ class Ours:
 
   def train_once(self):
     self.state, metrics = self._train(self.state, self.train_batch)
-    _block(metrics["loss"])
+    self.last_loss = float(metrics["loss"])  # Waits for the step.
 
   def infer_once(self, b):
     _block(self._eval[b](self.params, self.eval_batches[b]))
@@ -171,6 +172,7 @@ class Torchvision:
                seed: int = 0):
     import torch  # pylint: disable=import-outside-toplevel
     self.torch = torch
+    self.last_loss = None
     torch.manual_seed(seed)
     self.device, self.autocast = device, autocast
     self.model = build_torchvision_fcos(cfg, canvas_hw).to(device)
@@ -203,7 +205,7 @@ class Torchvision:
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()
-    loss.item()  # Waits for the step (and the GPU).
+    self.last_loss = loss.item()  # Waits for the step (and the GPU).
 
   def infer_once(self, b):
     self.model.eval()

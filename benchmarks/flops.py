@@ -51,10 +51,33 @@ def _conv(h, w, k, cin, cout) -> int:
   return 2 * h * w * k * k * cin * cout
 
 
-def backbone_flops(cfg: ModelConfig, hw):
-  """FLOPs of the ResNet and the (H, W, C) of C3, C4, C5."""
+class _Convs:
+  """The network's convolutions, each with what its backward must compute.
+
+  The backward of a conv costs its forward once for the kernel gradient
+  (only if the conv is trained) and once more for the input gradient (only
+  if something trained lies below it). `grad` flags say whether a tensor
+  depends on trained parameters, so frozen stages cost forward only.
+  """
+
+  def __init__(self):
+    self.forward = {"backbone": 0, "fpn": 0, "head": 0}
+    self.backward = {"backbone": 0, "fpn": 0, "head": 0}
+
+  def add(self, part, flops, trained: bool, input_grad: bool) -> bool:
+    """Records one conv; returns whether its output carries a gradient."""
+    self.forward[part] += flops
+    self.backward[part] += flops * (int(trained) + int(input_grad))
+    return trained or input_grad
+
+
+def _backbone(cfg: ModelConfig, hw, convs: _Convs):
+  """Adds the ResNet's convs; returns [(H, W, C, grad)] of C3, C4, C5."""
+  # Stage k (0 = stem, 1 = res2, ...) is frozen when k + 1 <= freeze_at.
+  trained = lambda k: k + 1 > cfg.freeze_at
   h, w = _down(hw[0]), _down(hw[1])
-  total = _conv(h, w, 7, 3, cfg.width)  # Stem conv, stride 2.
+  grad = convs.add("backbone", _conv(h, w, 7, 3, cfg.width), trained(0),
+                   False)                # Stem conv on the image, stride 2.
   h, w = _down(h), _down(w)             # Max pool.
   cin = cfg.width
   bottleneck = cfg.depth >= 50
@@ -62,6 +85,7 @@ def backbone_flops(cfg: ModelConfig, hw):
   for k, blocks in enumerate(STAGE_BLOCKS[cfg.depth]):
     planes = cfg.width * 2 ** k
     cout = planes * 4 if bottleneck else planes
+    t = trained(k + 1)
     for i in range(blocks):
       stride = 2 if (i == 0 and k > 0) else 1
       ho, wo = (_down(h), _down(w)) if stride == 2 else (h, w)
@@ -69,48 +93,66 @@ def backbone_flops(cfg: ModelConfig, hw):
         # 1x1 runs at the output size when it carries the stride (caffe),
         # else at the input size (torchvision: stride in the 3x3).
         h1, w1 = (ho, wo) if cfg.stride_in_1x1 else (h, w)
-        total += _conv(h1, w1, 1, cin, planes)
-        total += _conv(ho, wo, 3, planes, planes)
-        total += _conv(ho, wo, 1, planes, cout)
+        g = convs.add("backbone", _conv(h1, w1, 1, cin, planes), t, grad)
+        g = convs.add("backbone", _conv(ho, wo, 3, planes, planes), t, g)
+        g = convs.add("backbone", _conv(ho, wo, 1, planes, cout), t, g)
       else:
-        total += _conv(ho, wo, 3, cin, planes)
-        total += _conv(ho, wo, 3, planes, planes)
-      if stride != 1 or cin != cout:
-        total += _conv(ho, wo, 1, cin, cout)  # Downsample shortcut.
+        g = convs.add("backbone", _conv(ho, wo, 3, cin, planes), t, grad)
+        g = convs.add("backbone", _conv(ho, wo, 3, planes, planes), t, g)
+      if stride != 1 or cin != cout:    # Downsample shortcut.
+        convs.add("backbone", _conv(ho, wo, 1, cin, cout), t, grad)
+      grad = g or grad
       cin, h, w = cout, ho, wo
     if k >= 1:
-      outs.append((h, w, cout))
-  return total, outs
+      outs.append((h, w, cout, grad))
+  return outs
 
 
-def fpn_flops(cfg: ModelConfig, c_levels):
-  """FLOPs of the FPN and the (H, W) of P3..P7."""
+def _fpn(cfg: ModelConfig, c_levels, convs: _Convs):
+  """Adds the FPN's convs; returns the (H, W) of P3..P7."""
   f = cfg.fpn_channels
-  total = 0
   sizes = []
-  for h, w, c in c_levels:
-    total += _conv(h, w, 1, c, f) + _conv(h, w, 3, f, f)
+  for h, w, c, grad in c_levels:
+    convs.add("fpn", _conv(h, w, 1, c, f), True, grad)   # Lateral.
+    convs.add("fpn", _conv(h, w, 3, f, f), True, True)   # Output.
     sizes.append((h, w))
-  h5, w5, c5 = c_levels[-1]
+  h5, w5, c5, grad5 = c_levels[-1]
   h6, w6 = _down(h5), _down(w5)
-  total += _conv(h6, w6, 3, f if cfg.p6_from == "p5" else c5, f)
+  from_p5 = cfg.p6_from == "p5"
+  convs.add("fpn", _conv(h6, w6, 3, f if from_p5 else c5, f), True,
+            True if from_p5 else grad5)
   h7, w7 = _down(h6), _down(w6)
-  total += _conv(h7, w7, 3, f, f)
-  return total, sizes + [(h6, w6), (h7, w7)]
+  convs.add("fpn", _conv(h7, w7, 3, f, f), True, True)
+  return sizes + [(h6, w6), (h7, w7)]
 
 
-def head_flops(cfg: ModelConfig, level_sizes):
-  """FLOPs of the shared head over all levels."""
+def _head(cfg: ModelConfig, level_sizes, convs: _Convs):
+  """Adds the shared head's convs over all levels."""
   f = cfg.fpn_channels
   per_location = (2 * cfg.head_convs * _conv(1, 1, 3, f, f) +
                   _conv(1, 1, 3, f, cfg.num_classes + 4 + 1))
-  return per_location * sum(h * w for h, w in level_sizes)
+  convs.add("head", per_location * sum(h * w for h, w in level_sizes),
+            True, True)
+
+
+def _count(cfg: ModelConfig, hw):
+  convs = _Convs()
+  sizes = _fpn(cfg, _backbone(cfg, hw, convs), convs)
+  _head(cfg, sizes, convs)
+  return convs, sizes
 
 
 def analytic_forward_flops(cfg: ModelConfig, hw) -> dict:
   """Forward FLOPs of one image of size hw = (H, W), by part."""
-  backbone, c_levels = backbone_flops(cfg, hw)
-  fpn, sizes = fpn_flops(cfg, c_levels)
-  head = head_flops(cfg, sizes)
-  return {"backbone": backbone, "fpn": fpn, "head": head,
-          "total": backbone + fpn + head, "level_sizes": sizes}
+  convs, sizes = _count(cfg, hw)
+  return {**convs.forward, "total": sum(convs.forward.values()),
+          "level_sizes": sizes}
+
+
+def analytic_train_flops(cfg: ModelConfig, hw) -> dict:
+  """FLOPs of one training image (forward + backward), by part: the model
+  FLOPs of MFU. Frozen stages (`freeze_at`) cost their forward only, and
+  the convs right above them need no input gradient."""
+  convs, _ = _count(cfg, hw)
+  parts = {k: convs.forward[k] + convs.backward[k] for k in convs.forward}
+  return {**parts, "total": sum(parts.values())}

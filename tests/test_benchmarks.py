@@ -37,6 +37,32 @@ def test_analytic_flops_match_the_spec():
       "backbone"] < f["backbone"]
 
 
+def test_analytic_train_flops_count_only_needed_gradients():
+  """Backward = kernel gradient of each trained conv + input gradient of
+  each conv with something trained below it (hand-derived cases)."""
+  from benchmarks.flops import analytic_forward_flops, analytic_train_flops
+  from fcos_jax.model import config as config_lib
+  hw = (800, 1344)
+  all_trained = config_lib.torchvision(freeze_at=0)
+  fwd = analytic_forward_flops(all_trained, hw)
+  stem = 2 * 400 * 672 * 7 * 7 * 3 * 64
+  # Everything trained: 3x forward, less the stem's input gradient (image).
+  assert analytic_train_flops(all_trained, hw)["total"] == 3 * fwd["total"] - stem
+  # Whole backbone frozen: it costs its forward only, and the FPN laterals
+  # need no input gradient (their inputs C3-C5 carry none).
+  frozen = config_lib.torchvision(freeze_at=5)
+  t = analytic_train_flops(frozen, hw)
+  laterals = sum(2 * h * w * c * 256 for (h, w), c in zip(
+      fwd["level_sizes"][:3], (512, 1024, 2048)))
+  assert t["backbone"] == fwd["backbone"]
+  assert t["fpn"] == 3 * fwd["fpn"] - laterals
+  assert t["head"] == 3 * fwd["head"]
+  # The default (stem + res2 frozen) lies between; about 1212 GFLOP.
+  default = analytic_train_flops(config_lib.torchvision(), hw)["total"]
+  assert t["total"] < default < 3 * fwd["total"] - stem
+  assert default / 1e9 == pytest.approx(1212.2, abs=0.1)
+
+
 def test_analytic_flops_agree_with_xla():
   """XLA's count of a narrow R-50 forward (plus norms, post-processing) is
   within a few percent of the conv count."""
@@ -88,6 +114,10 @@ def test_cpu_smoke_runs_end_to_end(tmp_path):
   assert m["memory"]["train"]["torchvision_rss_delta"] >= 0
   f = m["flops_per_image"]
   assert f["xla_train_step"] > 2 * f["xla_forward_with_postprocess"] > 0
+  # XLA's CPU count of the train step (convs and all) is the analytic one
+  # give or take padding, norms, loss and optimizer.
+  assert 0.85 * f["analytic_train"] <= f["xla_train_step"] <= 1.15 * f[
+      "analytic_train"]
   assert set(s["conv"]["rows"]) == {
       f"{fw} {p}" for fw in ("jax", "torch")
       for p in ("fwd", "fwd+dgrad", "fwd+wgrad")}
@@ -106,7 +136,8 @@ def test_gpu_mode_smoke_runs_on_cpu_without_tensorflow(tmp_path):
   assert not r["tensorflow_imported"] and not r["fcos_jax_data_imported"]
   assert set(r["rows"]) == {"train", "infer_b1", "infer_b2"}
   for row in r["rows"].values():
-    assert row["speedup"] > 0 and row["ours"]["flops"] > 0
+    assert row["speedup"] > 0 and row["ours"]["model_flops"] > 0
+    assert row["ours"]["model_flops_per_s"] > 0
     assert row["ours"]["mfu"] is None  # No peak FLOP/s for a CPU.
   assert set(r["goals_met"]) == {"train_speedup", "train_mfu", "infer_speedup"}
   assert "MFU" in stdout
