@@ -209,9 +209,13 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   classes = jnp.take_along_axis(classes, keep, axis=1)
 
   # To original pixels, with torchvision's float32 ratios orig / resized.
-  ratio = jnp.asarray(orig_hw).astype(jnp.float32) / image_hw  # [B, 2] (h, w)
+  orig_hw = jnp.asarray(orig_hw).astype(jnp.float32)
+  ratio = orig_hw / image_hw  # [B, 2] (h, w)
   scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)[:, None, :]
-  boxes = boxes * scale
+  # The ratio can round up by an ulp (XLA:GPU's division is not correctly
+  # rounded): clip again so no box leaves the original image.
+  orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
+  boxes = jnp.clip(boxes * scale, 0.0, orig_hi)
   return {
       "boxes": jnp.where(keep_valid[..., None], boxes, 0.0),
       "scores": jnp.where(keep_valid, scores, 0.0),

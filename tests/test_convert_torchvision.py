@@ -19,6 +19,15 @@ torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.torch
 
 NUM_CLASSES = 5
+
+
+@pytest.fixture(autouse=True)
+def float32_convolutions():
+  """Full float32 convs: on GPUs JAX's default precision lets them run in
+  TF32 (about 1e-3 relative), which is not what parity is about."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
 CFG = config_lib.torchvision(num_classes=NUM_CLASSES)
 OUTPUT_KEYS = (("cls_logits", "cls_logits"),
                ("box_regression", "bbox_regression"),
