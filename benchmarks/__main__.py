@@ -4,6 +4,7 @@
   python -m benchmarks --json out.json   # also write every figure
   python -m benchmarks --smoke           # tiny sizes, end to end (tests)
   python -m benchmarks --gpu [--smoke]   # bf16 on one NVIDIA GPU, MFU
+  python -m benchmarks --gpu --gpu-dtype float32   # both sides float32
 
 Sections (CPU mode; see BENCHMARKS.md for what each figure includes):
   r50    our train/eval steps vs torchvision's FCOS-R50-FPN, float32,
@@ -261,6 +262,10 @@ def main(argv=None):
   p.add_argument("--smoke", action="store_true", help="Tiny sizes, quick.")
   p.add_argument("--gpu", action="store_true",
                  help="bf16 on one NVIDIA GPU vs torchvision autocast; no TF.")
+  p.add_argument("--gpu-dtype", default="bfloat16",
+                 choices=("bfloat16", "float32"),
+                 help="GPU mode: bf16 vs autocast (default, the goals), or "
+                      "float32 on both sides (convs in TF32 on both).")
   p.add_argument("--json", metavar="PATH", help="Also write all figures.")
   p.add_argument("--sections", nargs="+", default=list(SECTIONS),
                  choices=SECTIONS, help="CPU sections to run.")
@@ -278,7 +283,7 @@ def main(argv=None):
     torch.set_num_threads(1)
   if args.gpu:
     from benchmarks import gpu  # pylint: disable=import-outside-toplevel
-    result = gpu.run(smoke=args.smoke)
+    result = gpu.run(smoke=args.smoke, dtype=args.gpu_dtype)
     result["mode"] = "gpu"
     gpu.print_table(result)
   else:

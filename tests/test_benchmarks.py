@@ -129,18 +129,30 @@ def test_cpu_smoke_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.torch
-def test_gpu_mode_smoke_runs_on_cpu_without_tensorflow(tmp_path):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gpu_mode_smoke_runs_on_cpu_without_tensorflow(tmp_path, dtype):
   pytest.importorskip("torch")
-  r, stdout = _run(tmp_path, "--gpu")
+  r, stdout = _run(tmp_path, "--gpu", "--gpu-dtype", dtype)
   assert r["mode"] == "gpu" and r["smoke"] and r["backend"] == "cpu"
+  assert r["dtype"] == dtype and f"ours {dtype}" in stdout
   assert not r["tensorflow_imported"] and not r["fcos_jax_data_imported"]
   assert set(r["rows"]) == {"train", "infer_b1", "infer_b2"}
   for row in r["rows"].values():
     assert row["speedup"] > 0 and row["ours"]["model_flops"] > 0
     assert row["ours"]["model_flops_per_s"] > 0
     assert row["ours"]["mfu"] is None  # No peak FLOP/s for a CPU.
-  assert set(r["goals_met"]) == {"train_speedup", "train_mfu", "infer_speedup"}
+  if dtype == "bfloat16":
+    assert set(r["goals_met"]) == {"train_speedup", "train_mfu",
+                                   "infer_speedup"}
+  else:  # The goals are judged in bf16 mode only.
+    assert r["goals_met"] is None and "bfloat16 mode only" in stdout
   assert "MFU" in stdout
+
+
+def test_gpu_mode_refuses_an_unknown_dtype():
+  from benchmarks import gpu
+  with pytest.raises(ValueError, match="float16"):
+    gpu.run(smoke=True, dtype="float16")
 
 
 def test_gpu_mode_blocks_tensorflow():
