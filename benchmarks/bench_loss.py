@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import types
@@ -32,6 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import timing  # noqa: E402
 from fcos_jax.batch import dummy_batch  # noqa: E402
 from fcos_jax.losses import fcos_loss  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
@@ -98,21 +98,8 @@ def make_torchvision(cfg):
   return lambda *args: tv_fcos.FCOS.compute_loss(model, *args)
 
 
-def _time_interleaved(fns, repeats):
-  """Seconds per call of each fn, taking turns so that a busy machine slows
-  them alike."""
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for fn, out in zip(fns, times):
-      start = time.perf_counter()
-      fn()
-      out.append(time.perf_counter() - start)
-  return times
-
-
-def _stats(times):
-  ms = [1000 * t for t in times]
-  return {"min": min(ms), "median": statistics.median(ms), "max": max(ms)}
+def _ms(stats):
+  return {k: 1000 * stats[k] for k in ("min", "median", "max")}
 
 
 def run(batch_size, canvas_hw, num_boxes, num_classes, repeats, seed=0):
@@ -136,13 +123,13 @@ def run(batch_size, canvas_hw, num_boxes, num_classes, repeats, seed=0):
   tv_args = torchvision_inputs(batch, outputs, locations)
   with torch.no_grad():
     tv_out = tv_loss(*tv_args)  # warm-up
-    ours_times, tv_times = _time_interleaved(
-        [lambda: jax.block_until_ready(ours(*args)),
-         lambda: tv_loss(*tv_args)], repeats)
+    timed = timing.time_interleaved(
+        {"ours": lambda: jax.block_until_ready(ours(*args)),
+         "torchvision": lambda: tv_loss(*tv_args)}, repeats, warmup=0)
   tv_losses = {k: float(tv_out[n]) for k, n in zip(
       LOSS_KEYS, ("classification", "bbox_regression", "bbox_ctrness"))}
 
-  ours_ms, tv_ms = _stats(ours_times), _stats(tv_times)
+  ours_ms, tv_ms = _ms(timed["ours"]["s"]), _ms(timed["torchvision"]["s"])
   return {
       "batch": batch_size, "canvas_hw": list(canvas_hw), "boxes": num_boxes,
       "classes": num_classes, "locations": locations.num_locations,

@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import timing  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
 from fcos_jax.model.locations import compute_locations  # noqa: E402
 from fcos_jax.postprocess import make_postprocess_fn  # noqa: E402
@@ -95,16 +95,6 @@ def torchvision_postprocess(model, outputs, locations, anchors, image_hw,
     return model.transform.postprocess(dets, image_sizes, orig_sizes)
 
 
-def time_it(fn, repeats):
-  fn()  # Warm-up (and compilation for jax).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=8)
@@ -139,8 +129,6 @@ def main(argv=None):
   dev_image_hw, dev_orig_hw = jax.device_put((image_hw, orig_hw))
   ours = lambda: jax.block_until_ready(fn(dev_outputs, dev_image_hw,
                                           dev_orig_hw))
-  ours_t = time_it(ours, args.repeats)
-  ours_dets = int(np.asarray(ours()["valid"]).sum())
 
   # torchvision, on its own (j*s) anchors and rule.
   tv_locations = compute_locations(canvas, tv_cfg)
@@ -149,7 +137,13 @@ def main(argv=None):
   anchors = torch.from_numpy(torchvision_anchors(tv_locations, tv_cfg.strides))
   theirs = lambda: torchvision_postprocess(model, torch_outputs, tv_locations,
                                            anchors, image_hw, orig_hw)
-  tv_t = time_it(theirs, args.repeats)
+
+  # One warm-up each (compilation for jax), then they take turns.
+  timed = timing.time_interleaved({"ours": ours, "torchvision": theirs},
+                                  args.repeats, warmup=1)
+  ours_t = timed["ours"]["s"]["values"]
+  tv_t = timed["torchvision"]["s"]["values"]
+  ours_dets = int(np.asarray(ours()["valid"]).sum())
   tv_dets = sum(len(d["boxes"]) for d in theirs())
 
   rows = {"ours (jax jit)": ours_t, "torchvision": tv_t}
