@@ -53,10 +53,31 @@ def compile_everywhere(jitted, *args, name: str = "step",
   would have the same 30 s limit).
   """
   if jax.process_count() > 1:
-    from jax._src import distributed  # The client jax.distributed started.
     jitted.lower(*args).compile()
+    barrier(f"{name}_compiled", timeout_s)
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process gets here (no-op with one process).
+
+  A barrier of jax's coordination service, not a device collective: it
+  waits up to `timeout_s`, where CPU (gloo) collectives give up after 30 s.
+  """
+  if jax.process_count() > 1:
+    from jax._src import distributed  # The client jax.distributed started.
     distributed.global_state.client.wait_at_barrier(
-        f"fcos_jax_{name}_compiled_{next(_barriers)}", timeout_s * 1000)
+        f"fcos_jax_{name}_{next(_barriers)}", timeout_s * 1000)
+
+
+def chief_first(fn, name: str, timeout_s: int = 3600):
+  """Runs `fn` on process 0, then on the others once it has finished.
+
+  For things written once for all (a generated dataset, an export): `fn`
+  must reuse a finished result, so the others only find what process 0 made.
+  """
+  result = fn() if jax.process_index() == 0 else None
+  barrier(name, timeout_s)
+  return result if jax.process_index() == 0 else fn()
 
 
 def _on_tpu_pod() -> bool:
