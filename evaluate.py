@@ -1,11 +1,15 @@
 """Evaluate an FCOS checkpoint with COCO AP.
 
+  python evaluate.py --workdir /tmp/fcos_synth     # the run's own config.json
   python evaluate.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
   python evaluate.py --config ... --workdir ... --checkpoint 5000
   python evaluate.py --config ... --workdir ... --checkpoint /path/to/checkpoints/5000
 
 Prints the standard 12-number COCO table and writes detections (COCO results
-format) and metrics (JSON) to WORKDIR/eval.
+format) and metrics (JSON) to WORKDIR/eval. Only the parameters are
+restored (read-only), so the optimizer fields of the config do not matter.
+Without --config, the run's recorded config (WORKDIR/config.json, latest) is
+used.
 """
 
 from absl import app, flags
@@ -15,20 +19,23 @@ from fcos_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml-collections config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (its checkpoints/ are used).")
+    "config", None, "Path to an ml-collections config file; default: the "
+    "run's recorded config.", lock_config=True)
+flags.DEFINE_string("workdir", None,
+                    "Run directory or gs:// URL (its checkpoints/ are used).")
 flags.DEFINE_string("checkpoint", None,
                     "A step number or a checkpoint directory; default: latest.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup(FLAGS.config)
+  config = FLAGS.config or cli.recorded_config(FLAGS.workdir)
+  cli.setup(config)
   from fcos_jax.evaluation.evaluate_checkpoint import evaluate_checkpoint
-  evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+  evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

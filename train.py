@@ -1,12 +1,14 @@
 """Train FCOS.
 
   python train.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
-  python train.py --config configs/fcos_imprv_r50_1x.py --workdir gs://.../run1 \
-      --config.data.tfds_data_dir=... --config.global_batch_size=16
+  python train.py --config configs/fcos_imprv_r50_1x.py --workdir gs://BUCKET/run1 \
+      --config.data.tfds.data_dir=gs://BUCKET/tfds --config.global_batch_size=64
 
-A run resumes by itself from the latest checkpoint in --workdir. Any config
-field can be overridden with --config.FIELD=value; an unknown field or a
-value of the wrong type is refused.
+A run resumes by itself from the latest checkpoint in --workdir (a local
+folder or a gs:// URL). SIGTERM/SIGINT stop every process at one agreed step
+with a checkpoint. Any config field can be overridden with
+--config.FIELD=value; an unknown field or a value of the wrong type is
+refused.
 """
 
 from absl import app, flags, logging
@@ -17,7 +19,8 @@ from fcos_jax import cli
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Path to an ml-collections config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.")
+flags.DEFINE_string("workdir", None,
+                    "Directory (or gs:// URL) for checkpoints, logs, results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

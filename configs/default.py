@@ -38,8 +38,19 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 20  # Console + TensorBoard (WORKDIR/tensorboard).
   config.checkpoint_every_steps = 2500
-  config.keep_checkpoints = 3  # Older checkpoints are deleted.
+  config.keep_checkpoints = 3  # The last N are kept, older ones deleted.
+  # Also keep the N checkpoints with the best evaluation metric (among those
+  # saved at an evaluation step; 0 = off).
+  config.keep_best_checkpoints = 0
+  config.best_checkpoint_metric = "AP"  # One of the 12 COCO numbers.
   config.async_checkpointing = True  # Write checkpoints in the background.
+  # SIGTERM/SIGINT/preemption stop the run at an agreed step with a
+  # checkpoint; with several processes the stop flags are compared every
+  # this many steps (one small collective).
+  config.stop_check_every_steps = 10
+  # Resume with changed data or schedule fields (e.g. a longer schedule);
+  # the architecture can never change on resume.
+  config.allow_config_change = False
 
   config.eval_every_steps = 0  # Periodic COCO evaluation; 0 = only at the end.
   config.eval_at_end = True
@@ -50,6 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
   # torch) or the same saved with numpy (.npz), format "torchvision_resnet".
   config.init_backbone = ""
   config.init_backbone_format = "torchvision_resnet"
+
+  # Multi-process start (jax.distributed.initialize), seconds.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialization_timeout_s = 300  # Wait for all processes.
+  config.distributed.heartbeat_timeout_s = 100  # A silent peer is dead after.
+  config.distributed.shutdown_timeout_s = 100  # Wait for late peers at exit.
 
   # Persistent XLA compilation cache ("" disables it).
   config.compilation_cache_dir = "~/.cache/fcos_jax/jax_cache"

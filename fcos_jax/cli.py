@@ -1,31 +1,77 @@
-"""Process set-up shared by the command-line entry points."""
+"""Process set-up and error reporting shared by the command-line entry points."""
 
 from __future__ import annotations
 
 import logging as py_logging
 import os
+import sys
 
-from absl import logging
+from absl import app, logging
+
+# Libraries whose INFO chatter is not the user's business (warnings show).
+_QUIET_LOGGERS = ("jax", "orbax", "etils", "gcsfs", "fsspec", "google",
+                  "urllib3")
 
 
-class _QuietLibraries(py_logging.Filter):
-  """Drops the INFO chatter of orbax and jax (their warnings still show)."""
+class _QuietPackages(py_logging.Filter):
+  """Drops INFO records logged through absl by the packages in `dirs` (orbax
+  logs through absl's logger, which clu's console writer uses too)."""
 
-  _NOISY = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep)
+  def __init__(self, modules):
+    super().__init__()
+    self._dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in modules)
 
   def filter(self, record):
-    if record.levelno >= py_logging.WARNING:
-      return True
-    return not any(part in record.pathname for part in self._NOISY)
+    return (record.levelno >= py_logging.WARNING or
+            not record.pathname.startswith(self._dirs))
 
 
 def setup(config) -> None:
   """Logging, TensorFlow kept off the GPUs, multi-process start, XLA cache."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # TF only feeds data.
+  for name in _QUIET_LOGGERS:
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  import orbax.checkpoint
+  py_logging.getLogger("absl").addFilter(_QuietPackages([orbax.checkpoint]))
+  from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
   from fcos_jax import runtime
-  runtime.initialize_distributed()
+  runtime.initialize_distributed(config.get("distributed"))
   runtime.enable_compilation_cache(config.compilation_cache_dir)
+
+
+def recorded_config(workdir: str):
+  """The run's recorded config (latest config*.json in the workdir)."""
+  from fcos_jax.train import run_record
+  config = run_record.read_config(workdir)
+  if config is None:
+    raise app.UsageError(
+        f"{workdir} has no config.json (not a train.py workdir?): pass "
+        "--config.")
+  return config
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Errors whose message says what is wrong and how to fix it: printed as
+  one line, without a traceback."""
+  from fcos_jax.data.errors import DataError
+  from fcos_jax.train import run_record
+  from fcos_jax.train.loop import CheckpointWriteError, NonFiniteLossError
+  return (DataError, run_record.ConfigChangeError, CheckpointWriteError,
+          NonFiniteLossError, FileNotFoundError, ValueError)
+
+
+def run(main) -> None:
+  """absl's app.run, with the user errors above as one clear line (exit 1)."""
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except app.UsageError:
+      raise
+    except user_errors() as e:
+      py_logging.getLogger("fcos_jax").debug("Traceback:", exc_info=True)
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
+
+  app.run(wrapped)

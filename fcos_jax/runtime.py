@@ -14,28 +14,41 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(options=None) -> None:
   """Joins the processes of a multi-process run, once, before any jax use.
 
-  A Cloud TPU pod slice and SLURM are detected by jax itself. Elsewhere set
-  FCOS_COORDINATOR (host:port), FCOS_NUM_PROCESSES and FCOS_PROCESS_ID on
-  every process. A single process needs none of these.
+  jax.distributed.initialize() finds the processes by itself on Cloud TPU
+  pods, under SLURM, Open MPI (mpirun) and Kubernetes; elsewhere set
+  JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID
+  on every process. A single process needs none of these.
+
+  options: `config.distributed` (timeouts in seconds), or None.
   """
-  coordinator = os.environ.get("FCOS_COORDINATOR")
-  if coordinator:
-    jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=int(os.environ["FCOS_NUM_PROCESSES"]),
-        process_id=int(os.environ["FCOS_PROCESS_ID"]),
-        heartbeat_timeout_seconds=int(os.environ.get("FCOS_HEARTBEAT_S", "100")),
-        shutdown_timeout_seconds=int(os.environ.get("FCOS_SHUTDOWN_S", "100")))
-  elif _on_tpu_pod() or "SLURM_JOB_ID" in os.environ and int(
-      os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
+  if jax.distributed.is_initialized() or not _launched_as_cluster():
+    return
+  options = options or {}
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES"):
+    kwargs = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  jax.distributed.initialize(
+      initialization_timeout=int(options.get("initialization_timeout_s", 300)),
+      heartbeat_timeout_seconds=int(options.get("heartbeat_timeout_s", 100)),
+      shutdown_timeout_seconds=int(options.get("shutdown_timeout_s", 100)),
+      **kwargs)
   if jax.process_count() > 1:
     logging.info("Process %d of %d, %d local / %d global devices.",
                  jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
+
+
+def _launched_as_cluster() -> bool:
+  """Whether a launcher jax knows (or JAX_COORDINATOR_ADDRESS) started us."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  from jax._src import clusters  # jax's own launcher detection.
+  return any(not env.opt_in_only_method and env.is_env_present()
+             for env in clusters.ClusterEnv._cluster_types)
 
 
 _barriers = itertools.count()
@@ -43,18 +56,16 @@ _barriers = itertools.count()
 
 def compile_everywhere(jitted, *args, name: str = "step",
                        timeout_s: int = 1800) -> None:
-  """Compiles `jitted` for `args`, then waits until every process has.
+  """Compiles `jitted` for `args` now, then waits until every process has.
 
-  Only with several processes. The first collective of a step waits for the
-  peers to arrive; CPU (gloo) collectives give up after 30 s, so a process
-  that compiles a step much faster than another would fail. Compiling ahead
-  fills jit's cache: the next call with these shapes runs at once. The wait
-  is a barrier of the coordination service, not a device collective (which
-  would have the same 30 s limit).
+  Compiling ahead fills jit's cache (the next call with these shapes runs at
+  once) and keeps compile time out of the step timings. With several
+  processes, the first collective of a step waits for the peers to arrive;
+  CPU (gloo) collectives give up after 30 s, so a process that compiles much
+  faster than another would fail without the barrier.
   """
-  if jax.process_count() > 1:
-    jitted.lower(*args).compile()
-    barrier(f"{name}_compiled", timeout_s)
+  jitted.lower(*args).compile()
+  barrier(f"{name}_compiled", timeout_s)
 
 
 def barrier(name: str, timeout_s: int = 1800) -> None:
@@ -78,10 +89,6 @@ def chief_first(fn, name: str, timeout_s: int = 3600):
   result = fn() if jax.process_index() == 0 else None
   barrier(name, timeout_s)
   return result if jax.process_index() == 0 else fn()
-
-
-def _on_tpu_pod() -> bool:
-  return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
 
 
 def enable_compilation_cache(directory: str | None) -> None:

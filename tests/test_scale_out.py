@@ -207,8 +207,9 @@ def test_checkpoint_from_4_devices_resumes_on_1_4_and_8(setup, tmp_path):
                               setup.put_batch(first, 4))[0]
   saved = jax.device_get(state)
   manager = checkpoint.make_manager(str(tmp_path / "ckpt"), keep=2,
-                                    save_every=1, async_save=False)
-  assert checkpoint.save(manager, 1, state, {"step": 1}, force=True)
+                                    async_save=False)
+  assert checkpoint.save(manager, 1, state, {"step": 1})
+  assert not checkpoint.save(manager, 1, state, {"step": 1})  # Never twice.
   manager.wait_until_finished()
 
   finals = {}
@@ -262,7 +263,7 @@ def free_port():
 def process_env(devices, **extra):
   """The environment of one worker: its own fake CPU devices."""
   env = {k: v for k, v in os.environ.items() if k not in (
-      "FCOS_COORDINATOR", "FCOS_NUM_PROCESSES", "FCOS_PROCESS_ID")}
+      "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
   return env
@@ -270,9 +271,8 @@ def process_env(devices, **extra):
 
 def distributed_env(devices, port, num_processes, process_id):
   return process_env(
-      devices, FCOS_COORDINATOR=f"127.0.0.1:{port}",
-      FCOS_NUM_PROCESSES=str(num_processes), FCOS_PROCESS_ID=str(process_id),
-      FCOS_HEARTBEAT_S="10", FCOS_SHUTDOWN_S="60")
+      devices, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(process_id))
 
 
 def run_together(jobs, log_dir):

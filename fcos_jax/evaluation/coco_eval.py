@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from typing import Sequence
 
 import numpy as np
+
+from fcos_jax import storage
 
 METRIC_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -65,7 +66,9 @@ def coco_evaluate(gt_json: str, results: list[dict],
   from pycocotools.cocoeval import COCOeval
 
   with contextlib.redirect_stdout(io.StringIO()):
-    gt = COCO(gt_json)
+    gt = COCO()  # Read through the path layer: gt_json may be a URL.
+    gt.dataset = storage.read_json(gt_json)
+    gt.createIndex()
   image_ids = sorted(set(int(i) for i in image_ids))
   missing = set(image_ids) - set(gt.getImgIds())
   if missing:
@@ -85,8 +88,3 @@ def coco_evaluate(gt_json: str, results: list[dict],
     ev.accumulate()
     ev.summarize()
   return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
-
-
-def write_json(path: str, obj) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f)

@@ -8,16 +8,14 @@ the chief (process 0) runs pycocotools and writes the files.
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fcos_jax import runtime
-from fcos_jax.data import global_batch, pipeline
+from fcos_jax import runtime, storage
+from fcos_jax.data import categories, global_batch, pipeline
 from fcos_jax.evaluation import coco_eval
 from fcos_jax.train import steps
 from fcos_jax.train.config import model_config_from
@@ -53,22 +51,35 @@ def predict(config, params, mesh) -> dict:
   return {k: v[keep] for k, v in out.items()}
 
 
-def evaluate_params(config, params, mesh, workdir: str, step: int) -> dict:
-  """COCO metrics of `params` on the evaluation split; files in workdir/eval."""
+def evaluate_params(config, params, mesh, workdir: str, step: int,
+                    expected_categories) -> dict:
+  """COCO metrics of `params` on the evaluation split; files in workdir/eval.
+
+  expected_categories: the categories the model was trained on ([{"id",
+  "name"}] in label order, or the training split's DatasetInfo); the
+  evaluation split must list the same ones.
+  """
+  if not isinstance(expected_categories, list):
+    expected_categories = categories.as_records(expected_categories)
+  info = pipeline.dataset_info(config.data, split="val")
+  categories.check_categories(
+      expected_categories, info, what=f"the evaluation split ({info.gt_json})",
+      expected_from="the training split's categories "
+      f"({storage.join(workdir, categories.FILE)})")
   t0 = time.time()
   dets = predict(config, params, mesh)
   t_pred = time.time() - t0
   metrics = {}
   if jax.process_index() == 0:
-    info = pipeline.dataset_info(config.data, split="val")
-    results = coco_eval.detections_to_coco(dets, info.label_to_category_id)
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    coco_eval.write_json(os.path.join(out_dir, f"detections_step{step}.json"),
-                         results)
+    label_to_id = [int(c["id"]) for c in expected_categories]
+    results = coco_eval.detections_to_coco(dets, label_to_id)
+    out_dir = storage.join(workdir, "eval")
+    storage.write_json_atomic(
+        storage.join(out_dir, f"detections_step{step}.json"), results)
     metrics = coco_eval.coco_evaluate(info.gt_json, results, dets["image_id"])
-    coco_eval.write_json(os.path.join(out_dir, f"metrics_step{step}.json"),
-                         dict(metrics, step=step, num_images=len(dets["image_id"])))
+    storage.write_json_atomic(
+        storage.join(out_dir, f"metrics_step{step}.json"),
+        dict(metrics, step=step, num_images=len(dets["image_id"])))
     print(f"COCO bbox evaluation at step {step} on {len(dets['image_id'])} "
           f"images ({t_pred:.1f} s inference, {time.time() - t0 - t_pred:.1f} s "
           f"COCOeval):\n{coco_eval.format_table(metrics)}", flush=True)

@@ -1,40 +1,68 @@
-"""orbax checkpoints of the train state: periodic, asynchronous, atomic.
+"""orbax checkpoints of the train state: asynchronous, atomic, any path.
 
 A checkpoint holds the whole `TrainState` (parameters, optimizer state,
 step) and a small JSON record; the data position is the step itself, since
 the input pipeline is a deterministic function of (seed, step). Restoring
 takes the shardings of the current mesh, so a checkpoint written on one
-topology restores on any other.
+topology restores on any other. Evaluation and prediction restore the
+parameters alone (`restore_params`), so they need no optimizer config.
+
+The directory may be a local path or a URL (gs://...): orbax writes through
+etils.epath and tensorstore. The loop decides when to save; `save` never
+writes a step twice.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from fcos_jax import storage
 
-def make_manager(directory: str, keep: int, save_every: int,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-  """A manager that keeps the last `keep` checkpoints under `directory`."""
+_policies = ocp.checkpoint_managers
+
+
+def make_manager(directory: str, *, keep: int, keep_best: int = 0,
+                 best_metric: str = "AP", async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager over `directory` (local or URL).
+
+  keep: the last `keep` checkpoints are kept. keep_best: besides those, the
+  `keep_best` checkpoints with the highest `best_metric` among those saved
+  with evaluation metrics. read_only: for evaluation and prediction (never
+  writes or deletes anything).
+  """
+  policies = [_policies.LatestN(n=max(keep, 1))]
+  if keep_best:
+    policies.append(_policies.BestN(
+        get_metric_fn=lambda metrics: metrics[best_metric], n=keep_best,
+        keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=max(save_every, 1),
-      enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+      enable_async_checkpointing=async_save and not read_only,
+      create=not read_only, read_only=read_only,
+      preservation_policy=_policies.AnyPreservationPolicy(policies))
+  return ocp.CheckpointManager(
+      str(storage.path(directory)), options=options,
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,
-         force: bool = False) -> bool:
-  """Saves at `step` if the interval says so (or `force`); returns whether."""
-  saved = manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=force)
-  if saved:
-    logging.info("Checkpoint for step %d is being written to %s.", step,
-                 manager.directory)
-  return saved
+         metrics: dict | None = None) -> bool:
+  """Saves `step` unless it is saved already; returns whether it started.
+
+  metrics: evaluation metrics of this state (for best-by-metric retention).
+  """
+  if step in manager.all_steps():
+    return False
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
+      metrics=metrics, force=True)
+  logging.info("Checkpoint for step %d is being written to %s.", step,
+               manager.directory)
+  return True
 
 
 def abstract_like(state, sharding):
@@ -43,20 +71,81 @@ def abstract_like(state, sharding):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
-def restore(manager: ocp.CheckpointManager, step: int | None, abstract_state):
-  """Restores (state, meta) at `step` (latest if None) onto the current mesh.
-
-  abstract_state: ShapeDtypeStructs with shardings (see `abstract_like`).
-  Returns None when the directory holds no checkpoint.
-  """
+def _check_step(manager, step):
   step = manager.latest_step() if step is None else step
-  if step is None:
-    return None
-  if step not in manager.all_steps():
+  if step is not None and step not in manager.all_steps():
     raise FileNotFoundError(
         f"No checkpoint for step {step} in {manager.directory}; available "
         f"steps: {sorted(manager.all_steps())}.")
+  return step
+
+
+def shape_mismatches(manager, step: int, abstract_tree, key: str | None = None
+                     ) -> list[str]:
+  """'path: stored (..) vs requested (..)' for every leaf that differs
+  (missing or extra leaves included); [] when the trees agree."""
+  stored = manager.item_metadata(step)["state"].tree
+  if key is not None:
+    stored = stored[key]
+  requested = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+               jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
+  have = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+          jax.tree_util.tree_flatten_with_path(stored)[0]}
+  out = []
+  for name in sorted(set(requested) | set(have)):
+    a, b = have.get(name), requested.get(name)
+    if a != b:
+      out.append(f"{name}: stored {a if a is not None else 'absent'} vs "
+                 f"requested {b if b is not None else 'absent'}")
+  return out
+
+
+def restore(manager: ocp.CheckpointManager, step: int | None, abstract_state):
+  """Restores (state, meta) at `step` (latest if None) onto the current mesh.
+
+  abstract_state: ShapeDtypeStructs with shardings (see `abstract_like`),
+  of the same type as the saved state. Returns None when the directory holds
+  no checkpoint.
+  """
+  step = _check_step(manager, step)
+  if step is None:
+    return None
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
+      state=ocp.args.PyTreeRestore(
+          item=abstract_state,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract_state)),
       meta=ocp.args.JsonRestore()))
   return restored["state"], restored["meta"]
+
+
+def restore_params(directory: str, step: int | None, abstract_params):
+  """(params, step) of a checkpoint, without the optimizer state.
+
+  directory: a run's checkpoints folder (local or URL); step None = latest.
+  abstract_params: ShapeDtypeStructs of the parameters (shardings set for
+  jax arrays). A read-only manager: nothing is written or deleted.
+  Raises FileNotFoundError when there is no such checkpoint, ValueError
+  naming the parameters whose shapes differ from the checkpoint's.
+  """
+  if not storage.exists(directory):
+    raise FileNotFoundError(f"No checkpoints in {directory}.")
+  manager = make_manager(directory, keep=1, read_only=True)
+  step = _check_step(manager, step)
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint found in {directory}.")
+  bad = shape_mismatches(manager, step, abstract_params, key="params")
+  if bad:
+    raise ValueError(
+        f"The checkpoint {directory}/{step} does not fit this model config "
+        f"({len(bad)} parameter(s) differ): " + "; ".join(bad[:8]) +
+        ". Use the run's own config (its config.json) or the model fields it "
+        "was trained with.")
+  item = {"params": abstract_params}
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item=item,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True)))
+  manager.close()
+  return restored["state"]["params"], int(step)

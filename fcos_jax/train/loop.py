@@ -1,45 +1,57 @@
 """`train_and_evaluate`: the whole training run, top to bottom.
 
-The order of this file is the order of a run: set-up, model and optimizer,
-checkpoint restore, input, compiled step, loop (log, checkpoint, evaluate,
-stop on preemption).
+The order of this file is the order of a run: set-up and checks, model and
+optimizer, checkpoint restore, the run's record, input, loop (log,
+evaluate, checkpoint, stop when every process agrees), and the clean-up
+that lets the first error surface alone.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import signal
-import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from clu import parameter_overview
+from jax.experimental import multihost_utils
 
-from fcos_jax import runtime
-from fcos_jax.data import global_batch, pipeline
+from fcos_jax import runtime, storage
+from fcos_jax.data import categories, global_batch, pipeline
 from fcos_jax.evaluation import evaluator
 from fcos_jax.model import param_groups
 from fcos_jax.model.fcos import init_variables
-from fcos_jax.train import checkpoint, optimizer, steps
+from fcos_jax.train import checkpoint, optimizer, run_record, steps
 from fcos_jax.train.config import model_config_from
 from fcos_jax.train.initial_weights import load_initial_params
-from fcos_jax.train.metrics_writer import MetricsWriter
 from fcos_jax.train.state import TrainState
+from fcos_jax.train.writers import TrainProgress, create_writer
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
 
-class _StopSignal:
-  """Turns SIGTERM/SIGINT into a flag so the loop saves and exits cleanly."""
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (full disk, no permission, ...)."""
 
-  def __init__(self):
+
+class StopRequest:
+  """SIGTERM/SIGINT become a flag; all processes agree on the step to stop.
+
+  With one process the loop stops at the step where the signal arrived.
+  With several, each process's flag is reduced over all processes every
+  `check_every` steps (a small collective), so every process stops at the
+  same step, saves the same checkpoint and exits cleanly. A preemption
+  notice that jax's preemption sync manager receives (TPU maintenance)
+  stops at its agreed step too.
+  """
+
+  def __init__(self, check_every: int):
     self.received = None
+    self.check_every = max(int(check_every), 1)
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         signal.signal(sig, self._handle)
@@ -48,7 +60,23 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
+    if self.received is None:
+      logging.warning("%s received: stopping at the next agreed step.",
+                      signal.Signals(signum).name)
     self.received = signal.Signals(signum).name
+
+  def should_stop(self, step: int, manager) -> str | None:
+    """The reason to stop after `step`, the same on every process, or None."""
+    if manager.reached_preemption(step):
+      return "preemption notice"
+    if jax.process_count() == 1:
+      return self.received
+    if step % self.check_every:
+      return None
+    flags = multihost_utils.process_allgather(
+        np.int32(self.received is not None))
+    return (self.received or "a signal to another process") if np.max(
+        flags) else None
 
 
 def create_train_state(config, cfg, tx, mesh) -> TrainState:
@@ -63,27 +91,27 @@ def create_train_state(config, cfg, tx, mesh) -> TrainState:
   return jax.jit(init, out_shardings=runtime.replicated(mesh))(rng)
 
 
+def _check_batch(config) -> None:
+  for name in ("global_batch_size", "eval_batch_size"):
+    if config[name] % jax.device_count():
+      raise ValueError(
+          f"config.{name}={config[name]} is not divisible by the "
+          f"{jax.device_count()} devices; use a multiple of "
+          f"{jax.device_count()}.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per `config`, checkpointing to and resuming from `workdir`.
+  """Trains per `config`, checkpointing to and resuming from `workdir`
+  (a local path or a URL such as gs://bucket/run).
 
   Returns the last evaluation metrics (empty if none ran).
   """
-  # --- Set-up -------------------------------------------------------------
-  runtime.enable_compilation_cache(config.compilation_cache_dir)
+  # --- Set-up and checks: nothing is written before they pass ------------
   mesh = runtime.make_mesh()
   cfg = model_config_from(config.model)
+  _check_batch(config)
   global_bs = config.global_batch_size
-  if global_bs % jax.device_count():
-    raise ValueError(
-        f"config.global_batch_size={global_bs} is not divisible by the "
-        f"{jax.device_count()} devices; use a multiple of {jax.device_count()}.")
-  local_bs = global_bs // jax.process_count()
-  os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
   info = pipeline.dataset_info(config.data, split="train")
   if info.num_classes != cfg.num_classes:
     raise ValueError(
@@ -99,28 +127,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Checkpoint: resume by itself from the latest one ----------------
   manager = checkpoint.make_manager(
-      os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
-      config.checkpoint_every_steps, config.async_checkpointing)
-  restored = checkpoint.restore(
-      manager, None, checkpoint.abstract_like(state, runtime.replicated(mesh)))
-  if restored is not None:
-    state, meta = restored
-    logging.info("Resumed from %s at step %d.", manager.directory, meta["step"])
-  elif config.init_backbone:
-    params = load_initial_params(state.params, config.init_backbone,
-                                 config.init_backbone_format, cfg)
-    state = state.replace(params=jax.device_put(params, runtime.replicated(mesh)))
-    state = state.replace(opt_state=jax.jit(
-        tx.init, out_shardings=runtime.replicated(mesh))(state.params))
-    logging.info("Backbone initialised from %s.", config.init_backbone)
+      storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      keep_best=config.keep_best_checkpoints,
+      best_metric=config.best_checkpoint_metric,
+      async_save=config.async_checkpointing)
+  try:
+    return _run(config, workdir, cfg, mesh, info, tx, schedule, state,
+                manager, is_chief)
+  except BaseException:
+    _abandon(manager)
+    raise
+
+
+def _restore_or_init(config, workdir, cfg, mesh, info, tx, state, manager):
+  latest = manager.latest_step()
+  if latest is None:
+    if config.init_backbone:
+      params = load_initial_params(state.params, config.init_backbone,
+                                   config.init_backbone_format, cfg)
+      state = state.replace(params=jax.device_put(
+          params, runtime.replicated(mesh)))
+      state = state.replace(opt_state=jax.jit(
+          tx.init, out_shardings=runtime.replicated(mesh))(state.params))
+      logging.info("Backbone initialised from %s.", config.init_backbone)
+    return state, None
+  # Resuming: the same categories, a compatible config, the same shapes.
+  saved = categories.read_categories(workdir)
+  if saved is not None:
+    categories.check_categories(
+        saved, info, what=f"the training split ({info.gt_json})",
+        expected_from=storage.join(workdir, categories.FILE))
+  record = run_record.records(workdir)
+  if record:
+    changed = run_record.check_resume(storage.read_json(record[-1]), config,
+                                      record[-1])
+    for line in changed:
+      logging.warning("Config changed on resume (allow_config_change): %s",
+                      line)
+  abstract = checkpoint.abstract_like(state, runtime.replicated(mesh))
+  bad = checkpoint.shape_mismatches(manager, latest, abstract)
+  if bad:
+    raise run_record.ConfigChangeError(
+        f"The checkpoint at step {latest} in {manager.directory} does not fit "
+        f"this config ({len(bad)} array(s) differ): " + "; ".join(bad[:8]) +
+        ". Resume with the config the run was started with (its config.json) "
+        "or use another --workdir.")
+  state, meta = checkpoint.restore(manager, latest, abstract)
+  logging.info("Resumed from %s at step %d.", manager.directory, meta["step"])
+  return state, meta
+
+
+def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
+         is_chief) -> dict:
+  state, meta = _restore_or_init(config, workdir, cfg, mesh, info, tx, state,
+                                 manager)
   start_step = int(state.step)
+  total = config.num_train_steps
+  global_bs = config.global_batch_size
+
+  # --- The run's record: config of this start, the categories ------------
+  if is_chief:
+    storage.makedirs(workdir)
+    logging.info("Config recorded in %s.", run_record.write(workdir, config))
+    if meta is None:
+      categories.write_categories(workdir, info)
+    _log_parameter_counts(state.params, cfg)
 
   # --- Input ------------------------------------------------------------
-  train_ds = pipeline.build_train_dataset(
-      config.data, process_batch_size=local_bs,
+  train_iter = pipeline.build_train_dataset(
+      config.data, process_batch_size=global_bs // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count(),
       seed=config.seed, start_step=start_step)
-  train_iter = iter(train_ds)
 
   # --- Compiled step ------------------------------------------------------
   rep, data = runtime.replicated(mesh), runtime.batch_sharded(mesh)
@@ -129,60 +206,116 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
   # --- Loop -------------------------------------------------------------
-  writer = MetricsWriter(workdir, enabled=is_chief)
-  stop = _StopSignal()
-  total = config.num_train_steps
-  pending, last_eval = [], {}
-  t_log, step_log = time.time(), start_step
+  writer = create_writer(workdir, is_chief)
+  progress = TrainProgress(num_train_steps=total, global_batch_size=global_bs,
+                           every_steps=config.log_every_steps, writer=writer,
+                           start_step=start_step)
+  stop = StopRequest(config.stop_check_every_steps)
+  compiled_canvases = set()
+  pending, last_eval, stopped = [], {}, None
   logging.info("Training steps %d..%d, global batch %d on %d devices.",
                start_step, total, global_bs, jax.device_count())
-  for step in range(start_step + 1, total + 1):
-    batch = global_batch.to_global_batch(next(train_iter), mesh)
-    if step == start_step + 1:
-      runtime.compile_everywhere(train_step, state, batch, name="train_step")
-    state, metrics = train_step(state, batch)
-    pending.append(metrics)
+  progress(start_step)
+  try:
+    for step in range(start_step + 1, total + 1):
+      batch = global_batch.to_global_batch(next(train_iter), mesh)
+      canvas = batch["image"].shape[1:3]
+      if canvas not in compiled_canvases:  # Compile time is not train time.
+        with progress.timed("compile"):
+          runtime.compile_everywhere(train_step, state, batch,
+                                     name="train_step")
+        compiled_canvases.add(canvas)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
 
-    if step % config.log_every_steps == 0 or step == total:
-      _check_finite(state, manager)
-      host = jax.device_get(pending)
-      pending = []
-      now = time.time()
-      summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      summary["images_per_s"] = (step - step_log) * global_bs / (now - t_log)
-      eta = (total - step) * (now - t_log) / max(step - step_log, 1)
-      writer.write(step, summary, eta_s=eta, total=total)
-      t_log, step_log = now, step
+      if step % config.log_every_steps == 0 or step == total:
+        _check_finite(state, manager)
+        host = jax.device_get(pending)
+        pending = []
+        summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        writer.write_scalars(step, summary)
+      progress(step)
 
-    if manager.should_save(step) or step == total:
-      _check_finite(state, manager)
-      checkpoint.save(manager, step, state, {"step": step}, force=step == total)
-
-    if config.eval_every_steps and step % config.eval_every_steps == 0 and step != total:
-      last_eval = evaluator.evaluate_params(config, state.params, mesh, workdir, step)
-      writer.write(step, {f"eval/{k}": v for k, v in last_eval.items()})
-
-    if stop.received or manager.reached_preemption(step):
-      _check_finite(state, manager)
-      logging.warning("Stopping at step %d (%s): saving a checkpoint.", step,
-                      stop.received or "preemption")
-      checkpoint.save(manager, step, state, {"step": step}, force=True)
-      manager.wait_until_finished()
-      writer.close()
-      return last_eval
-
-  manager.wait_until_finished()
-  if config.eval_at_end:
-    last_eval = evaluator.evaluate_params(config, state.params, mesh, workdir, total)
-    writer.write(total, {f"eval/{k}": v for k, v in last_eval.items()})
-  writer.close()
+      reason = stop.should_stop(step, manager)
+      evaluate_now = (config.eval_every_steps and not reason and step != total
+                      and step % config.eval_every_steps == 0)
+      if evaluate_now:
+        with progress.timed("eval"):
+          last_eval = evaluator.evaluate_params(config, state.params, mesh,
+                                                workdir, step, info)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+      if step % config.checkpoint_every_steps == 0 or step == total or reason:
+        _check_finite(state, manager)
+        with progress.timed("checkpoint"):
+          checkpoint.save(manager, step, state, {"step": step},
+                          metrics=last_eval if evaluate_now else None)
+      if reason:
+        stopped = reason
+        logging.warning("Stopped at step %d (%s); checkpoint saved. Run the "
+                        "same command to resume.", step, reason)
+        break
+    with progress.timed("checkpoint"):
+      _finish_saves(manager)
+    if config.eval_at_end and not stopped:
+      last_eval = evaluator.evaluate_params(config, state.params, mesh,
+                                            workdir, total, info)
+      writer.write_scalars(total, {f"eval/{k}": v for k, v in last_eval.items()})
+  finally:
+    writer.close()
   return last_eval
+
+
+def _log_parameter_counts(params, cfg) -> None:
+  """One line per top-level module: trained and frozen parameter counts."""
+  labels = param_groups.param_labels(params, cfg)
+  lines = []
+  for name in params:
+    sizes = jax.tree.leaves(jax.tree.map(
+        lambda p, l: (p.size, l == "frozen"), params[name], labels[name]),
+        is_leaf=lambda x: isinstance(x, tuple))
+    n_all = int(parameter_overview.count_parameters(params[name]))
+    n_frozen = sum(int(n) for n, frozen in sizes if frozen)
+    lines.append(f"{name}: {n_all - n_frozen:,} trained, {n_frozen:,} frozen")
+  logging.info("Parameters: %s.", "; ".join(lines))
+
+
+def _finish_saves(manager) -> None:
+  """Waits for in-flight checkpoints; a failed write is one clear error."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # orbax wraps the OSError in several layers.
+    raise CheckpointWriteError(
+        f"Could not write a checkpoint to {manager.directory}: "
+        f"{_root_cause(e)}. Free space there or choose another --workdir; "
+        "the checkpoints already complete are intact.") from None
+
+
+def _abandon(manager) -> None:
+  """After an error: let an in-flight checkpoint finish (or fail) quietly,
+  so the first error surfaces alone and no half-written step is left."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # The first error is already on its way up.
+    logging.error("A checkpoint in flight also failed: %s", _root_cause(e))
+  try:
+    manager.close()
+  except Exception:  # Nothing more to save; don't hide the first error.
+    pass
+
+
+def _root_cause(error: BaseException) -> str:
+  """The innermost cause of a chained exception, as one line."""
+  seen = error
+  while seen.__cause__ is not None or seen.__context__ is not None:
+    seen = seen.__cause__ or seen.__context__
+  text = str(seen).strip().splitlines()
+  return f"{type(seen).__name__}: {text[0] if text else ''}"
 
 
 def _check_finite(state: TrainState, manager) -> None:
   bad = int(state.first_bad_step)
   if bad >= 0:
-    manager.wait_until_finished()
+    _finish_saves(manager)
     good = manager.latest_step()
     raise NonFiniteLossError(
         f"The loss or gradient became NaN/inf at step {bad + 1}; no update "
