@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 
 # Libraries whose INFO chatter is not the user's business (warnings show).
 _QUIET_LOGGERS = ("jax", "orbax", "etils", "gcsfs", "fsspec", "google",
@@ -61,6 +62,28 @@ def user_errors() -> tuple[type[BaseException], ...]:
           NonFiniteLossError, FileNotFoundError, ValueError)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad --config.FIELD as one line (exit 2):
+  ml-collections raises plain AttributeError/KeyError for unknown fields."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpshort or --helpfull to see help on flags.",
+          file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e.args[0] if e.args else e)
+    hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+    key = hint.group(2) if hint else re.sub(r"\W", "", text.split("\\n")[0])
+    where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+             and key in a.split("=")[0].split(".")]
+    name = where[0] if where else "a --config override"
+    fix = f'; did you mean "{hint.group(1)}"?' if hint else "."
+    print(f"error: {name}: the config has no field {key!r}{fix}",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def run(main) -> None:
   """absl's app.run, with the user errors above as one clear line (exit 1)."""
 
@@ -74,4 +97,4 @@ def run(main) -> None:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)

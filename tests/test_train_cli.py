@@ -14,55 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from tiny_run import TINY_RUN, as_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TIMEOUT_S = 600
-
-
-def tiny_args(tmp_path, steps=6, **extra):
-  """Overrides that shrink configs/synthetic_cpu.py to a seconds-long run."""
-  args = dict(TINY_RUN, **{
-      "data.synthetic.dir": str(tmp_path.parent / "synthetic_tiny"),
-      "data.num_parallel_calls": 2,
-      "num_train_steps": steps,
-      "checkpoint_every_steps": 2,
-      "optim.warmup_steps": 2,
-      "optim.decay_steps": "(4,)",
-  })
-  args.update(extra)
-  return as_flags(args)
-
-
-def run(script, workdir, args, check=True, env_extra=None):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))
-  cmd = [sys.executable, str(ROOT / script), "--config",
-         str(ROOT / "configs/synthetic_cpu.py"), "--workdir", str(workdir)] + args
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=TIMEOUT_S)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{script} failed ({proc.returncode}):\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-  return proc
-
-
-def final_params(workdir):
-  """The parameters of the latest checkpoint, as a flat dict of arrays."""
-  import orbax.checkpoint as ocp
-  ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-  step = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
-  tree = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
-  flat = {}
-
-  def visit(prefix, node):
-    if isinstance(node, dict):
-      for k, v in node.items():
-        visit(f"{prefix}/{k}", v)
-    else:
-      flat[prefix] = np.asarray(node)
-  visit("", tree["params"])
-  return step, flat
+from cli_runs import ROOT, TIMEOUT_S, final_params, run, tiny_args
 
 
 @pytest.mark.slow

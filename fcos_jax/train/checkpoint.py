@@ -87,10 +87,8 @@ def shape_mismatches(manager, step: int, abstract_tree, key: str | None = None
   stored = manager.item_metadata(step)["state"].tree
   if key is not None:
     stored = stored[key]
-  requested = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
-               jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
-  have = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
-          jax.tree_util.tree_flatten_with_path(stored)[0]}
+  requested = _shapes_by_path(abstract_tree)
+  have = _shapes_by_path(stored)
   out = []
   for name in sorted(set(requested) | set(have)):
     a, b = have.get(name), requested.get(name)
@@ -98,6 +96,18 @@ def shape_mismatches(manager, step: int, abstract_tree, key: str | None = None
       out.append(f"{name}: stored {a if a is not None else 'absent'} vs "
                  f"requested {b if b is not None else 'absent'}")
   return out
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+  """{'a/b/0': shape}: orbax stores attributes, dict keys and indices all
+  as names, so paths are compared by name alone."""
+  def name(k):
+    for attr in ("name", "key", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {"/".join(name(k) for k in path): tuple(v.shape) for path, v in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def restore(manager: ocp.CheckpointManager, step: int | None, abstract_state):

@@ -8,6 +8,7 @@ that lets the first error surface alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
@@ -246,7 +247,7 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
         writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
       if step % config.checkpoint_every_steps == 0 or step == total or reason:
         _check_finite(state, manager)
-        with progress.timed("checkpoint"):
+        with progress.timed("checkpoint"), _writing_checkpoints(manager):
           checkpoint.save(manager, step, state, {"step": step},
                           metrics=last_eval if evaluate_now else None)
       if reason:
@@ -279,15 +280,23 @@ def _log_parameter_counts(params, cfg) -> None:
   logging.info("Parameters: %s.", "; ".join(lines))
 
 
-def _finish_saves(manager) -> None:
-  """Waits for in-flight checkpoints; a failed write is one clear error."""
+@contextlib.contextmanager
+def _writing_checkpoints(manager):
+  """A failed checkpoint write (now or an earlier asynchronous one) becomes
+  one clear error naming the directory and the cause."""
   try:
-    manager.wait_until_finished()
+    yield
   except Exception as e:  # orbax wraps the OSError in several layers.
     raise CheckpointWriteError(
         f"Could not write a checkpoint to {manager.directory}: "
         f"{_root_cause(e)}. Free space there or choose another --workdir; "
         "the checkpoints already complete are intact.") from None
+
+
+def _finish_saves(manager) -> None:
+  """Waits for in-flight checkpoints; a failed write is one clear error."""
+  with _writing_checkpoints(manager):
+    manager.wait_until_finished()
 
 
 def _abandon(manager) -> None:
