@@ -40,8 +40,8 @@ def _edit_json(js, fn):
   json.dump(data, open(js, "w"))
 
 
-def _break_image(im, how):
-  path = os.path.join(im, "000003.jpg")
+def _break_image(im, how, name="000003.jpg"):
+  path = os.path.join(im, name)
   data = open(path, "rb").read()
   if how == "missing":
     os.remove(path)
@@ -65,19 +65,28 @@ def test_bad_image_error_names_the_file(tmp_path, how):
     list(build_eval_dataset(_cfg(js, im), 2, 0, 1))
 
 
-@pytest.mark.parametrize("how", ["missing", "truncated"])
-def test_bad_image_skipped_and_counted(tmp_path, how):
+@pytest.mark.parametrize("how,name", [("missing", "000003.jpg"),
+                                      ("truncated", "000003.jpg"),
+                                      ("missing", "000006.jpg")])
+def test_bad_image_skipped_and_counted_once(tmp_path, caplog, how, name):
   js, im = _dataset(tmp_path)
-  _break_image(im, how)
-  it = build_train_dataset(_cfg(js, im, skip=True), 2, 0, 1, seed=0)
-  ids = np.concatenate([next(it)["image_id"] for _ in range(9)])  # 3 epochs.
-  assert 3 not in ids and set(ids) == {1, 2, 4, 5, 6}
-  assert it.num_skipped >= 3
+  path = _break_image(im, how, name)
+  bad = int(name[:6])
+  with caplog.at_level(logging.WARNING, logger="fcos_jax.data"):
+    it = build_train_dataset(_cfg(js, im, skip=True), 2, 0, 1, seed=0)
+    ids = np.concatenate([next(it)["image_id"] for _ in range(9)])  # 3 epochs.
+  assert bad not in ids and set(ids) == set(range(1, 7)) - {bad}
+  # One bad image met in 3 epochs is 1 skipped image, not 3.
+  assert it.num_skipped == 1 and it.skipped_paths == [path]
+  assert "skipped 1 distinct unreadable image(s)" in caplog.text
+  assert "skipped 2" not in caplog.text and "skipped 3" not in caplog.text
   ev = build_eval_dataset(_cfg(js, im, skip=True), 4, 0, 1)
   batches = list(ev)
   assert len(batches) == ev.num_steps == 2
   valid = np.concatenate([b["image_id"][b["example_valid"]] for b in batches])
-  assert sorted(valid) == [1, 2, 4, 5, 6]
+  assert sorted(valid) == sorted(set(range(1, 7)) - {bad})
+  # Also when it is the last image of the split (followed by padding).
+  assert ev.num_skipped == 1 and ev.skipped_paths == [path]
 
 
 def test_image_size_differing_from_json_is_an_error(tmp_path):

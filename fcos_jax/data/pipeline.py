@@ -248,7 +248,9 @@ class BatchIterator:
   pipeline; maps decode failures to the file, counts skips and truncations.
 
   Attributes: info (DatasetInfo), num_steps (eval: steps per process; train:
-  None), num_skipped, num_truncated_boxes.
+  None), num_skipped (distinct images skipped so far: an unreadable image
+  counts once, however many epochs meet it), skipped_paths,
+  num_truncated_boxes.
   """
 
   def __init__(self, dataset, table: ExampleTable, info: DatasetInfo,
@@ -257,7 +259,7 @@ class BatchIterator:
                num_steps: int | None, name: str):
     self.info = info
     self.num_steps = num_steps
-    self.num_skipped = 0
+    self._skipped: set[int] = set()  # Table indices of skipped images.
     self.num_truncated_boxes = 0
     self._dataset = dataset
     self._it = iter(dataset)
@@ -273,6 +275,14 @@ class BatchIterator:
 
   def __iter__(self):
     return self
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self._skipped)
+
+  @property
+  def skipped_paths(self) -> list[str]:
+    return [str(self._table.paths[i]) for i in sorted(self._skipped)]
 
   def _table_index(self, b: int, pos: np.ndarray) -> np.ndarray:
     s = self._streams[b]
@@ -297,16 +307,7 @@ class BatchIterator:
     batch = {k: v.numpy() for k, v in batch.items()}
     pos = batch.pop("pos")
     n_boxes = batch.pop("num_boxes")
-    stream = self._streams[b]
-    real = pos[pos >= 0]
-    if len(real):
-      gaps = int(real[-1] + 1 - stream.next_pos - len(real))
-      if gaps:
-        self.num_skipped += gaps
-        log.warning("%s: skipped %d unreadable image(s) so far (decode "
-                    "failures; data.skip_bad_examples=True).", self._name,
-                    self.num_skipped)
-      stream.next_pos = int(real[-1]) + 1
+    self._count_skips(b, pos)
     over = int(np.maximum(n_boxes - self._max_boxes, 0).sum())
     if over:
       self.num_truncated_boxes += over
@@ -315,6 +316,30 @@ class BatchIterator:
                   over, self._max_boxes, self._step, self.num_truncated_boxes)
     self._step += 1
     return batch
+
+  def _count_skips(self, b: int, pos: np.ndarray) -> None:
+    """Stream positions missing from a batch are images dropped by
+    `ignore_errors`; each distinct image is counted once."""
+    stream = self._streams[b]
+    real = pos[pos >= 0]
+    if not self._train and (pos < 0).any():
+      end = len(stream.members)  # Padding: this bucket's images are all done.
+    elif len(real):
+      end = int(real[-1]) + 1
+    else:
+      return
+    missing = sorted(set(range(stream.next_pos, end)) - set(real.tolist()))
+    stream.next_pos = end
+    if not missing:
+      return
+    new = set(self._table_index(b, np.asarray(missing, np.int64)).tolist())
+    new -= self._skipped
+    if new:
+      self._skipped |= new
+      log.warning("%s: skipped %d distinct unreadable image(s) so far (decode "
+                  "failures; data.skip_bad_examples=True), now: %s",
+                  self._name, self.num_skipped,
+                  ", ".join(str(self._table.paths[i]) for i in sorted(new)[:5]))
 
   def _raise_bad_image(self, b: int, error):
     """Finds which image of the failing batch is bad and names it."""
