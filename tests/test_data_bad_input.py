@@ -89,6 +89,24 @@ def test_bad_image_skipped_and_counted_once(tmp_path, caplog, how, name):
   assert ev.num_skipped == 1 and ev.skipped_paths == [path]
 
 
+def test_bad_image_read_through_storage(tmp_path, monkeypatch, caplog):
+  """The storage reader (paths TF doesn't reach) names the file too, and
+  skips and counts it the same way."""
+  from fcos_jax import storage
+  monkeypatch.setattr(storage, "tf_reaches", lambda p: False)
+  js, im = _dataset(tmp_path)
+  path = _break_image(im, "missing")
+  with pytest.raises(DataError, match=r"000003.jpg.*cannot be used"):
+    list(build_eval_dataset(_cfg(js, im), 2, 0, 1))
+  it = build_train_dataset(_cfg(js, im, skip=True), 2, 0, 1, seed=0)
+  ids = np.concatenate([next(it)["image_id"] for _ in range(6)])
+  assert set(ids) == {1, 2, 4, 5, 6} and it.skipped_paths == [path]
+  js, im = _dataset(tmp_path / "b")
+  _break_image(im, "corrupt", "000004.jpg")
+  with pytest.raises(DataError, match=r"000004.jpg.*cannot be used"):
+    list(build_eval_dataset(_cfg(js, im), 2, 0, 1))
+
+
 def test_image_size_differing_from_json_is_an_error(tmp_path):
   js, im = _dataset(tmp_path)
   _edit_json(js, lambda d: d["images"][1].update(width=50))
