@@ -208,6 +208,8 @@ def test_synthetic_refuses_a_folder_it_did_not_make(tmp_path):
   assert "choose another data.synthetic.dir" in msg and "empty" in msg
   assert sorted(os.listdir(d)) == ["params.json", "thesis.tex"]
   assert (d / "thesis.tex").read_text() == "years of work"
+  with pytest.raises(DataError, match="is a file, not a folder"):
+    synthetic.ensure_synthetic_dataset(str(d / "thesis.tex"), 4, 2, 64, seed=0)
 
 
 def test_synthetic_uses_an_empty_folder_and_remakes_only_its_own(tmp_path):
@@ -320,6 +322,17 @@ def test_val_categories_must_be_the_training_ones(tmp_path):
                      r" \[7\]"):
     load_split(c, "train", [{"id": 1, "name": "a"}, {"id": 3, "name": "c"},
                             {"id": 7, "name": "g"}], "WORKDIR/categories.json")
+  # Only the val paths set (evaluation alone): the train categories are
+  # needed, from train_json or given.
+  train_json = c.coco.train_json
+  c.coco.train_json = c.coco.train_images = ""
+  with pytest.raises(DataError, match=r"data.coco.train_json is not set: .* or pass "
+                     r"the run's categories"):
+    dataset_info(c, "val")
+  with pytest.raises(DataError, match=r"ids only in .*val.*: \[2\]"):
+    dataset_info(c, "val", categories=[{"id": 1, "name": "a"},
+                                       {"id": 3, "name": "c"}])
+  c.coco.train_json = train_json
   # Same ids, another name.
   c2 = _two_splits(tmp_path / "renamed", ((1, "a"), (3, "c")), ((1, "a"),
                                                                  (3, "cat")))

@@ -109,6 +109,12 @@ def training_categories(data_cfg) -> tuple[list[dict], str]:
     return tfds_coco.categories(), (
         f"the training split {data_cfg.tfds.train_split!r} of TFDS "
         f"{data_cfg.tfds.name!r} (the 80 COCO categories)")
+  if data_cfg.source == "coco_format" and not data_cfg.coco.train_json:
+    raise DataError(
+        "The evaluation split's categories must be those the model was "
+        "trained on, and data.coco.train_json is not set: set it to the "
+        "training annotations (only its 'categories' are read), or pass the "
+        "run's categories (WORKDIR/categories.json) to load_split.")
   js = split_files(data_cfg, "train")[0]
   info = dataset_info_of_file(js)
   return categories_lib.as_records(info), f"the training split {js}"

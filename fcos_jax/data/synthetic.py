@@ -252,6 +252,9 @@ def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
   if is_complete(directory, params):
     return _files(directory)
   root = storage.path(directory)
+  if root.exists() and not root.is_dir():
+    raise DataError(f"data.synthetic.dir={directory!r} is a file, not a "
+                    "folder: choose another data.synthetic.dir.")
   entries = sorted(p.name for p in root.iterdir()) if root.exists() else []
   stamp = _stamp(directory) if STAMP in entries else None
   legacy = None if stamp else _legacy_params(directory, entries)
