@@ -154,3 +154,26 @@ def test_to_global_batch_shards_the_batch_axis():
   np.testing.assert_array_equal(np.asarray(out["image"]), local["image"])
   with pytest.raises(ValueError, match="batch"):
     to_global_batch(local, mesh, data_axis="batch")
+
+
+def test_images_read_through_storage_where_tf_cannot(tiny, monkeypatch):
+  """Where TF's own filesystems don't reach a path (e.g. gs:// on the GCS
+  emulator with EPATH_USE_TF=false), images are read by storage.read_bytes:
+  the same batches."""
+  from fcos_jax import storage
+  cfg = _cfg(tiny, max_boxes=8)
+  want_eval = list(build_eval_dataset(cfg, 5, 0, 1))
+  want_train = _take(build_train_dataset(cfg, 3, 0, 1, seed=2), 3)
+  reads = []
+  real = storage.read_bytes
+  monkeypatch.setattr(storage, "tf_reaches", lambda p: False)
+  monkeypatch.setattr(storage, "read_bytes",
+                      lambda p: reads.append(p) or real(p))
+  got_eval = list(build_eval_dataset(cfg, 5, 0, 1))
+  assert len(set(reads)) == 30  # Every image, through storage.
+  got_train = _take(build_train_dataset(cfg, 3, 0, 1, seed=2), 3)
+  for want, got in ((want_eval, got_eval), (want_train, got_train)):
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

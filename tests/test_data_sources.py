@@ -11,7 +11,11 @@ from PIL import Image
 
 from fcos_jax.data import synthetic
 from fcos_jax.data.config import default_data_config
-from fcos_jax.data.pipeline import build_eval_dataset, build_train_dataset
+from fcos_jax.data.errors import DataError
+from fcos_jax.data.pipeline import (build_eval_dataset, build_train_dataset,
+                                    dataset_info)
+from fcos_jax.data.sources import load_split
+from fcos_jax.data.testing import write_coco
 from fcos_jax.data.tfds_coco import (COCO_CATEGORY_IDS,
                                      category_id_to_tfds_label,
                                      export_tfds_split,
@@ -186,3 +190,232 @@ def test_tfds_export_and_pipeline(tmp_path):
   assert got[285][0] == [11]  # Contiguous label = TFDS label.
   np.testing.assert_allclose(got[285][1], [[10, 15, 20, 45]], atol=1e-4)
   assert got[139][0] == [0, 79]  # Crowd kept in evaluation.
+
+
+# --- Synthetic: never delete what it did not write -----------------------------
+
+
+def test_synthetic_refuses_a_folder_it_did_not_make(tmp_path):
+  d = tmp_path / "mine"
+  d.mkdir()
+  (d / "thesis.tex").write_text("years of work")
+  # Even a params.json of the user's does not make the folder ours.
+  (d / "params.json").write_text('{"lr": 0.1}')
+  with pytest.raises(DataError) as e:
+    synthetic.ensure_synthetic_dataset(str(d), 4, 2, 64, seed=0)
+  msg = str(e.value)
+  assert str(d) in msg and "thesis.tex" in msg
+  assert "choose another data.synthetic.dir" in msg and "empty" in msg
+  assert sorted(os.listdir(d)) == ["params.json", "thesis.tex"]
+  assert (d / "thesis.tex").read_text() == "years of work"
+  with pytest.raises(DataError, match="is a file, not a folder"):
+    synthetic.ensure_synthetic_dataset(str(d / "thesis.tex"), 4, 2, 64, seed=0)
+
+
+def test_synthetic_uses_an_empty_folder_and_remakes_only_its_own(tmp_path):
+  d = tmp_path / "empty"
+  d.mkdir()
+  files = synthetic.ensure_synthetic_dataset(str(d), 4, 2, 64, seed=0)
+  assert sorted(os.listdir(d)) == [synthetic.STAMP, "train", "train.json",
+                                   "val", "val.json"]
+  stamp = json.load(open(d / synthetic.STAMP))
+  assert stamp["complete"] is True and stamp["params"]["num_train"] == 4
+  # Ours (stamped), other params: remade; a file the user added stays.
+  (d / "notes.txt").write_text("keep me")
+  synthetic.ensure_synthetic_dataset(str(d), 3, 2, 64, seed=0)
+  assert len(json.load(open(files["train_json"]))["images"]) == 3
+  assert len(os.listdir(files["train_images"])) == 3
+  assert (d / "notes.txt").read_text() == "keep me"
+
+
+def test_synthetic_stamp_is_written_last(tmp_path, monkeypatch):
+  """A crash mid-way leaves an "in progress" stamp: never reused as
+  complete, but recognised as ours and remade."""
+  d = str(tmp_path / "syn")
+  real = synthetic.write_split
+
+  def crash_on_val(out_dir, split, *args, **kw):
+    if split == "val":
+      raise KeyboardInterrupt
+    return real(out_dir, split, *args, **kw)
+
+  monkeypatch.setattr(synthetic, "write_split", crash_on_val)
+  with pytest.raises(KeyboardInterrupt):
+    synthetic.ensure_synthetic_dataset(d, 4, 2, 64, seed=0)
+  assert json.load(open(os.path.join(d, synthetic.STAMP)))["complete"] is False
+  assert not synthetic.is_complete(d, synthetic.dataset_params(4, 2, 64, 0))
+  monkeypatch.setattr(synthetic, "write_split", real)
+  files = synthetic.ensure_synthetic_dataset(d, 4, 2, 64, seed=0)
+  assert len(json.load(open(files["val_json"]))["images"]) == 2
+  assert synthetic.is_complete(d, synthetic.dataset_params(4, 2, 64, 0))
+
+
+def test_synthetic_folder_of_the_earlier_generator_is_reused(tmp_path):
+  """Folders made before the stamp (params.json, nothing else foreign)."""
+  d = tmp_path / "old"
+  files = synthetic.ensure_synthetic_dataset(str(d), 4, 2, 64, seed=0)
+  (d / synthetic.STAMP).rename(d / "params.json")
+  (d / "params.json").write_text(json.dumps(
+      synthetic.dataset_params(4, 2, 64, 0)))
+  mtime = os.path.getmtime(files["train_json"])
+  synthetic.ensure_synthetic_dataset(str(d), 4, 2, 64, seed=0)
+  assert os.path.getmtime(files["train_json"]) == mtime
+  assert not (d / synthetic.STAMP).exists()
+  synthetic.ensure_synthetic_dataset(str(d), 3, 2, 64, seed=0)  # Remade.
+  assert sorted(os.listdir(d)) == [synthetic.STAMP, "train", "train.json",
+                                   "val", "val.json"]
+
+
+def test_generation_runs_through_chief_first_once(tmp_path, monkeypatch):
+  from fcos_jax import runtime
+  calls = []
+
+  def chief_first(fn, name, timeout_s=3600):
+    calls.append(name)
+    return fn()
+
+  monkeypatch.setattr(runtime, "chief_first", chief_first)
+  c = default_data_config()
+  c.synthetic.dir = str(tmp_path / "syn")
+  c.synthetic.num_train, c.synthetic.num_val, c.synthetic.image_size = 4, 2, 64
+  load_split(c, "train")
+  assert calls == ["synthetic_data"]
+  load_split(c, "val")  # Val, and the train categories: no second barrier,
+  dataset_info(c, "val")  # so process 0 alone may call it later.
+  assert calls == ["synthetic_data"]
+  c.synthetic.num_train = 3  # Another dataset: made (collectively) again.
+  load_split(c, "train")
+  assert calls == ["synthetic_data"] * 2
+
+
+# --- Categories of the evaluation split ------------------------------------------
+
+
+def _two_splits(tmp_path, train_cats, val_cats):
+  boxes = lambda i: [(2 + i, 3, 20, 14, 1, 0), (30, 20, 12, 18, 3, 0)]
+  tr = write_coco(str(tmp_path / "train"), [(48, 64, boxes(i)) for i in
+                                             range(4)], categories=train_cats)
+  va = write_coco(str(tmp_path / "val"), [(48, 64, boxes(i)) for i in
+                                           range(5)], categories=val_cats)
+  c = default_data_config()
+  c.source = "coco_format"
+  c.coco.train_json, c.coco.train_images = tr
+  c.coco.val_json, c.coco.val_images = va
+  c.min_size, c.max_size, c.canvases = 48, 64, ((64, 64),)
+  c.num_parallel_calls = 1
+  return c
+
+
+def test_val_categories_must_be_the_training_ones(tmp_path):
+  c = _two_splits(tmp_path, ((1, "a"), (3, "c")), ((1, "a"), (2, "b"),
+                                                   (3, "c")))
+  with pytest.raises(DataError) as e:
+    build_eval_dataset(c, 2, 0, 1)
+  msg = str(e.value)
+  assert c.coco.val_json in msg and c.coco.train_json in msg
+  assert f"ids only in {c.coco.val_json}: [2]" in msg
+  with pytest.raises(DataError, match=r"ids only in .*: \[2\]"):
+    dataset_info(c, "val")
+  load_split(c, "train")  # The training split sets the labels: fine.
+  # A given list (e.g. WORKDIR/categories.json) is checked the same way.
+  with pytest.raises(DataError, match=r"ids only in WORKDIR/categories.json:"
+                     r" \[7\]"):
+    load_split(c, "train", [{"id": 1, "name": "a"}, {"id": 3, "name": "c"},
+                            {"id": 7, "name": "g"}], "WORKDIR/categories.json")
+  # Only the val paths set (evaluation alone): the train categories are
+  # needed, from train_json or given.
+  train_json = c.coco.train_json
+  c.coco.train_json = c.coco.train_images = ""
+  with pytest.raises(DataError, match=r"data.coco.train_json is not set: .* or pass "
+                     r"the run's categories"):
+    dataset_info(c, "val")
+  with pytest.raises(DataError, match=r"ids only in .*val.*: \[2\]"):
+    dataset_info(c, "val", categories=[{"id": 1, "name": "a"},
+                                       {"id": 3, "name": "c"}])
+  c.coco.train_json = train_json
+  # Same ids, another name.
+  c2 = _two_splits(tmp_path / "renamed", ((1, "a"), (3, "c")), ((1, "a"),
+                                                                 (3, "cat")))
+  with pytest.raises(DataError, match=r"3 \('c' vs 'cat'\)"):
+    dataset_info(c2, "val")
+
+
+def test_val_check_parses_each_json_once(tmp_path, monkeypatch):
+  from fcos_jax import storage
+  c = _two_splits(tmp_path, ((1, "a"), (3, "c")), ((1, "a"), (3, "c")))
+  load_split(c, "train")
+  reads = []
+  real = storage.read_text
+  monkeypatch.setattr(storage, "read_text",
+                      lambda p: reads.append(str(p)) or real(p))
+  load_split(c, "val")
+  assert reads == [c.coco.val_json]  # The train categories: remembered.
+  with open(c.coco.train_json) as f:  # Changed file: read again.
+    data = json.load(f)
+  data["categories"].append({"id": 9, "name": "i"})
+  with open(c.coco.train_json, "w") as f:
+    json.dump(data, f)
+  os.utime(c.coco.train_json, (1, 1))
+  reads.clear()
+  with pytest.raises(DataError, match=r"\[9\]"):
+    load_split(c, "val")
+  assert sorted(reads) == sorted([c.coco.val_json, c.coco.train_json])
+
+
+def _perfect_detections(ev):
+  """The evaluation split's own boxes as detections (score 1), in original
+  pixels, as eval_step would give them."""
+  out = {k: [] for k in ("image_id", "boxes", "scores", "classes", "valid")}
+  for b in ev:
+    keep = b["example_valid"]
+    scale = (b["image_hw"][:, :1] / np.maximum(b["orig_hw"][:, :1], 1))[
+        :, :, None]
+    out["image_id"].append(b["image_id"][keep])
+    out["boxes"].append((b["boxes"] / np.maximum(scale, 1e-9))[keep])
+    out["scores"].append(np.ones(b["classes"].shape, np.float32)[keep])
+    out["classes"].append(b["classes"][keep])
+    out["valid"].append((b["box_valid"] & ~b["is_crowd"])[keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def test_perfect_detections_score_ap_1(tmp_path):
+  from fcos_jax.evaluation.coco_eval import coco_evaluate, detections_to_coco
+  from fcos_jax.data.coco_format import load_coco_split
+  cats = ((1, "a"), (3, "c"))
+  c = _two_splits(tmp_path, cats, cats)
+  train_info = dataset_info(c, "train")
+  ev = build_eval_dataset(c, 2, 0, 1)
+  assert ev.info.label_to_category_id == train_info.label_to_category_id
+  dets = _perfect_detections(ev)
+  results = detections_to_coco(dets, train_info.label_to_category_id)
+  metrics = coco_evaluate(ev.info.gt_json, results, dets["image_id"])
+  assert metrics["AP"] == pytest.approx(1.0)
+  # What the check prevents: a val JSON listing {1, 2, 3}, its labels taken
+  # from it alone, scores the same perfect detections at AP 0.5.
+  c3 = _two_splits(tmp_path / "three", cats, ((1, "a"), (2, "b"), (3, "c")))
+  _, val_only = load_coco_split(c3.coco.val_json, c3.coco.val_images)
+  wrong = detections_to_coco(dets, val_only.label_to_category_id)
+  assert coco_evaluate(c3.coco.val_json, wrong, dets["image_id"])[
+      "AP"] == pytest.approx(0.5)
+
+
+def test_tfds_val_ground_truth_must_list_the_80_categories(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=len(TFDS_EXAMPLES),
+                              policy=tfds.testing.MockPolicy.USE_CODE,
+                              as_dataset_fn=_mock_as_dataset):
+    js, _ = export_tfds_split("coco/2017", "validation",
+                              export_dir=str(tmp_path / "export"))
+  c = default_data_config()
+  c.source = "tfds"
+  c.tfds.export_dir = str(tmp_path / "export")
+  gt = json.load(open(js))
+  c.tfds.val_gt_json = str(tmp_path / "instances_val2017.json")
+  json.dump(gt, open(c.tfds.val_gt_json, "w"))
+  assert dataset_info(c, "val").gt_json == c.tfds.val_gt_json
+  gt["categories"] = gt["categories"][:79]  # An annotation file of 79.
+  json.dump(gt, open(c.tfds.val_gt_json, "w"))
+  os.utime(c.tfds.val_gt_json, (1, 1))
+  with pytest.raises(DataError, match=r"instances_val2017.json: its categories"
+                     r" differ .*ids only in the training split .*\[90\]"):
+    dataset_info(c, "val")

@@ -4,6 +4,11 @@ The JSON is read and checked up front in Python (cheap, and bad annotations
 get errors that name the annotation id); the images are read and decoded
 later in the tf.data graph (`pipeline.py`).
 
+Every field the pipeline or pycocotools relies on is checked here, with
+the JSON types COCO needs (integer ids, 4-number boxes, positive sizes): a
+value pycocotools would read differently from us (a string id, a duplicate
+annotation id) would score the model wrongly without any error.
+
 Labels: COCO category ids may be any integers (COCO itself uses 1..90 with
 gaps); they map to contiguous labels 0..C-1 in increasing id order, and back
 through `DatasetInfo.label_to_category_id`.
@@ -11,13 +16,14 @@ through `DatasetInfo.label_to_category_id`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 
+from fcos_jax import storage
 from fcos_jax.data.errors import DataError, Problems
 
 
@@ -102,15 +108,48 @@ def _require(obj, keys, what, path):
                     "Fix the annotations file (COCO instances format).")
 
 
+def _is_int(v) -> bool:
+  """A JSON integer (bool is not one, though Python says so)."""
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_problem(value, what: str) -> str | None:
+  """Why `value` is not a usable COCO id (None if it is one)."""
+  if _is_int(value):
+    return None
+  if isinstance(value, str):
+    return (f"{what} {value!r} is a string; COCO needs integer ids (write "
+            f"{value}, not \"{value}\")")
+  return f"{what} {value!r} is a {type(value).__name__}, not an integer"
+
+
+def _meant_id(value) -> int | None:
+  """The integer a user meant by a mistyped id ("7", 7.0), if any."""
+  if _is_int(value):
+    return value
+  if isinstance(value, str) and value.strip().isdigit():
+    return int(value)
+  if isinstance(value, float) and math.isfinite(value) and value == int(value):
+    return int(value)
+  return None
+
+
 def read_coco_json(path: str) -> dict:
-  """Loads and shape-checks a COCO instances JSON; DataError on bad input."""
-  if not os.path.exists(path):
+  """Loads and shape-checks a COCO instances JSON; DataError on bad input.
+
+  Checks the structure (keys, lists) and the categories (integer, unique
+  ids); the image and annotation records are checked by `load_coco_split`.
+  """
+  if not storage.exists(path):
     raise DataError(f"Annotations file {path!r} does not exist. Set the "
                     "data config path (e.g. data.coco.train_json) to it.")
   try:
-    with open(path) as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
+    data = json.loads(storage.read_text(path))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: not valid JSON ({e}). Fix or regenerate the "
                     "annotations file.") from e
   _require(data, ("images", "annotations", "categories"), "the top level", path)
@@ -130,6 +169,13 @@ def read_coco_json(path: str) -> dict:
   if not data["categories"]:
     raise DataError(f"{path}: 'categories' is empty; list every category "
                     "with its id and name.")
+  for cat in data["categories"]:
+    problem = _int_problem(cat["id"], "category id")
+    if problem:
+      raise DataError(f"{path}: category {cat['name']!r}: {problem}. Give "
+                      "every category an integer id (and use the same "
+                      "integers as the annotations' category_id).")
+  _remember_info(path, dataset_info_from_json(data, path))
   return data
 
 
@@ -137,11 +183,82 @@ def dataset_info_from_json(data: dict, gt_json: str) -> DatasetInfo:
   """Contiguous labels in increasing category-id order."""
   cats = sorted(data["categories"], key=lambda c: c["id"])
   ids = [int(c["id"]) for c in cats]
-  if len(set(ids)) != len(ids):
-    raise DataError(f"{gt_json}: duplicate category ids in 'categories'.")
+  dups = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+  if dups:
+    raise DataError(f"{gt_json}: category id(s) {dups} appear more than once "
+                    "in 'categories'. Give every category a unique id.")
   return DatasetInfo(num_classes=len(cats), label_to_category_id=tuple(ids),
                      category_names=tuple(str(c["name"]) for c in cats),
                      gt_json=gt_json)
+
+
+# DatasetInfo of each JSON read, keyed by (path, mtime, size): the category
+# check of the validation split needs the training split's categories, and
+# a COCO training JSON is too big to parse again for that at every
+# evaluation.
+_INFO_CACHE: dict[tuple, DatasetInfo] = {}
+
+
+def _file_key(path: str):
+  try:
+    st = storage.path(path).stat()
+  except OSError:
+    return None
+  return (str(path), getattr(st, "mtime", None), getattr(st, "length", None))
+
+
+def _remember_info(path: str, info: DatasetInfo) -> None:
+  key = _file_key(path)
+  if key is not None:
+    _INFO_CACHE[key] = info
+
+
+def dataset_info_of_file(path: str) -> DatasetInfo:
+  """The DatasetInfo (categories) of a COCO JSON; parsed at most once while
+  the file is unchanged."""
+  key = _file_key(path)
+  if key in _INFO_CACHE:
+    return _INFO_CACHE[key]
+  data = read_coco_json(path)
+  return dataset_info_from_json(data, path)
+
+
+def _image_problem(im) -> str | None:
+  """What is wrong with an 'images' record's id, file_name, width, height."""
+  where = f"image {im['id']!r} ({im['file_name']!r})"
+  problem = _int_problem(im["id"], "its id")
+  if problem:
+    if isinstance(im["id"], str):
+      problem += (" in 'images' and in every annotation's image_id; COCO "
+                  "evaluation (pycocotools) matches ids by value")
+    return f"{where}: {problem}"
+  if not isinstance(im["file_name"], str) or not im["file_name"]:
+    return f"{where}: file_name must be a non-empty string (the image's path " \
+           "relative to the image folder)"
+  for key in ("width", "height"):
+    v = im[key]
+    if not (_is_number(v) and math.isfinite(v) and v > 0 and v == int(v)):
+      return (f"{where}: {key} {v!r} is not a positive whole number of pixels"
+              " (write the decoded image's size)")
+  return None
+
+
+def _bbox_problem(bbox) -> str | None:
+  """Why `bbox` is not 4 finite JSON numbers [x, y, width, height]."""
+  want = "4 numbers [x, y, width, height]"
+  if isinstance(bbox, str):
+    return f"bbox {bbox!r} is a string, not a list of {want}"
+  if not isinstance(bbox, (list, tuple)):
+    return f"bbox {bbox!r} is a {type(bbox).__name__}, not a list of {want}"
+  if len(bbox) != 4:
+    return f"bbox {bbox!r} has {len(bbox)} values, not {want}"
+  for v in bbox:
+    if not _is_number(v):
+      return (f"bbox {bbox!r} holds a {type(v).__name__} ({v!r}), not only "
+              f"numbers: it must be {want}")
+  if not all(math.isfinite(v) for v in bbox):
+    return f"bbox {bbox!r} is not finite"
+  return None
 
 
 def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
@@ -150,10 +267,15 @@ def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
   """Reads one split: its example table and its DatasetInfo.
 
   `info`: the label mapping to use (e.g. the training split's, for the
-  validation split); by default the mapping of this JSON. Boxes are checked:
-  non-finite, negative width/height, entirely outside the image, unknown
-  category or image id are errors (or skips with `skip_bad`). Boxes partly
-  outside are clipped later, zero-size ones dropped later (`transforms.py`).
+  validation split); by default the mapping of this JSON.
+
+  Checked, each an error (or with `skip_bad` a skip: the image is dropped,
+  counted once): image records (integer unique id, file_name, positive
+  whole width/height); annotations (integer id, unique over the file;
+  integer image_id of a listed image; bbox exactly 4 finite numbers with
+  non-negative size, not entirely outside the image; integer category_id
+  of a listed category; iscrowd 0 or 1). Boxes partly outside are clipped
+  later, zero-size ones dropped later (`transforms.py`).
   """
   data = read_coco_json(json_path)
   own_info = dataset_info_from_json(data, json_path)
@@ -161,48 +283,99 @@ def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
   cat_to_label = info.category_id_to_label
   problems = Problems(skip_bad, json_path)
 
-  images = {}
-  for im in data["images"]:
-    iid = int(im["id"])
-    if iid in images:
-      raise DataError(f"{json_path}: image id {iid} appears twice in 'images'."
-                      " Give every image a unique id.")
-    images[iid] = im
+  # --- Images: their records, then unique ids. ---
+  images: dict[int, dict] = {}
   bad_images: set[int] = set()
+  id_counts = collections.Counter(
+      im["id"] for im in data["images"] if _is_int(im["id"]))
+  for k, im in enumerate(data["images"]):
+    problem = _image_problem(im)
+    if problem:
+      problems.add(problem, images=[("index", k)])
+      if _meant_id(im["id"]) is not None:  # Its annotations go with it.
+        bad_images.add(_meant_id(im["id"]))
+      continue
+    iid = im["id"]
+    if id_counts[iid] > 1:
+      problems.add(f"image id {iid} appears {id_counts[iid]} times in 'images'"
+                   f" (this one: {im['file_name']!r}); give every image a "
+                   "unique id", images=[("index", k)])
+      bad_images.add(iid)
+      continue
+    images[iid] = im
+
+  # --- Annotations. ---
+  ann_counts = collections.Counter(
+      a["id"] for a in data["annotations"] if _is_int(a["id"]))
+  dup_images: dict[int, set] = collections.defaultdict(set)
+  for ann in data["annotations"]:
+    if _is_int(ann["id"]) and ann_counts[ann["id"]] > 1:
+      dup_images[ann["id"]].add(
+          ann["image_id"] if _is_int(ann["image_id"]) else None)
+  for aid, iids in sorted(dup_images.items()):
+    listed = sorted(i for i in iids if i is not None)
+    kept = [i for i in listed if i in images]
+    problems.add(
+        f"annotation id {aid} appears {ann_counts[aid]} times in "
+        f"'annotations' (image(s) {listed}); give every annotation a unique "
+        "id: pycocotools keeps one annotation per id, so COCO evaluation "
+        "would match detections against the wrong boxes (a perfect detector "
+        "scores below AP 1)", images=[("id", i) for i in kept])
+    bad_images.update(listed)
+
   per_image: dict[int, list] = {iid: [] for iid in images}
   for ann in data["annotations"]:
     aid, iid = ann["id"], ann["image_id"]
+    if _is_int(aid) and ann_counts[aid] > 1:
+      continue  # Reported above, with its images.
+    if not _is_int(iid):
+      # A string "7" means image 7 to the user, so that image loses a box.
+      target = _meant_id(iid)
+      if target in bad_images:
+        continue  # Its image is already dropped and reported.
+      owner = [("id", target)] if target in images else []
+      if owner:
+        bad_images.add(target)
+      problems.add(f"annotation {aid!r}: " + _int_problem(iid, "image_id"),
+                   images=owner)
+      continue
     if iid not in images:
-      problems.add(f"annotation {aid} refers to image_id {iid}, which is not "
-                   "in 'images'")
+      if iid in bad_images:
+        continue  # Its image is already dropped and reported.
+      problems.add(f"annotation {aid!r} refers to image_id {iid}, which is "
+                   "not in 'images'")
       continue
     im = images[iid]
-    bbox = ann["bbox"]
-    try:
-      x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-      problems.add(f"annotation {aid} (image {iid}): bbox {bbox!r} is not 4 "
-                   "numbers [x, y, width, height]")
-      bad_images.add(iid)
-      continue
-    if ann["category_id"] not in cat_to_label:
-      problems.add(f"annotation {aid} (image {iid}): unknown category_id "
-                   f"{ann['category_id']} (not in 'categories')")
-      bad_images.add(iid)
-      continue
-    W, H = float(im["width"]), float(im["height"])
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
-      problems.add(f"annotation {aid} (image {iid}): bbox {bbox!r} has a "
-                   "negative or non-finite size")
-      bad_images.add(iid)
-      continue
-    if x >= W or y >= H or x + w <= 0 or y + h <= 0:
-      problems.add(f"annotation {aid} (image {iid}): bbox {bbox!r} lies "
-                   f"outside the {im['width']}x{im['height']} image")
+    where = f"annotation {aid!r} (image {iid})"
+    problem = _int_problem(aid, "its id")
+    if not problem:
+      problem = _bbox_problem(ann["bbox"])
+    if not problem:
+      problem = _int_problem(ann["category_id"], "category_id")
+      if problem:
+        problem += "; category ids must be integers as in 'categories'"
+    if not problem and ann["category_id"] not in cat_to_label:
+      problem = (f"unknown category_id {ann['category_id']} (not in "
+                 "'categories')")
+    crowd = ann.get("iscrowd", 0)
+    if not problem and (not isinstance(crowd, (int, float)) or
+                        crowd not in (0, 1)):
+      problem = (f"iscrowd {crowd!r} must be 0 or 1 (pycocotools takes any "
+                 "other true value, \"0\" too, as crowd)")
+    if not problem:
+      x, y, w, h = (float(v) for v in ann["bbox"])
+      W, H = float(im["width"]), float(im["height"])
+      if w < 0 or h < 0:
+        problem = f"bbox {ann['bbox']!r} has a negative size"
+      elif x >= W or y >= H or x + w <= 0 or y + h <= 0:
+        problem = (f"bbox {ann['bbox']!r} lies outside the "
+                   f"{im['width']}x{im['height']} image")
+    if problem:
+      problems.add(f"{where}: {problem}", images=[("id", iid)])
       bad_images.add(iid)
       continue
     per_image[iid].append((x, y, x + w, y + h, cat_to_label[ann["category_id"]],
-                           bool(ann.get("iscrowd", 0)), int(aid)))
+                           bool(crowd), int(aid)))
   problems.report()
 
   ids = sorted(i for i in images if i not in bad_images)
@@ -210,10 +383,10 @@ def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
   arr = np.asarray([r[:4] for r in rows], np.float32).reshape(-1, 4)
   table = ExampleTable(
       image_ids=np.asarray(ids, np.int64),
-      paths=np.asarray([os.path.join(image_dir, str(images[i]["file_name"]))
+      paths=np.asarray([storage.join(image_dir, images[i]["file_name"])
                         for i in ids] or np.zeros(0, str)),
-      heights=np.asarray([images[i]["height"] for i in ids], np.int64),
-      widths=np.asarray([images[i]["width"] for i in ids], np.int64),
+      heights=np.asarray([int(images[i]["height"]) for i in ids], np.int64),
+      widths=np.asarray([int(images[i]["width"]) for i in ids], np.int64),
       box_splits=np.concatenate(
           [[0], np.cumsum([len(per_image[i]) for i in ids])]).astype(np.int64),
       boxes=arr,

@@ -15,7 +15,9 @@ class Problems:
   """Collects bad-input findings; raises on the first or counts and logs them.
 
   With `skip=False` (default) the first problem raises `DataError`. With
-  `skip=True` problems are counted and a summary is logged by `report()`.
+  `skip=True` problems are collected, the images they concern are dropped
+  (each counted once, however many problems it has) and `report()` logs a
+  summary.
   """
 
   FIX = ("Fix or remove it, or set data.skip_bad_examples=True to skip such "
@@ -25,16 +27,25 @@ class Problems:
     self.skip = skip
     self.what = what
     self.messages: list[str] = []
+    self.dropped: set = set()  # Keys of the images dropped.
+    self.stray = 0  # Records dropped that belong to no image.
 
-  def add(self, message: str) -> None:
+  def add(self, message: str, images=()) -> None:
+    """One problem; `images`: keys of the images it drops (none: only the
+    record itself goes, e.g. an annotation of an image that isn't listed)."""
     if not self.skip:
       raise DataError(f"{self.what}: {message}. {self.FIX}")
     self.messages.append(message)
+    images = list(images)
+    self.dropped.update(images)
+    self.stray += not images
 
   def report(self) -> None:
     if self.messages:
       shown = "; ".join(self.messages[:5])
       more = len(self.messages) - 5
-      log.warning("%s: skipped %d bad example(s)/annotation(s): %s%s",
-                  self.what, len(self.messages), shown,
+      log.warning("%s: skipped %d bad image(s) and %d stray annotation(s) "
+                  "(%d problem(s); data.skip_bad_examples=True): %s%s",
+                  self.what, len(self.dropped), self.stray,
+                  len(self.messages), shown,
                   f" (and {more} more)" if more > 0 else "")

@@ -22,6 +22,10 @@ the process index, so hosts agree without talking and resuming is exact):
   images without boxes kept. Bucket b runs ceil(max_p n_{b,p} / B) steps on
   every process, short processes pad with `example_valid=False` examples;
   buckets run in order, so all processes agree on the canvas of each step.
+* Image files are read with `tf.io.read_file` where TensorFlow's own
+  filesystems reach them (`storage.tf_reaches`: local paths, and URLs when
+  epath goes through TF too), otherwise through `fcos_jax.storage` (e.g.
+  gs:// served by gcsfs with EPATH_USE_TF=false) in a `tf.numpy_function`.
 * Bad images: with `skip_bad_examples=False` a decode failure stops with a
   `DataError` naming the file; with True it is dropped (the next image of
   the same bucket takes its place), counted and logged. Resume offsets count
@@ -34,11 +38,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 
 import numpy as np
 from fcos_jax.data.tf_setup import tf
 
+from fcos_jax import storage
 from fcos_jax.data import transforms
 from fcos_jax.data.coco_format import DatasetInfo, ExampleTable
 from fcos_jax.data.errors import DataError
@@ -163,15 +167,39 @@ class _TableConstants:
     self.boxes = tf.constant(table.boxes.reshape(-1, 4), tf.float32)
     self.classes = tf.constant(table.classes, tf.int32)
     self.is_crowd = tf.constant(table.is_crowd, tf.bool)
+    # One reader for the whole table: TF's own where it reaches every path.
+    self.tf_reads = all(storage.tf_reaches(p) for p in table.paths)
+
+
+def _read_through_storage(path):
+  """tf.string scalar path -> its bytes, read by `storage.read_bytes`."""
+
+  def read(p):
+    return np.asarray(storage.read_bytes(p.decode()), dtype=object)
+
+  out = tf.numpy_function(read, [path], tf.string, stateful=False,
+                          name="storage_read")
+  out.set_shape([])
+  return out
+
+
+def read_file(path: str):
+  """Eagerly: the bytes of `path` as a tf.string, by the reader the
+  pipeline uses for it."""
+  if storage.tf_reaches(path):
+    return tf.io.read_file(path)
+  return tf.constant(storage.read_bytes(path))
 
 
 def _example_fn(consts: _TableConstants, data_cfg, canvas_hw, train: bool):
   """(table index, position, seed [2]) -> transformed example dict."""
 
+  read = tf.io.read_file if consts.tf_reads else _read_through_storage
+
   def fn(index, pos, seed):
     lo, hi = consts.splits[index], consts.splits[index + 1]
     ex = transforms.transform_example(
-        tf.io.read_file(consts.paths[index]), consts.boxes[lo:hi],
+        read(consts.paths[index]), consts.boxes[lo:hi],
         consts.classes[lo:hi], consts.is_crowd[lo:hi], consts.image_ids[index],
         consts.hw[index], tf.constant(canvas_hw, tf.int32), seed, train=train,
         min_size=_as_min_size(data_cfg.min_size),
@@ -223,8 +251,8 @@ def _parallel(data_cfg) -> int:
 def check_image(path: str, json_hw) -> str | None:
   """Reads and decodes one image eagerly; the problem as text, or None."""
   try:
-    image = transforms.decode_image(tf.io.read_file(path))
-  except (tf.errors.OpError, ValueError) as e:
+    image = transforms.decode_image(read_file(path))
+  except (tf.errors.OpError, ValueError, OSError) as e:
     return f"{type(e).__name__}: {getattr(e, 'message', str(e))}".strip()
   if tuple(image.shape[:2]) != tuple(int(v) for v in json_hw):
     return (f"decoded size {tuple(image.shape[:2])} differs from the "
@@ -248,7 +276,9 @@ class BatchIterator:
   pipeline; maps decode failures to the file, counts skips and truncations.
 
   Attributes: info (DatasetInfo), num_steps (eval: steps per process; train:
-  None), num_skipped, num_truncated_boxes.
+  None), num_skipped (distinct images skipped so far: an unreadable image
+  counts once, however many epochs meet it), skipped_paths,
+  num_truncated_boxes.
   """
 
   def __init__(self, dataset, table: ExampleTable, info: DatasetInfo,
@@ -257,7 +287,7 @@ class BatchIterator:
                num_steps: int | None, name: str):
     self.info = info
     self.num_steps = num_steps
-    self.num_skipped = 0
+    self._skipped: set[int] = set()  # Table indices of skipped images.
     self.num_truncated_boxes = 0
     self._dataset = dataset
     self._it = iter(dataset)
@@ -273,6 +303,14 @@ class BatchIterator:
 
   def __iter__(self):
     return self
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self._skipped)
+
+  @property
+  def skipped_paths(self) -> list[str]:
+    return [str(self._table.paths[i]) for i in sorted(self._skipped)]
 
   def _table_index(self, b: int, pos: np.ndarray) -> np.ndarray:
     s = self._streams[b]
@@ -297,16 +335,7 @@ class BatchIterator:
     batch = {k: v.numpy() for k, v in batch.items()}
     pos = batch.pop("pos")
     n_boxes = batch.pop("num_boxes")
-    stream = self._streams[b]
-    real = pos[pos >= 0]
-    if len(real):
-      gaps = int(real[-1] + 1 - stream.next_pos - len(real))
-      if gaps:
-        self.num_skipped += gaps
-        log.warning("%s: skipped %d unreadable image(s) so far (decode "
-                    "failures; data.skip_bad_examples=True).", self._name,
-                    self.num_skipped)
-      stream.next_pos = int(real[-1]) + 1
+    self._count_skips(b, pos)
     over = int(np.maximum(n_boxes - self._max_boxes, 0).sum())
     if over:
       self.num_truncated_boxes += over
@@ -315,6 +344,30 @@ class BatchIterator:
                   over, self._max_boxes, self._step, self.num_truncated_boxes)
     self._step += 1
     return batch
+
+  def _count_skips(self, b: int, pos: np.ndarray) -> None:
+    """Stream positions missing from a batch are images dropped by
+    `ignore_errors`; each distinct image is counted once."""
+    stream = self._streams[b]
+    real = pos[pos >= 0]
+    if not self._train and (pos < 0).any():
+      end = len(stream.members)  # Padding: this bucket's images are all done.
+    elif len(real):
+      end = int(real[-1]) + 1
+    else:
+      return
+    missing = sorted(set(range(stream.next_pos, end)) - set(real.tolist()))
+    stream.next_pos = end
+    if not missing:
+      return
+    new = set(self._table_index(b, np.asarray(missing, np.int64)).tolist())
+    new -= self._skipped
+    if new:
+      self._skipped |= new
+      log.warning("%s: skipped %d distinct unreadable image(s) so far (decode "
+                  "failures; data.skip_bad_examples=True), now: %s",
+                  self._name, self.num_skipped,
+                  ", ".join(str(self._table.paths[i]) for i in sorted(new)[:5]))
 
   def _raise_bad_image(self, b: int, error):
     """Finds which image of the failing batch is bad and names it."""
@@ -359,7 +412,9 @@ def _train_table(table: ExampleTable, data_cfg) -> ExampleTable:
 
 def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
                         process_count: int, seed: int | None = None,
-                        start_step: int = 0) -> BatchIterator:
+                        start_step: int = 0,
+                        categories: list[dict] | None = None,
+                        categories_from: str | None = None) -> BatchIterator:
   """Endless training batches for this process, from step `start_step` on.
 
   process_batch_size: B, images per process and step. seed: order, flips,
@@ -367,10 +422,13 @@ def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
   [B, H, W, 3] on one canvas (H, W), the same canvas on all processes at a
   step; boxes [B, M, 4] in canvas pixels (see fcos_jax/batch.py).
   Resuming at start_step yields exactly the batches an uninterrupted run
-  yields from that step on.
+  yields from that step on. categories (e.g. the run's categories.json,
+  named categories_from in errors): the split must have exactly these (see
+  `sources.load_split`). Every process must call this (collective on first
+  use of a generated dataset).
   """
   seed = int(data_cfg.shuffle_seed if seed is None else seed)
-  table, info = load_split(data_cfg, "train")
+  table, info = load_split(data_cfg, "train", categories, categories_from)
   table = _train_table(table, data_cfg)
   canvases = [tuple(int(v) for v in c) for c in data_cfg.canvases]
   bucket = assign_buckets(table, canvases, data_cfg.min_size, data_cfg.max_size)
@@ -433,14 +491,17 @@ def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
 
 
 def build_eval_dataset(data_cfg, process_batch_size: int, process_index: int,
-                       process_count: int) -> BatchIterator:
+                       process_count: int,
+                       categories: list[dict] | None = None,
+                       categories_from: str | None = None) -> BatchIterator:
   """Evaluation batches: every image exactly once over all processes.
 
   No flip; short side max(min_size); crowd boxes kept (is_crowd); images
   without boxes kept. Every process runs `num_steps` steps; padding examples
-  have example_valid=False and image_id -1.
+  have example_valid=False and image_id -1. Its categories must be the
+  training split's, or `categories` if given (`sources.load_split`).
   """
-  table, info = load_split(data_cfg, "val")
+  table, info = load_split(data_cfg, "val", categories, categories_from)
   canvases = [tuple(int(v) for v in c) for c in data_cfg.canvases]
   bucket = assign_buckets(table, canvases, data_cfg.min_size, data_cfg.max_size)
   counts = np.bincount(bucket, minlength=len(canvases))
@@ -479,6 +540,14 @@ def build_eval_dataset(data_cfg, process_batch_size: int, process_index: int,
                        name="Evaluation data")
 
 
-def dataset_info(data_cfg, split: str = "val") -> DatasetInfo:
-  """The DatasetInfo of a split without building a pipeline."""
-  return load_split(data_cfg, split)[1]
+def dataset_info(data_cfg, split: str = "val",
+                 categories: list[dict] | None = None,
+                 categories_from: str | None = None) -> DatasetInfo:
+  """The DatasetInfo of a split without building a pipeline (checked as
+  `sources.load_split` checks it).
+
+  With several processes the first call for a generated dataset (synthetic,
+  TFDS export) must be made by every process; once a process has made or
+  found it, later calls may come from one process alone.
+  """
+  return load_split(data_cfg, split, categories, categories_from)[1]

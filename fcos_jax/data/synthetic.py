@@ -9,22 +9,30 @@ image in 12 has no object; about 1 in 10 has a crowd (iscrowd=1) region of
 many small shapes of one class.
 
 The dataset is a pure function of its parameters; `ensure_synthetic_dataset`
-writes it once (into a temporary folder renamed into place) and reuses it.
+writes it once and reuses it. It writes only into a new or empty folder, or
+one it made itself (its stamp file `.fcos_jax_synthetic` is there), and
+never deletes anything else; any folder `fcos_jax.storage` reaches works
+(gs:// too). The stamp is written first as "in progress" and last as
+"complete", so a reader never takes a half-written dataset for a whole one
+(object stores have no atomic folder rename).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
+import io
 
 import numpy as np
 from PIL import Image
 
+from fcos_jax import storage
+from fcos_jax.data.errors import DataError
+
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
 MIN_VISIBLE = 0.6  # Fraction of a shape that must stay visible.
 _VERSION = 2  # Bump when the generator changes: forces a remake.
+STAMP = ".fcos_jax_synthetic"  # {"params": ..., "complete": bool}.
+_LEGACY_STAMP = "params.json"  # The stamp of folders made before STAMP.
+_OURS = ("train", "val", "train.json", "val.json")  # Everything else we write.
 
 
 def _shape_mask(kind: int, h: int, w: int) -> np.ndarray:
@@ -145,12 +153,21 @@ def _image_hw(image_size) -> tuple[int, int]:
   return int(image_size), int(image_size)
 
 
+def _encode_jpeg(pixels: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG", quality=92)
+  return buf.getvalue()
+
+
 def write_split(out_dir: str, split: str, num_images: int, image_size,
                 seed: int, first_image_id: int = 1) -> str:
-  """Writes images under out_dir/split/ and out_dir/split.json; the json path."""
+  """Writes images under out_dir/split/ and out_dir/split.json; the json path.
+
+  Through `fcos_jax.storage` (any local folder or URL); the JSON last.
+  """
   height, width = _image_hw(image_size)
-  img_dir = os.path.join(out_dir, split)
-  os.makedirs(img_dir, exist_ok=True)
+  img_dir = storage.join(out_dir, split)
+  storage.makedirs(img_dir)
   images, annotations = [], []
   split_key = {"train": 0, "val": 1}.get(split, 2)
   for i in range(num_images):
@@ -158,7 +175,8 @@ def write_split(out_dir: str, split: str, num_images: int, image_size,
     pixels, anns = make_image(rng, height, width)
     image_id = first_image_id + i
     name = f"{image_id:08d}.jpg"
-    Image.fromarray(pixels).save(os.path.join(img_dir, name), quality=92)
+    storage.write_bytes_atomic(storage.join(img_dir, name),
+                               _encode_jpeg(pixels))
     images.append({"id": image_id, "file_name": name, "width": width,
                    "height": height})
     for a in anns:
@@ -167,19 +185,56 @@ def write_split(out_dir: str, split: str, num_images: int, image_size,
           "category_id": a["category"] + 1, "bbox": a["bbox"],
           "area": float(a["area"]), "iscrowd": a["iscrowd"],
           "segmentation": []})
-  path = os.path.join(out_dir, f"{split}.json")
-  with open(path, "w") as f:
-    json.dump({"images": images, "annotations": annotations,
-               "categories": [{"id": i + 1, "name": n}
-                              for i, n in enumerate(CLASSES)]}, f)
+  path = storage.join(out_dir, f"{split}.json")
+  storage.write_json_atomic(
+      path, {"images": images, "annotations": annotations,
+             "categories": [{"id": i + 1, "name": n}
+                            for i, n in enumerate(CLASSES)]})
   return path
 
 
 def _files(d: str) -> dict[str, str]:
-  return {"train_json": os.path.join(d, "train.json"),
-          "train_images": os.path.join(d, "train"),
-          "val_json": os.path.join(d, "val.json"),
-          "val_images": os.path.join(d, "val")}
+  return {"train_json": storage.join(d, "train.json"),
+          "train_images": storage.join(d, "train"),
+          "val_json": storage.join(d, "val.json"),
+          "val_images": storage.join(d, "val")}
+
+
+def _read_json_or_none(p: str):
+  try:
+    return storage.read_json(p)
+  except (OSError, ValueError):  # Missing, unreadable or not JSON.
+    return None
+
+
+def _stamp(directory: str) -> dict | None:
+  """Our stamp in `directory` ({"params", "complete"}), or None."""
+  s = _read_json_or_none(storage.join(directory, STAMP))
+  return s if isinstance(s, dict) and "params" in s else None
+
+
+def _legacy_params(directory: str, entries: list[str]) -> dict | None:
+  """The params of a folder made by the generator before STAMP existed:
+  nothing in it but what it wrote, and its params.json."""
+  if _LEGACY_STAMP not in entries or not set(entries) <= {*_OURS,
+                                                          _LEGACY_STAMP}:
+    return None
+  p = _read_json_or_none(storage.join(directory, _LEGACY_STAMP))
+  keys = {"version", "num_train", "num_val", "image_size", "seed"}
+  return p if isinstance(p, dict) and set(p) == keys else None
+
+
+def is_complete(directory: str, params: dict) -> bool:
+  s = _stamp(directory)
+  return bool(s) and s.get("complete") is True and s["params"] == params
+
+
+def dataset_params(num_train: int = 2000, num_val: int = 200, image_size=256,
+                   seed: int = 0) -> dict:
+  """What the dataset is a function of (the stamp's "params")."""
+  return {"version": _VERSION, "num_train": int(num_train),
+          "num_val": int(num_val), "image_size": list(_image_hw(image_size)),
+          "seed": int(seed)}
 
 
 def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
@@ -188,44 +243,44 @@ def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
   """Makes the dataset in `directory` unless it is there with these
   parameters; returns {train_json, train_images, val_json, val_images}.
 
-  image_size: side of square images, or (H, W). Written into a temporary
-  sibling folder and renamed into place, so a crash never leaves a half
-  dataset; a folder made with other parameters is replaced.
+  image_size: side of square images, or (H, W). `directory` must be new,
+  empty, or made by this generator (with other parameters it is remade:
+  only what the generator wrote is deleted); a folder with anything else
+  in it is refused with a DataError, never emptied.
   """
-  params = {"version": _VERSION, "num_train": int(num_train),
-            "num_val": int(num_val), "image_size": list(_image_hw(image_size)),
-            "seed": int(seed)}
-  stamp = os.path.join(directory, "params.json")
-
-  def current():
-    try:
-      with open(stamp) as f:
-        return json.load(f) == params
-    except (OSError, ValueError):
-      return False
-
-  if current():
+  params = dataset_params(num_train, num_val, image_size, seed)
+  if is_complete(directory, params):
     return _files(directory)
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
-  try:
-    write_split(tmp, "train", num_train, image_size, seed, first_image_id=1)
-    write_split(tmp, "val", num_val, image_size, seed,
-                first_image_id=1_000_000)
-    with open(os.path.join(tmp, "params.json"), "w") as f:
-      json.dump(params, f)
-    if os.path.exists(directory):
-      if current():  # Someone else finished first.
-        return _files(directory)
-      old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
-      os.rename(directory, os.path.join(old, "d"))
-      shutil.rmtree(old, ignore_errors=True)
-    try:
-      os.rename(tmp, directory)
-    except OSError:
-      if not current():
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  root = storage.path(directory)
+  if root.exists() and not root.is_dir():
+    raise DataError(f"data.synthetic.dir={directory!r} is a file, not a "
+                    "folder: choose another data.synthetic.dir.")
+  entries = sorted(p.name for p in root.iterdir()) if root.exists() else []
+  stamp = _stamp(directory) if STAMP in entries else None
+  legacy = None if stamp else _legacy_params(directory, entries)
+  if legacy == params:  # Made by an earlier version, same dataset.
+    return _files(directory)
+  if entries and stamp is None and legacy is None:
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise DataError(
+        f"data.synthetic.dir={directory!r} already holds files ({shown}) that "
+        f"the synthetic generator did not write (no {STAMP} stamp). It writes "
+        "only into a new or empty folder, so as not to overwrite or delete "
+        "them: choose another data.synthetic.dir, or empty this folder.")
+  # Ours or empty. The in-progress stamp goes first: a crash from here on
+  # leaves a folder we recognise as ours (remade next time), never one
+  # taken for complete.
+  storage.makedirs(directory)
+  storage.write_json_atomic(storage.join(directory, STAMP),
+                            {"params": params, "complete": False})
+  for name in (*_OURS, _LEGACY_STAMP):
+    if name in entries:
+      p = root / name
+      p.rmtree() if p.is_dir() else p.unlink()
+  write_split(directory, "train", num_train, image_size, seed,
+              first_image_id=1)
+  write_split(directory, "val", num_val, image_size, seed,
+              first_image_id=1_000_000)
+  storage.write_json_atomic(storage.join(directory, STAMP),
+                            {"params": params, "complete": True})
   return _files(directory)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
+import io
 
 import numpy as np
 from PIL import Image
+
+from fcos_jax import storage
 
 
 def write_coco(directory: str, images, categories=((1, "a"), (2, "b")),
@@ -17,10 +18,11 @@ def write_coco(directory: str, images, categories=((1, "a"), (2, "b")),
   images: list of (height, width, boxes), boxes a list of
   (x, y, w, h, category_id, iscrowd) in pixels; each box is painted as a
   filled rectangle of colour 255 (background 0), later boxes on top.
-  fmt: "png" (lossless) or "jpg".
+  fmt: "png" (lossless) or "jpg". `directory` may be any folder
+  `fcos_jax.storage` reaches (gs:// too); the JSON is written last.
   """
-  img_dir = os.path.join(directory, "images")
-  os.makedirs(img_dir, exist_ok=True)
+  img_dir = storage.join(directory, "images")
+  storage.makedirs(img_dir)
   js_images, anns = [], []
   for i, (h, w, boxes) in enumerate(images):
     image_id = first_id + i
@@ -31,13 +33,16 @@ def write_coco(directory: str, images, categories=((1, "a"), (2, "b")),
                    "category_id": cat, "bbox": [x, y, bw, bh],
                    "area": float(bw * bh), "iscrowd": int(crowd)})
     file_name = f"{image_id:06d}.{fmt}"
-    Image.fromarray(pixels).save(os.path.join(img_dir, file_name))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format={"jpg": "JPEG"}.get(fmt, fmt))
+    storage.write_bytes_atomic(storage.join(img_dir, file_name),
+                               buf.getvalue())
     js_images.append({"id": image_id, "file_name": file_name, "width": w,
                       "height": h})
-  path = os.path.join(directory, name)
-  with open(path, "w") as f:
-    json.dump({"images": js_images, "annotations": anns,
-               "categories": [{"id": c, "name": n} for c, n in categories]}, f)
+  path = storage.join(directory, name)
+  storage.write_json_atomic(
+      path, {"images": js_images, "annotations": anns,
+             "categories": [{"id": c, "name": n} for c, n in categories]})
   return path, img_dir
 
 

@@ -9,20 +9,23 @@ pixel boxes. That JSON is also the evaluation ground truth unless a real
 `instances_val2017.json` is configured (data.tfds.val_gt_json): the image
 ids are the COCO ids, so both agree.
 
+The export goes through `fcos_jax.storage` (a local folder or a URL such as
+gs://): the images first, then `instances.json`, the "done" marker, last, so
+a reader never sees half an export; an interrupted export is redone over
+the same files (nothing is deleted).
+
 Labels: TFDS numbers the 80 COCO classes 0..79 in category-id order; COCO
 ids use the 91-id scheme with gaps (`COCO_CATEGORY_IDS`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
+import posixpath
 
 import numpy as np
 from fcos_jax.data.tf_setup import tf
 
+from fcos_jax import storage
 from fcos_jax.data.errors import DataError
 
 # COCO 2017 category id of each TFDS label 0..79, and the names.
@@ -74,19 +77,36 @@ def _safe_split_name(split: str) -> str:
   return "".join(c if c.isalnum() or c in "-_" else "_" for c in split)
 
 
+def categories() -> list[dict]:
+  """The 80 COCO categories [{"id", "name"}] of every exported split."""
+  return [{"id": i, "name": n}
+          for i, n in zip(COCO_CATEGORY_IDS, COCO_CATEGORY_NAMES)]
+
+
+def export_paths(name: str, split: str, data_dir: str | None = None,
+                 export_dir: str | None = None) -> tuple[str, str]:
+  """(instances json, image dir) where a split is (or will be) exported."""
+  root = export_dir or storage.join(data_dir or "~/tensorflow_datasets",
+                                    "fcos_jax_export")
+  out = storage.join(root, name.replace("/", "_"), _safe_split_name(split))
+  return storage.join(out, "instances.json"), storage.join(out, "images")
+
+
+def is_exported(name: str, split: str, data_dir: str | None = None,
+                export_dir: str | None = None) -> bool:
+  return storage.exists(export_paths(name, split, data_dir, export_dir)[0])
+
+
 def export_tfds_split(name: str, split: str, data_dir: str | None = None,
                       export_dir: str | None = None) -> tuple[str, str]:
   """Exports a TFDS split to COCO format once; (instances json, image dir).
 
-  Reuses a finished export; writes into a temporary folder renamed into
-  place, so an interrupted export is redone.
+  Reuses a finished export (its instances.json exists); otherwise writes
+  the images, then instances.json last.
   """
   import tensorflow_datasets as tfds
-  root = export_dir or os.path.join(
-      data_dir or os.path.expanduser("~/tensorflow_datasets"), "fcos_jax_export")
-  out = os.path.join(root, name.replace("/", "_"), _safe_split_name(split))
-  files = (os.path.join(out, "instances.json"), os.path.join(out, "images"))
-  if os.path.exists(files[0]):
+  files = export_paths(name, split, data_dir, export_dir)
+  if storage.exists(files[0]):
     return files
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -97,42 +117,35 @@ def export_tfds_split(name: str, split: str, data_dir: str | None = None,
         f"TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}) cannot "
         f"be read: {e}. Prepare it first (tfds build {name} --data_dir=...) "
         "or set data.tfds.data_dir.") from e
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(out))
-  try:
-    img_dir = os.path.join(tmp, "images")
-    os.makedirs(img_dir)
-    images, annotations = [], []
-    for ex in ds.as_numpy_iterator():
-      image_id = int(ex["image/id"])
-      encoded = ex["image"]
-      h, w = _image_hw(encoded)
-      fname = os.path.basename(ex["image/filename"].decode()) or \
-          f"{image_id:012d}.jpg"
-      with open(os.path.join(img_dir, fname), "wb") as f:
-        f.write(encoded)
-      images.append({"id": image_id, "file_name": fname, "width": w,
-                     "height": h})
-      obj = ex["objects"]
-      # TFDS boxes: normalised (ymin, xmin, ymax, xmax) -> pixel xywh.
-      b = np.asarray(obj["bbox"], np.float64).reshape(-1, 4)
-      ids = tfds_label_to_category_id(np.asarray(obj["label"], np.int64))
-      for k in range(len(b)):
-        x0, y0 = b[k, 1] * w, b[k, 0] * h
-        bw, bh = (b[k, 3] - b[k, 1]) * w, (b[k, 2] - b[k, 0]) * h
-        ann_id = int(obj["id"][k]) if "id" in obj else len(annotations) + 1
-        annotations.append({
-            "id": ann_id, "image_id": image_id, "category_id": int(ids[k]),
-            "bbox": [x0, y0, bw, bh],
-            "area": float(obj["area"][k]) if "area" in obj else bw * bh,
-            "iscrowd": int(bool(obj["is_crowd"][k])), "segmentation": []})
-    with open(os.path.join(tmp, "instances.json"), "w") as f:
-      json.dump({"images": images, "annotations": annotations,
-                 "categories": [{"id": i, "name": n} for i, n in
-                                zip(COCO_CATEGORY_IDS, COCO_CATEGORY_NAMES)]}, f)
-    if os.path.exists(out):
-      shutil.rmtree(out)  # A stale, unfinished export (no instances.json).
-    os.rename(tmp, out)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  img_dir = files[1]
+  storage.makedirs(img_dir)
+  images, annotations, names = [], [], set()
+  for ex in ds.as_numpy_iterator():
+    image_id = int(ex["image/id"])
+    encoded = ex["image"]
+    h, w = _image_hw(encoded)
+    fname = posixpath.basename(ex["image/filename"].decode()) or \
+        f"{image_id:012d}.jpg"
+    if fname in names:  # Two images of one name: keep both.
+      fname = f"{image_id:012d}_{fname}"
+    names.add(fname)
+    storage.write_bytes_atomic(storage.join(img_dir, fname), encoded)
+    images.append({"id": image_id, "file_name": fname, "width": w,
+                   "height": h})
+    obj = ex["objects"]
+    # TFDS boxes: normalised (ymin, xmin, ymax, xmax) -> pixel xywh.
+    b = np.asarray(obj["bbox"], np.float64).reshape(-1, 4)
+    ids = tfds_label_to_category_id(np.asarray(obj["label"], np.int64))
+    for k in range(len(b)):
+      x0, y0 = b[k, 1] * w, b[k, 0] * h
+      bw, bh = (b[k, 3] - b[k, 1]) * w, (b[k, 2] - b[k, 0]) * h
+      ann_id = int(obj["id"][k]) if "id" in obj else len(annotations) + 1
+      annotations.append({
+          "id": ann_id, "image_id": image_id, "category_id": int(ids[k]),
+          "bbox": [x0, y0, bw, bh],
+          "area": float(obj["area"][k]) if "area" in obj else bw * bh,
+          "iscrowd": int(bool(obj["is_crowd"][k])), "segmentation": []})
+  storage.write_json_atomic(files[0], {"images": images,
+                                       "annotations": annotations,
+                                       "categories": categories()})
   return files
