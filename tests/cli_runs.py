@@ -79,11 +79,22 @@ def stop(procs, timeout_s=60):
 
 
 def checkpoint_steps(workdir):
-  """The finished checkpoint steps of a workdir (local or URL), sorted."""
+  """The finished checkpoint steps of a workdir (local or URL), sorted, as
+  orbax sees them (a step still being written, or left half-written by a
+  killed run, is not one)."""
   from fcos_jax import storage
-  d = storage.path(storage.join(str(workdir), "checkpoints"))
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if \
-      d.exists() else []
+  from fcos_jax.train import checkpoint
+  if storage.is_url(workdir):  # Other processes wrote: drop gcsfs's listings.
+    from etils.epath import backend
+    backend.fsspec_backend.fs(str(workdir)).invalidate_cache()
+  d = storage.join(str(workdir), "checkpoints")
+  if not storage.exists(d):
+    return []
+  manager = checkpoint.make_manager(d, keep=1, read_only=True)
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
 
 
 def final_params(workdir):

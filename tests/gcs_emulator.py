@@ -1,4 +1,6 @@
-"""A real Cloud Storage API on loopback for tests: gcp-storage-emulator.
+"""A real Cloud Storage API on loopback for tests: gcp-storage-emulator
+(through tests/gcs_emulator_server.py, which adds the generation header
+real GCS sends).
 
 `gcs` (a pytest fixture, module scope) starts the emulator on a free
 127.0.0.1 port with one bucket, puts the variables that point every client
@@ -15,6 +17,7 @@ Which client each path takes (see README, "Where gs:// files go"):
 """
 
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -52,7 +55,8 @@ def gcs(tmp_path_factory):
   port = _free_port()
   log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host",
+      [sys.executable, str(pathlib.Path(__file__).with_name(
+          "gcs_emulator_server.py")), "start", "--host",
        "127.0.0.1", "--port", str(port), "--in-memory",
        f"--default-bucket={BUCKET}"], stdout=log, stderr=subprocess.STDOUT)
   env = emulator_env(port)

@@ -17,7 +17,7 @@ from gcs_emulator import BUCKET, gcs  # noqa: F401  (the fixture)
 
 from fcos_jax import storage
 
-STEPS = 12
+STEPS = 16
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,17 @@ def _args(tmp_path, data, **extra):
 
 
 def _listing(url):
-  return sorted(str(p)[len(url) + 1:] for p in storage.path(url).rglob("*"))
+  """Every object and folder name under `url`, relative to it."""
+  from etils.epath import backend
+  fs = backend.fsspec_backend.fs(url)
+  fs.invalidate_cache()
+  root = url[len("gs://"):]
+  names = set()
+  for obj in fs.find(root):
+    rel = obj[len(root) + 1:]
+    parts = rel.split("/")
+    names.update("/".join(parts[:i + 1]) for i in range(len(parts)))
+  return sorted(names)
 
 
 @pytest.mark.slow
@@ -69,20 +79,27 @@ def test_bucket_run_killed_three_times_ends_bitwise_and_evaluates(
   kills = []
   for attempt in range(3):
     done = checkpoint_steps(workdir)
-    kill_at = (done[-1] if done else 0) + rng.randint(1, 3)
+    last = done[-1] if done else 0
+    # A random step after the next checkpoint is finished, so each restart
+    # resumes from a later one.
+    kill_at = last + 2 + rng.randint(1, 3)
     log = tmp_path / f"attempt{attempt}.log"
     proc = start("train.py", workdir, args, log, env=cli_env(**env), cwd=cwd)
     try:
-      wait_for(lambda: re.search(rf"\] \[{kill_at}\] ", log.read_text()),
-               [proc], f"step {kill_at}")
+      wait_for(lambda: re.search(rf"\] \[{kill_at}\] ", log.read_text()) and
+               checkpoint_steps(workdir)[-1:] > [last], [proc],
+               f"step {kill_at} and a checkpoint after {last}", poll_s=0.2)
       proc.send_signal(signal.SIGKILL)
     finally:
       stop([proc])
+    if attempt:
+      assert f"at step {last}." in log.read_text()  # Resumed, not restarted.
     kills.append(kill_at)
   assert max(kills) < STEPS, kills
+  last = checkpoint_steps(workdir)[-1]
   proc = run("train.py", workdir, args + ["--config.eval_at_end=True"],
              cwd=cwd, env_extra=env)
-  assert "Resumed from" in proc.stderr
+  assert f"at step {last}." in proc.stderr
   step, params = final_params(workdir)
   assert step == STEPS and params.keys() == ref_params.keys()
   for name, value in ref_params.items():

@@ -21,11 +21,14 @@ from fcos_jax.train import steps
 from fcos_jax.train.config import model_config_from
 
 
-def predict(config, params, mesh) -> dict:
+def predict(config, params, mesh, categories: list[dict] | None = None,
+            categories_from: str | None = None):
   """Detections for the whole evaluation split, as NumPy arrays on every host.
 
-  Returns image_id [N], boxes [N, K, 4] (original pixels), scores [N, K],
-  classes [N, K], valid [N, K]; padding examples removed.
+  categories: those the model was trained on (the split must have them;
+  default: the training split's). Returns (detections, the split's
+  DatasetInfo); detections: image_id [N], boxes [N, K, 4] (original
+  pixels), scores [N, K], classes [N, K], valid [N, K]; padding removed.
   """
   cfg = model_config_from(config.model)
   if config.eval_batch_size % jax.device_count():
@@ -34,7 +37,8 @@ def predict(config, params, mesh) -> dict:
         f"the {jax.device_count()} devices.")
   ds = pipeline.build_eval_dataset(
       config.data, process_batch_size=config.eval_batch_size // jax.process_count(),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      categories=categories, categories_from=categories_from)
   rep, data = runtime.replicated(mesh), runtime.batch_sharded(mesh)
   step_fn = jax.jit(functools.partial(steps.eval_step, cfg=cfg),
                     in_shardings=(rep, data), out_shardings=data)
@@ -48,7 +52,7 @@ def predict(config, params, mesh) -> dict:
     chunks.append(multihost_utils.process_allgather(dets, tiled=True))
   out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   keep = out.pop("example_valid").astype(bool)
-  return {k: v[keep] for k, v in out.items()}
+  return {k: v[keep] for k, v in out.items()}, ds.info
 
 
 def evaluate_params(config, params, mesh, workdir: str, step: int,
@@ -61,13 +65,10 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
   """
   if not isinstance(expected_categories, list):
     expected_categories = categories.as_records(expected_categories)
-  info = pipeline.dataset_info(config.data, split="val")
-  categories.check_categories(
-      expected_categories, info, what=f"the evaluation split ({info.gt_json})",
-      expected_from="the training split's categories "
-      f"({storage.join(workdir, categories.FILE)})")
   t0 = time.time()
-  dets = predict(config, params, mesh)
+  dets, info = predict(
+      config, params, mesh, expected_categories, categories_from="the "
+      f"categories the model was trained on ({storage.join(workdir, categories.FILE)})")
   t_pred = time.time() - t0
   metrics = {}
   if jax.process_index() == 0:
