@@ -15,16 +15,23 @@ _QUIET_LOGGERS = ("jax", "orbax", "etils", "gcsfs", "fsspec", "google",
 
 
 class _QuietPackages(py_logging.Filter):
-  """Drops INFO records logged through absl by the packages in `dirs` (orbax
-  logs through absl's logger, which clu's console writer uses too)."""
+  """For records logged through absl by the packages of `modules` (orbax
+  logs through absl's logger, which clu's console writer uses too): drops
+  INFO, and keeps errors to their one-line message, since the loop re-raises
+  the cause as one clear error and a background thread's traceback would
+  bury it."""
 
   def __init__(self, modules):
     super().__init__()
     self._dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in modules)
 
   def filter(self, record):
-    return (record.levelno >= py_logging.WARNING or
-            not record.pathname.startswith(self._dirs))
+    if not record.pathname.startswith(self._dirs):
+      return True
+    if record.levelno < py_logging.WARNING:
+      return False
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 def setup(config) -> None:

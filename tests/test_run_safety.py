@@ -95,13 +95,24 @@ def test_categories_changed_on_resume_are_refused(trained, tmp_path):
 
 
 def _bad_image_dataset(tmp_path):
-  """24 images of 128 px, the 10th unreadable."""
+  """24 images of 128 px; one that training reads at step 3 is unreadable,
+  so steps 1-2 run (and are checkpointed) before the error."""
+  from fcos_jax.data.config import default_data_config
+  from fcos_jax.data.pipeline import build_train_dataset
   js, im = write_coco(str(tmp_path / "bad_data"),
                       [(128, 128, [(10, 10, 60, 70, 1, 0)])] * 24)
-  names = sorted(os.listdir(im))
-  with open(os.path.join(im, names[9]), "wb") as f:
+  c = default_data_config()
+  c.source, c.coco.train_json, c.coco.train_images = "coco_format", js, im
+  c.coco.val_json, c.coco.val_images = js, im
+  c.min_size, c.max_size, c.canvases, c.max_boxes = 128, 128, ((128, 128),), 32
+  it = build_train_dataset(c, 8, 0, 1, seed=0)  # The run's order (seed 0).
+  third = [next(it) for _ in range(3)][-1]
+  image_id = int(third["image_id"][0])
+  name = json.load(open(js))["images"][[i["id"] for i in json.load(
+      open(js))["images"]].index(image_id)]["file_name"]
+  with open(os.path.join(im, name), "wb") as f:
     f.write(b"not an image")
-  return js, im, names[9]
+  return js, im, name
 
 
 @pytest.mark.slow

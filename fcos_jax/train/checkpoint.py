@@ -42,8 +42,6 @@ def make_manager(directory: str, *, keep: int, keep_best: int = 0,
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=async_save and not read_only,
       create=not read_only, read_only=read_only,
-      # A step half-written by a killed run is ours to remove on restart.
-      cleanup_tmp_directories=not read_only,
       preservation_policy=_policies.AnyPreservationPolicy(policies))
   return ocp.CheckpointManager(
       str(storage.path(directory)), options=options,
