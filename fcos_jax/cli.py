@@ -42,6 +42,10 @@ def setup(config) -> None:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
   import orbax.checkpoint
   py_logging.getLogger("absl").addFilter(_QuietPackages([orbax.checkpoint]))
+  # Only orbax's background tasks run on asyncio here; a failed one is
+  # re-raised by the loop as one error, not as "Task exception was never
+  # retrieved" and its traceback.
+  py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
   from fcos_jax import runtime
   runtime.initialize_distributed(config.get("distributed"))

@@ -50,6 +50,13 @@ def emulator_env(port: int) -> dict[str, str]:
   }
 
 
+def _forget_epath_backend():
+  """etils caches its TF-or-gcsfs choice at first use: make it read
+  EPATH_USE_TF again (in this test process only; the CLIs start fresh)."""
+  from etils.epath import gpath
+  gpath._is_tf_installed.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
   port = _free_port()
@@ -72,6 +79,7 @@ def gcs(tmp_path_factory):
         assert time.time() < deadline, "the GCS emulator did not listen"
         time.sleep(0.2)
     os.environ.update(env)
+    _forget_epath_backend()
     yield env
   finally:
     for k, v in saved.items():
@@ -79,6 +87,7 @@ def gcs(tmp_path_factory):
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
+    _forget_epath_backend()
     proc.kill()
     proc.wait(timeout=30)
     log.close()

@@ -57,12 +57,11 @@ def test_two_processes_make_the_synthetic_set_once(tmp_path):
   port = _free_port()
   procs = []
   for i in range(2):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCOS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=str(ROOT), FCOS_COORDINATOR=f"127.0.0.1:{port}",
-               FCOS_NUM_PROCESSES="2", FCOS_PROCESS_ID=str(i),
-               FCOS_HEARTBEAT_S="10", FCOS_SHUTDOWN_S="30")
+               PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
     procs.append(subprocess.Popen(
         [sys.executable, "-c", WORKER, str(tmp_path)], env=env, cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
