@@ -7,6 +7,9 @@ config and parameters are all it takes.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from fcos_jax import postprocess
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fcos import FCOS
@@ -43,4 +46,30 @@ def eval_step(params, batch, *, cfg: ModelConfig):
                  cfg)
   dets["valid"] = dets["valid"] & batch["example_valid"][:, None]
   dets["image_id"] = batch["image_id"]
+  return dets
+
+
+def score_maps(outputs, level_sizes):
+  """Per-level heatmaps of the paper's Fig. 3/8: for each location the best
+  class's sqrt(sigmoid(cls) * sigmoid(centerness)), the score detections
+  are ranked by. Returns a tuple over levels of float32 [B, H_l, W_l]."""
+  prob = jax.nn.sigmoid(outputs["cls_logits"].astype(jnp.float32)).max(-1)
+  ctr = jax.nn.sigmoid(outputs["centerness"].astype(jnp.float32))
+  score = jnp.sqrt(prob * ctr)
+  maps, start = [], 0
+  for h, w in level_sizes:
+    maps.append(score[:, start:start + h * w].reshape(-1, h, w))
+    start += h * w
+  return tuple(maps)
+
+
+def forward_with_maps(params, images_uint8, image_hw, orig_hw,
+                      cfg: ModelConfig):
+  """`forward`'s detections plus "maps", the `score_maps` of each level,
+  from one pass of the model."""
+  canvas_hw = images_uint8.shape[1:3]
+  locations = compute_locations(canvas_hw, cfg)
+  outputs = head_outputs(params, images_uint8, image_hw, cfg)
+  dets = postprocess.postprocess(outputs, locations, image_hw, orig_hw, cfg)
+  dets["maps"] = score_maps(outputs, locations.level_sizes)
   return dets
