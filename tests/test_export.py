@@ -62,10 +62,10 @@ def reference(cfg, params, args):
 
 
 def assert_matching_detections(got, want, box_tol, score_tol, at_least):
-  """bfloat16: programs compiled apart round differently, and an untrained
-  model's scores are near ties, so the order can change: every image keeps
-  its number of detections, and `at_least` of them have a twin (same class,
-  box and score within the tolerances) on the other side."""
+  """Order-free: every image keeps its number of detections, and `at_least`
+  of them have a twin (same class, box and score within the tolerances) on
+  the other side. For bfloat16 (programs compiled apart round differently,
+  and an untrained model's scores are near ties) and ONNX's NMS (ties)."""
   got = {k: np.asarray(v) for k, v in got.items()}
   np.testing.assert_array_equal(got["valid"].sum(1), want["valid"].sum(1))
   matched = total = 0
@@ -79,6 +79,7 @@ def assert_matching_detections(got, want, box_tol, score_tol, at_least):
       matched += bool(ok.any())
       total += 1
   assert matched >= at_least * total, (matched, total)
+  return matched, total
 
 
 def assert_same_detections(got, want, box_tol=1e-3, score_tol=1e-5):
@@ -127,6 +128,30 @@ def test_saved_model_round_trip(tmp_path, params, dtype):
     assert_matching_detections(got, want, 0.5, 2e-3, 0.9)
 
 
+def test_onnx_round_trip(tmp_path, params):
+  """Model + candidates from jax2onnx, NMS from ONNX's NonMaxSuppression
+  (see fcos_jax/export/onnx_export.py for what differs): the same
+  detections, up to the order of equal scores."""
+  pytest.importorskip("onnxruntime")
+  pytest.importorskip("jax2onnx")
+  from fcos_jax.export import onnx_export
+  for i, canvas in enumerate(CANVASES):
+    path = str(tmp_path / f"{i}.onnx")
+    onnx_export.export(CFG, params, canvas, path)
+    run = onnx_export.load(path)  # A fresh onnxruntime.InferenceSession.
+    args = inputs(i, seed=5 + i)
+    for b in range(BATCH):  # Batch 1.
+      one = tuple(a[b:b + 1] for a in args)
+      want = reference(CFG, params, one)
+      got = run(*one)
+      assert want["valid"].sum() >= 10
+      # Every detection has its twin (class, box within 1e-3 px, score
+      # within 1e-5); equal scores may come in another order.
+      assert_matching_detections(got, want, 1e-3, 1e-5, 1.0)
+      np.testing.assert_allclose(got["scores"], want["scores"], rtol=0,
+                                 atol=1e-5)
+
+
 @pytest.mark.slow
 def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
   import ml_collections
@@ -156,7 +181,8 @@ def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
              TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
       [sys.executable, "-m", "fcos_jax.export", f"--workdir={workdir}",
-       f"--out={out}", "--dtypes=float32", f"--batch={BATCH}"], cwd=ROOT,
+       f"--out={out}", "--dtypes=float32", f"--batch={BATCH}",
+       "--formats=stablehlo,saved_model"], cwd=ROOT,
       env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-5000:]
   manifest = json.loads((out / "manifest.json").read_text())

@@ -5,7 +5,8 @@ post-processing with NMS, for one fixed canvas, as
   callable from any JAX program without this project's model code;
 - a TF SavedModel (`saved_model.py`, jax2tf): TF Serving, TF Lite
   converters, any TF program;
-- ONNX (`onnx.py`, jax2onnx): ONNX Runtime and TensorRT.
+- ONNX (`onnx_export.py`, jax2onnx + ONNX's NonMaxSuppression): ONNX
+  Runtime and TensorRT; float32, batch 1.
 
 Every artifact has the signature of `serving.serving_function`:
 

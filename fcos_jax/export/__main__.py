@@ -5,8 +5,9 @@
       --formats=stablehlo --dtypes=float32 --platforms=cpu,cuda,tpu
 
 For each canvas of the run's data.canvases (one per orientation) and each
-dtype, writes OUT/stablehlo/<H>x<W>_<dtype>.jax_export and
-OUT/saved_model/<H>x<W>_<dtype>/, and OUT/manifest.json: the inputs and
+dtype, writes OUT/stablehlo/<H>x<W>_<dtype>.jax_export,
+OUT/saved_model/<H>x<W>_<dtype>/ and (float32) OUT/onnx/<H>x<W>_float32.onnx,
+and OUT/manifest.json: the inputs and
 outputs, the resize rule that makes the inputs (short side min_size, long
 side at most max_size, top-left on the canvas), the categories in label
 order, the checkpoint step and the files.
@@ -29,8 +30,8 @@ flags.DEFINE_string("workdir", None, "Run directory (train.py or "
 flags.DEFINE_string("checkpoint", None, "Step or checkpoint directory; "
                     "default: latest.")
 flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_list("formats", ["stablehlo", "saved_model"],
-                  "stablehlo, saved_model.")
+flags.DEFINE_list("formats", ["stablehlo", "saved_model", "onnx"],
+                  "stablehlo, saved_model, onnx (float32 only, batch 1).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
 flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                   "Platforms the StableHLO is lowered for (SavedModel too).")
@@ -38,14 +39,14 @@ flags.DEFINE_integer("batch", 1, "Batch size of the SavedModel signature "
                      "(the StableHLO takes any batch).")
 flags.mark_flags_as_required(["workdir", "out"])
 
-FORMATS = ("stablehlo", "saved_model")
+FORMATS = ("stablehlo", "saved_model", "onnx")
 
 
 def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
                min_size, max_size) -> dict:
   """Writes every (canvas, dtype, format) artifact; returns the manifest."""
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
-  from fcos_jax.export import saved_model, serving, stablehlo  # pylint: disable=import-outside-toplevel
+  from fcos_jax.export import onnx_export, saved_model, serving, stablehlo  # pylint: disable=import-outside-toplevel
   bad = sorted(set(formats) - set(FORMATS))
   if bad:
     raise ValueError(f"--formats: unknown {bad}; choose from {FORMATS}.")
@@ -72,6 +73,17 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
                       "platforms": list(platforms), "path": path,
                       "signature": "serving_default"})
         logging.info("Wrote %s", path)
+      if "onnx" in formats and dtype == "float32":
+        path = storage.join(out, "onnx", name + ".onnx")
+        onnx_export.export(cfg, params, canvas, path)
+        files.append({"format": "onnx", "canvas": list(canvas),
+                      "dtype": dtype, "batch": 1, "path": path,
+                      "nms": "ONNX NonMaxSuppression"})
+        logging.info("Wrote %s", path)
+      elif "onnx" in formats:
+        logging.info("ONNX is exported in float32 only (ONNX Runtime's CPU "
+                     "kernels have no bfloat16 convolutions); skipped %s.",
+                     name)
   manifest = {
       "inputs": {"images": "uint8 [B, H, W, 3] RGB canvas, resized image "
                            "at the top-left, zeros elsewhere",
