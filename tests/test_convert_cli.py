@@ -124,3 +124,17 @@ def test_converted_workdir_evaluates_and_predicts_like_a_run(tmp_path):
     r["image_id"] = ids[os.path.basename(r.pop("file_name"))]
   key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])
   assert sorted(got, key=key) == sorted(want, key=key)
+
+  # The Python API on the .pth/.npz directly: the same detections.
+  from fcos_jax.inference.detector import Detector
+  det = Detector.from_torchvision(str(sd_path), score_thresh=0.05,
+                                  min_size=128, max_size=192,
+                                  canvases=((128, 192), (192, 128)))
+  paths = sorted(os.path.join(img_dir, f) for f in os.listdir(img_dir))
+  for path, r in zip(paths, det(paths, exif=False)):
+    mine = sorted((round(float(s), 5), n) for s, n in zip(r["scores"],
+                                                          r["names"]))
+    image_id = ids[os.path.basename(path)]
+    theirs = sorted((d["score"], names[d["category_id"]]) for d in want
+                    if d["image_id"] == image_id)
+    assert mine == theirs

@@ -4,7 +4,8 @@ The file holds the whole program (parameters as constants, NMS included)
 for the platforms it was lowered for; `load` needs only jax:
 
     exp = jax.export.deserialize(open(path, "rb").read())
-    dets = exp.call(images, image_hw, orig_hw)
+    run = jax.jit(exp.call)   # jit it: a bare exp.call re-dispatches each time
+    dets = run(images, image_hw, orig_hw)
 """
 
 from __future__ import annotations
