@@ -187,11 +187,16 @@ def test_drawing(dataset, params):
   image = np.full((60, 90, 3), 128, np.uint8)
   boxes = np.array([[10, 0, 50, 30], [5, 20, 80, 55]], np.float32)
   pic = draw.draw_detections(image, boxes, np.array([0.9, 0.5]),
-                             np.array([0, 1]), ["cat", "dog"], min_score=0.6)
+                             np.array([0, 1]), ["cat", "dog"], min_score=0.6,
+                             min_side=1)
   arr = np.asarray(pic)
   assert arr.shape == (60, 90, 3)
   assert (arr[0:30, 10] == draw.class_colour(0)).all(axis=-1).any()
   assert not (arr == draw.class_colour(1)).all(axis=-1).any()  # below min
+  # Small pictures are enlarged so the labels stay readable.
+  big = draw.draw_detections(image, boxes, np.array([0.9, 0.5]),
+                             np.array([0, 1]), ["cat", "dog"])
+  assert (big.height, big.width) == (512, 768)
   maps = [np.random.default_rng(0).uniform(size=(8 // 2**i or 1,) * 2)
           for i in range(5)]
   sheet = draw.draw_heatmaps(image, maps, (8, 16, 32, 64, 128), tile=64)

@@ -30,36 +30,61 @@ def _font(size: int):
     return ImageFont.load_default()
 
 
+def _overlap(a, b) -> float:
+  """Intersection area of rectangles a, b over the area of a."""
+  w = min(a[2], b[2]) - max(a[0], b[0])
+  h = min(a[3], b[3]) - max(a[1], b[1])
+  area = max((a[2] - a[0]) * (a[3] - a[1]), 1e-9)
+  return max(w, 0) * max(h, 0) / area
+
+
 def draw_detections(image: np.ndarray, boxes, scores, labels, names, *,
-                    min_score: float = 0.0) -> Image.Image:
+                    min_score: float = 0.0, min_side: int = 512
+                    ) -> Image.Image:
   """uint8 [h, w, 3] + detections (original pixels) -> a PIL picture.
 
-  Boxes in their class colour, widths and label sizes scaled with the
-  picture; each label ("name 0.87", on a filled tag of the box's colour with
-  contrasting text) sits above its box, or inside when the box touches the
-  top. Drawn lowest score first, so the best boxes are on top.
+  Boxes in their class colour, lowest score first so the best are on top.
+  Labels ("name 0.87", contrasting text on a tag of the box's colour) are
+  placed best score first, above the box's top-left corner, else inside
+  it, else below it, wherever they do not cover an earlier label; a label
+  with no free place is left out (its box stays). Pictures whose short side
+  is under `min_side` are enlarged first, so labels stay readable.
   """
   picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+  zoom = max(1.0, min_side / max(min(picture.height, picture.width), 1))
+  if zoom > 1.0:
+    picture = picture.resize((round(picture.width * zoom),
+                              round(picture.height * zoom)), Image.BILINEAR)
   draw = ImageDraw.Draw(picture)
   h, w = picture.height, picture.width
   side = max(min(h, w), 1)
-  width = max(1, round(side / 300))
-  font = _font(max(10, round(side / 40)))
-  order = np.argsort(np.asarray(scores), kind="stable")
-  for k in order:
-    score = float(scores[k])
-    if score < min_score:
-      continue
+  width = max(1, round(side / 250))
+  font = _font(max(11, round(side / 36)))
+  scores = np.asarray(scores, np.float32)
+  keep = [k for k in np.argsort(-scores, kind="stable")
+          if scores[k] >= min_score]
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * zoom
+  for k in keep[::-1]:
+    draw.rectangle([float(v) for v in boxes[k]],
+                   outline=class_colour(int(labels[k])), width=width)
+  placed = []
+  for k in keep:
     x0, y0, x1, y1 = (float(v) for v in boxes[k])
     colour = class_colour(int(labels[k]))
-    draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
-    text = f"{names[k]} {score:.2f}"
+    text = f"{names[k]} {float(scores[k]):.2f}"
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    tw, th = right - left + 4, bottom - top + 4
-    ty = y0 - th if y0 - th >= 0 else y0
+    tw, th = right - left + 6, bottom - top + 4
     tx = min(max(x0, 0), max(w - tw, 0))
-    draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
-    draw.text((tx + 2 - left, ty + 2 - top), text, fill=_text_colour(colour),
+    for ty in (y0 - th, y0 + width, y1):
+      rect = (tx, ty, tx + tw, ty + th)
+      if ty >= 0 and ty + th <= h and all(_overlap(rect, r) < 0.1
+                                          for r in placed):
+        break
+    else:
+      continue
+    placed.append(rect)
+    draw.rectangle(rect, fill=colour)
+    draw.text((tx + 3 - left, ty + 2 - top), text, fill=_text_colour(colour),
               font=font)
   return picture
 
