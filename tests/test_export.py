@@ -128,21 +128,27 @@ def test_saved_model_round_trip(tmp_path, params, dtype):
     assert_matching_detections(got, want, 0.5, 2e-3, 0.9)
 
 
-def test_onnx_round_trip(tmp_path, params):
+def test_onnx_round_trip(tmp_path):
   """Model + candidates from jax2onnx, NMS from ONNX's NonMaxSuppression
   (see fcos_jax/export/onnx_export.py for what differs): the same
   detections, up to the order of equal scores."""
   pytest.importorskip("onnxruntime")
   pytest.importorskip("jax2onnx")
   from fcos_jax.export import onnx_export
+  # A small top-k, so that postprocess takes its fast path (behind a
+  # lax.cond) as on real canvases; frozen BatchNorm and stages
+  # (stop_gradient), as the pretrained presets have.
+  cfg = CFG.replace(pre_nms_topk=20, freeze_at=2, backbone_norm="frozen_bn")
+  params = serving.as_numpy_params(
+      init_variables(cfg, jax.random.key(2))["params"])
   for i, canvas in enumerate(CANVASES):
     path = str(tmp_path / f"{i}.onnx")
-    onnx_export.export(CFG, params, canvas, path)
+    onnx_export.export(cfg, params, canvas, path)
     run = onnx_export.load(path)  # A fresh onnxruntime.InferenceSession.
     args = inputs(i, seed=5 + i)
     for b in range(BATCH):  # Batch 1.
       one = tuple(a[b:b + 1] for a in args)
-      want = reference(CFG, params, one)
+      want = reference(cfg, params, one)
       got = run(*one)
       assert want["valid"].sum() >= 10
       # Every detection has its twin (class, box within 1e-3 px, score

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -76,7 +77,10 @@ def _jax2onnx_compat():
   rule reads `jax.interpreters.batching.not_mapped` (None; gone from jax's
   public module), and its flax max_pool patch takes the window only by
   keyword (flax's own takes it positionally, as our ResNet calls it) and
-  treats explicit padding pairs as VALID."""
+  treats explicit padding pairs as VALID; and its stop_gradient of a
+  constant (our frozen BatchNorm and stages) references a value ONNX
+  Runtime cannot find, so stop_gradient is the identity while tracing (it
+  changes nothing without gradients)."""
   import jax.interpreters.batching as batching  # pylint: disable=import-outside-toplevel
   from jax2onnx.plugins.flax.linen import max_pool as mp  # pylint: disable=import-outside-toplevel
   had = "not_mapped" in vars(batching)
@@ -100,9 +104,12 @@ def _jax2onnx_compat():
     return patched
 
   mp.MaxPoolPlugin._make_patch = classmethod(_make_patch)  # pylint: disable=protected-access
+  stop_gradient = jax.lax.stop_gradient
+  jax.lax.stop_gradient = lambda x: x
   try:
     yield
   finally:
+    jax.lax.stop_gradient = stop_gradient
     mp.MaxPoolPlugin._make_patch = original  # pylint: disable=protected-access
     if not had:
       del batching.not_mapped
