@@ -18,6 +18,10 @@ Sections (CPU mode; see BENCHMARKS.md for what each figure includes):
   post   benchmarks/bench_postprocess.py (vs postprocess_detections).
   input  benchmarks/bench_input.py (tf.data pipeline, images/s).
   coco   benchmarks/bench_coco_eval.py (pycocotools on 500 images).
+  predict, export (not run unless named in --sections):
+         benchmarks/bench_predict.py: predict.py's path on JPEG files
+         (images/s), and the exported StableHLO / SavedModel / ONNX
+         against the jitted model (latency ratio), on the small config.
 Every figure: min / median / max over repeats after warm-up; ratio =
 torchvision median / our median (> 1: we are faster).
 """
@@ -35,7 +39,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco")
+SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco",
+            "predict", "export")
+DEFAULT_SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco")
 
 
 def environment() -> dict:
@@ -183,6 +189,13 @@ def run_cpu(args) -> dict:
     sections["input"] = input_section(args.smoke, 2 if args.smoke else 3)
   if "coco" in args.sections:
     sections["coco"] = coco_section(args.smoke, 2 if args.smoke else 3)
+  if "predict" in args.sections:
+    from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
+    sections["predict"] = bench_predict.predict_files(args.smoke)
+  if "export" in args.sections:
+    from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
+    sections["export"] = bench_predict.exported_latency(
+        args.smoke, repeats=3 * args.repeats)
   result["env"]["load_avg_end"] = os.getloadavg()
   return result
 
@@ -230,6 +243,16 @@ def print_cpu_table(r: dict):
     c = s["coco"]
     print(f"{'COCO eval ' + str(c['images']) + ' imgs (ms)':26s} "
           f"{_fmt_s(c['s'])}  ({c['detections']} detections)")
+  if "predict" in s:
+    i, pr = s["predict"]["images_per_s"], s["predict"]
+    print(f"{'predict on files (img/s)':26s} {i['min']:9.1f} {i['median']:9.1f} "
+          f"{i['max']:9.1f}  ({pr['images']} JPEGs {pr['image_hw'][0]}x"
+          f"{pr['image_hw'][1]}, canvas {pr['canvas']}, batch {pr['batch']})")
+  if "export" in s:
+    e = s["export"]
+    for name, t in e["s"].items():
+      print(f"{'export ' + name + ' b' + str(e['batch']):26s} {_fmt_s(t)} "
+            f" x{e['ratio_to_jitted'][name]:.2f} of jitted")
   if "conv" in s:
     c = s["conv"]
     print(f"-- one 3x3 conv {c['channels']}->{c['channels']} at "
@@ -267,7 +290,7 @@ def main(argv=None):
                  help="GPU mode: bf16 vs autocast (default, the goals), or "
                       "float32 on both sides (convs in TF32 on both).")
   p.add_argument("--json", metavar="PATH", help="Also write all figures.")
-  p.add_argument("--sections", nargs="+", default=list(SECTIONS),
+  p.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS),
                  choices=SECTIONS, help="CPU sections to run.")
   p.add_argument("--repeats", type=int, default=10,
                  help="Timed repeats of the small rows.")

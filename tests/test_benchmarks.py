@@ -75,7 +75,7 @@ def test_analytic_flops_agree_with_xla():
   from fcos_jax.batch import dummy_batch
   from fcos_jax.model import config as config_lib
   from fcos_jax.model.fcos import init_variables
-  from fcos_jax.train.steps import eval_step
+  from fcos_jax.inference.step import eval_step
   cfg = config_lib.torchvision(num_classes=8, width=8, fpn_channels=32,
                                gn_groups=8)
   params = init_variables(cfg, jax.random.key(0))["params"]

@@ -182,10 +182,12 @@ def test_accepts_old_fpn_names_and_no_batch_counters(state_dict):
 
 
 @pytest.mark.slow
-def test_detections_match_torchvision_end_to_end():
+@pytest.mark.parametrize("canvas", [(256, 384), (448, 640)])
+def test_detections_match_torchvision_end_to_end(canvas):
   """Converted weights + our postprocess == torchvision FCOS in eval mode
   (backbone, head, anchors, postprocess_detections, transform.postprocess
-  called on the same pre-normalised, zero-padded batch)."""
+  called on the same pre-normalised, zero-padded batch), on a canvas that
+  is a multiple of 128 and on one that is not."""
   from torchvision.models.detection.image_list import ImageList
   from fcos_jax.postprocess import make_postprocess_fn
 
@@ -196,12 +198,12 @@ def test_detections_match_torchvision_end_to_end():
   with torch.no_grad():  # Boxes of positive area: a random relu head gives
     # many zero distances, and IoU of empty boxes is 0/0 (NaN in torch).
     model.head.regression_head.bbox_reg.bias.fill_(1.5)
-  # A canvas divisible by 128: torchvision's AnchorGenerator takes the
-  # stride of a level as canvas // cells, e.g. 416 // 7 = 59 for P6 of a
-  # 416-wide canvas, so its P6/P7 centres drift off j * 64 and j * 128 when
-  # the canvas is not a multiple of 128. Ours keep the true strides.
-  canvas = (256, 384)
-  image_hw = np.array([[256, 384], [200, 301]], np.int32)
+  # torchvision's AnchorGenerator takes the stride of a level as
+  # canvas // cells, e.g. 448 // 4 = 112 for P7 of a 448-high canvas, so its
+  # P6/P7 centres drift off j * 64 and j * 128 when the canvas is not a
+  # multiple of 128; the preset's location_stride="canvas" does the same.
+  assert cfg.location_stride == "canvas"
+  image_hw = np.array([canvas, [200, 301]], np.int32)
   orig_hw = np.array([[384, 576], [301, 409]], np.int32)
   x = normalised_batch((2, *canvas, 3), 5)
   for b, (h, w) in enumerate(image_hw):
@@ -209,7 +211,7 @@ def test_detections_match_torchvision_end_to_end():
     x[b, :, w:] = 0
 
   variables = tv_convert.convert_fcos_state_dict(model.state_dict(), cfg)
-  outs = _apply(variables, x)  # Same shapes as the parity test: no compile.
+  outs = _apply(variables, x)
   post = make_postprocess_fn(compute_locations(canvas, cfg), cfg)
   ours = jax.device_get(post(outs, image_hw, orig_hw))
 

@@ -182,6 +182,24 @@ def _param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
   return {p: s.shape for p, s in flat.items()}
 
 
+def fcos_state_dict_names(cfg: ModelConfig) -> dict:
+  """{torchvision state-dict name: (our parameter path, our shape)} of the
+  whole detector (shapes in our layout: conv kernels HWIO)."""
+  prefix = {"backbone": ("backbone.body.", _backbone_name),
+            "fpn": ("backbone.fpn.", _fpn_name),
+            "head": ("head.", _head_name)}
+  targets = {}
+  for path, shape in _param_shapes(cfg).items():
+    pre, name = prefix[path[0]]
+    targets[pre + name(path[1:])] = (path, shape)
+  return targets
+
+
+def torch_shape(shape, leaf: str) -> tuple[int, ...]:
+  """Our shape of a parameter named `leaf` -> torchvision's (OIHW convs)."""
+  return _torch_shape(shape, leaf)
+
+
 def convert_fcos_state_dict(state_dict, cfg: ModelConfig) -> dict:
   """torchvision `fcos_resnet50_fpn` state dict -> {"params": ...}.
 
@@ -190,14 +208,8 @@ def convert_fcos_state_dict(state_dict, cfg: ModelConfig) -> dict:
   """
   _check_cfg(cfg, _FCOS_REQUIRED, "torchvision's FCOS")
   sd = load_state_dict(state_dict)
-  prefix = {"backbone": ("backbone.body.", _backbone_name),
-            "fpn": ("backbone.fpn.", _fpn_name),
-            "head": ("head.", _head_name)}
-  targets = {}
-  for path, shape in _param_shapes(cfg).items():
-    pre, name = prefix[path[0]]
-    targets[pre + name(path[1:])] = (path, shape)
-  flat = _convert(sd, targets, "fcos_jax FCOS (torchvision preset)")
+  flat = _convert(sd, fcos_state_dict_names(cfg),
+                  "fcos_jax FCOS (torchvision preset)")
   return {"params": traverse_util.unflatten_dict(flat)}
 
 
@@ -231,3 +243,47 @@ def merge_backbone(variables: dict, backbone_params: dict) -> dict:
                      "both from the same cfg.width and cfg.depth.")
   params = dict(variables["params"], backbone=backbone_params)
   return dict(variables, params=params)
+
+
+# torchvision's COCO detectors keep the 91-slot label scheme of the original
+# COCO release: slot k is COCO category id k (slot 0 background, 11 unused).
+TORCHVISION_COCO_SLOTS = 91
+
+
+def coco_categories() -> list[dict]:
+  """The 80 COCO 2017 categories [{"id", "name"}] in label order."""
+  from fcos_jax.data.tfds_coco import (  # pylint: disable=import-outside-toplevel
+      COCO_CATEGORY_IDS, COCO_CATEGORY_NAMES)
+  return [{"id": int(i), "name": str(n)}
+          for i, n in zip(COCO_CATEGORY_IDS, COCO_CATEGORY_NAMES)]
+
+
+def select_class_slots(params: dict, slots) -> dict:
+  """params with the class-logit conv keeping only the output channels
+  `slots` (in that order): label i of the result is slot slots[i]."""
+  slots = np.asarray(slots, np.int64)
+  head = dict(params["head"])
+  cls = dict(head["cls_logits"])
+  cls["kernel"] = np.asarray(cls["kernel"])[..., slots]
+  cls["bias"] = np.asarray(cls["bias"])[slots]
+  head["cls_logits"] = cls
+  return dict(params, head=head)
+
+
+def convert_coco_detector(state_dict, **overrides):
+  """torchvision's `fcos_resnet50_fpn` COCO weights (91 class slots) ->
+  (cfg, params, categories) of an 80-class detector: label i is the i-th
+  COCO category (by id), taken from slot = its category id.
+
+  overrides: ModelConfig fields on top of the torchvision preset (e.g.
+  score_thresh, dtype). The location rule is torchvision's
+  (`location_stride="canvas"`), so detections equal torchvision's on any
+  canvas.
+  """
+  from fcos_jax.model import config as presets  # pylint: disable=import-outside-toplevel
+  categories = coco_categories()
+  cfg = presets.torchvision(num_classes=TORCHVISION_COCO_SLOTS)
+  params = convert_fcos_state_dict(state_dict, cfg)["params"]
+  params = select_class_slots(params, [c["id"] for c in categories])
+  cfg = presets.torchvision(num_classes=len(categories), **overrides)
+  return cfg, params, categories

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from fcos_jax import runtime, storage
 from fcos_jax.data import categories, global_batch, pipeline
 from fcos_jax.evaluation import coco_eval
-from fcos_jax.train import steps
+from fcos_jax.inference import step as inference_step
 from fcos_jax.train.config import model_config_from
 
 
@@ -40,7 +40,7 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
       process_index=jax.process_index(), process_count=jax.process_count(),
       categories=categories, categories_from=categories_from)
   rep, data = runtime.replicated(mesh), runtime.batch_sharded(mesh)
-  step_fn = jax.jit(functools.partial(steps.eval_step, cfg=cfg),
+  step_fn = jax.jit(functools.partial(inference_step.eval_step, cfg=cfg),
                     in_shardings=(rep, data), out_shardings=data)
   chunks = []
   for i, local in enumerate(ds):

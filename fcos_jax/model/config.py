@@ -68,6 +68,12 @@ class ModelConfig:
       (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
   size_range_inclusive: bool = True  # lo <= m <= hi (official) or lo < m < hi.
   location_offset: str = "half"  # "half": (j*s + s//2); "zero": (j*s) (tv).
+  # The spacing of a level's locations: "nominal": its stride s (official);
+  # "canvas": canvas // cells per axis, as torchvision's AnchorGenerator
+  # (equal to s when the canvas is a multiple of 128, else e.g. 448 // 4 =
+  # 112 for P7 of a 448-px side). Box decoding and the size ranges always
+  # use the nominal stride (torchvision's anchor sizes).
+  location_stride: str = "nominal"
   center_sampling_radius: float = 1.5  # In strides; 0 disables it.
 
   # --- Loss -------------------------------------------------------------
@@ -95,6 +101,7 @@ class ModelConfig:
     _check_choice(self, "backbone_norm", ("frozen_bn", "gn"))
     _check_choice(self, "centerness_on", ("reg", "cls"))
     _check_choice(self, "location_offset", ("half", "zero"))
+    _check_choice(self, "location_stride", ("nominal", "canvas"))
     _check_choice(self, "reg_loss", ("giou", "iou", "linear_iou"))
     _check_choice(self, "reg_weighting", ("centerness", "none"))
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
@@ -163,7 +170,7 @@ def paper(**overrides) -> ModelConfig:
 
 def torchvision(**overrides) -> ModelConfig:
   """torchvision `fcos_resnet50_fpn`: RGB ImageNet input, no Scale, anchors
-  at j*s, open size ranges, GIoU unweighted and unsmoothed, threshold on sqrt
+  at j * (canvas // cells), open size ranges, GIoU unweighted and unsmoothed, threshold on sqrt
   score."""
   base = dict(
       stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
@@ -171,7 +178,7 @@ def torchvision(**overrides) -> ModelConfig:
       use_scale=False, size_ranges=((0.0, 64.0), (64.0, 128.0), (128.0, 256.0),
                                     (256.0, 512.0), (512.0, INF)),
       size_range_inclusive=False, location_offset="zero",
-      reg_weighting="none", iou_smooth=0.0, score_thresh=0.2,
+      location_stride="canvas", reg_weighting="none", iou_smooth=0.0, score_thresh=0.2,
       score_thresh_on="sqrt")
   base.update(overrides)
   return ModelConfig(**base)

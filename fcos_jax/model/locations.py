@@ -64,15 +64,20 @@ def compute_locations(canvas_hw: tuple[int, int], cfg: ModelConfig) -> Locations
   """Locations of all levels for a canvas of `canvas_hw` = (H, W) pixels.
 
   Cell (i, j) of a level with stride s sits at (j*s + s//2, i*s + s//2)
-  (official FCOS) or at (j*s, i*s) (torchvision's anchor centres).
+  (official FCOS) or at (j*s, i*s) (torchvision's anchor centres). With
+  `cfg.location_stride == "canvas"` the spacing is (W // w_l, H // h_l) for
+  a level of h_l x w_l cells, as torchvision's AnchorGenerator computes it;
+  `strides` keeps the nominal s (box decoding, centre sampling).
   """
   sizes = level_sizes(canvas_hw, cfg.strides)
   points, strides, ranges, starts = [], [], [], []
   start = 0
   for (h, w), s, rng in zip(sizes, cfg.strides, cfg.size_ranges):
     offset = s // 2 if cfg.location_offset == "half" else 0
-    ys, xs = np.meshgrid(np.arange(h) * s + offset, np.arange(w) * s + offset,
-                         indexing="ij")
+    sy, sx = ((canvas_hw[0] // h, canvas_hw[1] // w)
+              if cfg.location_stride == "canvas" else (s, s))
+    ys, xs = np.meshgrid(np.arange(h) * sy + offset,
+                         np.arange(w) * sx + offset, indexing="ij")
     points.append(np.stack([xs.ravel(), ys.ravel()], axis=-1))
     strides.append(np.full(h * w, s))
     ranges.append(np.tile(np.asarray(rng, np.float64), (h * w, 1)))

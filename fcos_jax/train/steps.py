@@ -1,4 +1,4 @@
-"""The jitted train and eval steps (pure functions of state and batch).
+"""The jitted train step (pure functions of state and batch).
 
 Under `jax.jit` with the batch sharded over the "data" mesh axis, every sum
 in the loss (positive count, centerness sum) runs over the global batch, so
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcos_jax import losses, postprocess, targets
+from fcos_jax import losses, targets
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fcos import FCOS
 from fcos_jax.model.locations import compute_locations
@@ -55,16 +55,3 @@ def train_step(state: TrainState, batch, *, cfg: ModelConfig,
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                  lr=schedule(state.step))
   return new_state, metrics
-
-
-def eval_step(params, batch, *, cfg: ModelConfig):
-  """Detections of one batch, fixed shape, in original image coordinates."""
-  canvas_hw = batch["image"].shape[1:3]
-  locations = compute_locations(canvas_hw, cfg)
-  images = normalize_images(batch["image"], batch["image_hw"], cfg)
-  outputs = FCOS(cfg).apply({"params": params}, images)
-  dets = postprocess.postprocess(outputs, locations, batch["image_hw"],
-                                 batch["orig_hw"], cfg)
-  dets["valid"] = dets["valid"] & batch["example_valid"][:, None]
-  dets["image_id"] = batch["image_id"]
-  return dets

@@ -1,0 +1,155 @@
+"""The product path: predict.py's work on image files, and the exported
+artifacts against the jitted model.
+
+predict: N JPEG files of the synthetic shapes set -> `load_prepared` (read,
+  decode, EXIF, resize onto the canvas; 4 threads) -> `Predictor.stream`
+  (model + NMS, batched) -> COCO results records -> detections.json. The
+  model is configs/synthetic_cpu.py's (random weights, so every image has
+  the full 100 detections), after one warm-up pass that compiles. Figure:
+  images per second of the whole pass.
+export: one batch on the same canvas through the jitted serving function,
+  the deserialized `jax.export` StableHLO (`jax.jit(exported.call)`), the
+  TF SavedModel (`signatures["serving_default"]`, inputs from NumPy, outputs
+  to NumPy) and the ONNX model (onnxruntime CPU session; batch 1 only),
+  taking turns; ratio = artifact median / jitted median (< 1.1 is the goal).
+
+  python -m benchmarks --sections predict export
+  python benchmarks/bench_predict.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import timing  # noqa: E402
+
+
+def _model(smoke: bool):
+  """(cfg, params, image size, min_size, max_size, canvas)."""
+  from fcos_jax.model import config as config_lib
+  from fcos_jax.model.fcos import init_variables
+  if smoke:
+    cfg = config_lib.official(num_classes=3, depth=18, width=8, freeze_at=0,
+                              backbone_norm="gn", fpn_channels=32,
+                              head_convs=1, gn_groups=8, score_thresh=0.001)
+    size, canvas = (60, 90), (64, 96)
+  else:
+    from benchmarks.__main__ import small_config
+    cfg, canvas = small_config()
+    cfg = cfg.replace(score_thresh=0.001)
+    size = canvas
+  params = init_variables(cfg, jax.random.key(0))["params"]
+  return cfg, params, size, min(canvas), max(canvas), canvas
+
+
+def _write_jpegs(directory, n, hw, seed=0):
+  from PIL import Image
+  from fcos_jax.data import synthetic
+  rng = np.random.default_rng(seed)
+  paths = []
+  for i in range(n):
+    p = os.path.join(directory, f"{i:05d}.jpg")
+    Image.fromarray(synthetic.make_image(rng, *hw)[0]).save(p, quality=90)
+    paths.append(p)
+  return paths
+
+
+def predict_files(smoke: bool = False, images: int = 64, batch: int = 16,
+                  repeats: int = 3) -> dict:
+  from fcos_jax import storage
+  from fcos_jax.evaluation import coco_eval
+  from fcos_jax.inference.images import Resizer
+  from fcos_jax.inference.predictor import Predictor, load_prepared
+  cfg, params, size, lo, hi, canvas = _model(smoke)
+  if smoke:
+    images, batch, repeats = 8, 4, 2
+  pred = Predictor(cfg, params, Resizer(lo, hi, (canvas,)), batch_size=batch)
+  with tempfile.TemporaryDirectory() as d:
+    paths = _write_jpegs(d, images, size)
+
+    def one_pass():
+      start = time.perf_counter()
+      records = []
+      for i, r in pred.stream(load_prepared(pred, paths)):
+        k = len(r["scores"])
+        records += coco_eval.detections_to_coco(
+            {"image_id": np.asarray([i]), "boxes": r["boxes"][None],
+             "scores": r["scores"][None], "classes": r["labels"][None],
+             "valid": np.ones((1, k), bool)}, list(range(cfg.num_classes)))
+      storage.write_json_atomic(os.path.join(d, "detections.json"), records)
+      return time.perf_counter() - start, len(records)
+
+    one_pass()  # Compiles.
+    runs = [one_pass() for _ in range(repeats)]
+  ips = [images / s for s, _ in runs]
+  return {"images": images, "image_hw": list(size), "canvas": list(canvas),
+          "batch": pred.batch_size, "detections": runs[0][1],
+          "images_per_s": timing.stats(ips)}
+
+
+def exported_latency(smoke: bool = False, batch: int = 1,
+                     repeats: int = 30) -> dict:
+  from fcos_jax.export import onnx_export, saved_model, serving, stablehlo
+  cfg, params, _, _, _, canvas = _model(smoke)
+  if smoke:
+    repeats = 2
+  params = serving.as_numpy_params(params)
+  rng = np.random.default_rng(0)
+  args = (rng.integers(0, 255, (batch, *canvas, 3), dtype=np.uint8),
+          np.tile(np.asarray(canvas, np.int32), (batch, 1)),
+          np.tile(np.asarray(canvas, np.int32), (batch, 1)))
+  jitted = jax.jit(serving.serving_function(cfg, params))
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "m.jax_export")
+    stablehlo.save(stablehlo.export(cfg, params, canvas), path)
+    exported = jax.jit(stablehlo.load(path).call)
+    sm_path = os.path.join(d, "sm")
+    saved_model.export(cfg, params, canvas, sm_path, batch=batch)
+    sm = saved_model.load(sm_path)
+    fns = {
+        "jitted": lambda: jax.block_until_ready(jitted(*args)),
+        "stablehlo": lambda: jax.block_until_ready(exported(*args)),
+        "saved_model": lambda: sm(*args),  # Returns NumPy: blocks.
+    }
+    if batch == 1:
+      onnx_path = os.path.join(d, "m.onnx")
+      onnx_export.export(cfg, params, canvas, onnx_path)
+      fns["onnx"] = functools.partial(onnx_export.load(onnx_path), *args)
+    timed = timing.time_interleaved(fns, repeats, warmup=2)
+  out = {"batch": batch, "canvas": list(canvas), "s": {}}
+  for name, res in timed.items():
+    out["s"][name] = res["s"]
+  base = out["s"]["jitted"]["median"]
+  out["ratio_to_jitted"] = {k: v["median"] / base for k, v in out["s"].items()}
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--smoke", action="store_true")
+  p.add_argument("--json", metavar="PATH")
+  args = p.parse_args(argv)
+  r = {"predict": predict_files(args.smoke),
+       "export": exported_latency(args.smoke)}
+  print(json.dumps({"predict_images_per_s": r["predict"]["images_per_s"][
+      "median"], "export_ratio": r["export"]["ratio_to_jitted"]}, indent=1))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(r, f, indent=1, default=float)
+  return r
+
+
+if __name__ == "__main__":
+  main()

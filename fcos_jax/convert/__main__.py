@@ -1,0 +1,101 @@
+"""torchvision's COCO FCOS weights -> a workdir that evaluate.py and
+predict.py take like a trained run.
+
+  python -m fcos_jax.convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
+      --workdir runs/torchvision_coco [--config.data.tfds.data_dir=...]
+  python evaluate.py --workdir runs/torchvision_coco    # COCO val2017 AP
+  python predict.py  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
+
+Writes WORKDIR/config.json (configs/torchvision_r50.py, or --config, with
+any --config.FIELD overrides: set the data fields evaluate.py should use),
+WORKDIR/categories.json (the 80 COCO categories; torchvision's 91 class
+slots mapped by COCO category id) and WORKDIR/checkpoints/0 (the
+parameters). Reading a .pth needs torch; the same state dict saved as .npz
+does not.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fcos_jax import cli
+
+# This checkout's configs/ (importable, as the config files import it).
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", os.path.join(_ROOT, "configs", "torchvision_r50.py"),
+    "Run config to record; its model must be the torchvision preset with 80 "
+    "classes (only the inference fields may differ).", lock_config=True)
+flags.DEFINE_string("torchvision", None,
+                    "torchvision fcos_resnet50_fpn COCO state dict (.pth/.npz).")
+flags.DEFINE_string("workdir", None, "The workdir to write (local or URL).")
+flags.DEFINE_bool("overwrite", False, "Replace a workdir that has checkpoints.")
+flags.mark_flags_as_required(["torchvision", "workdir"])
+
+STEP = 0  # The step number of the converted checkpoint.
+
+
+def convert_to_workdir(state_dict, workdir: str, config, overwrite=False):
+  """Writes the converted run into `workdir`; returns its ModelConfig."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
+  from fcos_jax.data import categories as categories_lib  # pylint: disable=import-outside-toplevel
+  from fcos_jax.train import checkpoint, run_record  # pylint: disable=import-outside-toplevel
+  from fcos_jax.train.config import model_config_from  # pylint: disable=import-outside-toplevel
+
+  cfg = model_config_from(config.model)
+  ckpt_dir = storage.join(workdir, "checkpoints")
+  if storage.exists(ckpt_dir) and any(storage.path(ckpt_dir).iterdir()):
+    if not overwrite:
+      raise ValueError(
+          f"{ckpt_dir} already has checkpoints; pass --overwrite to replace "
+          "them, or another --workdir.")
+    storage.path(ckpt_dir).rmtree()
+  inference_only = ("score_thresh", "score_thresh_on", "pre_nms_topk",
+                    "nms_iou", "max_detections", "dtype")
+  tv_cfg, params, categories = tv.convert_coco_detector(
+      state_dict, **{k: getattr(cfg, k) for k in inference_only})
+  if cfg != tv_cfg:
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    bad = [f"{f.name}={getattr(cfg, f.name)!r} (needs "
+           f"{getattr(tv_cfg, f.name)!r})" for f in dataclasses.fields(cfg)
+           if getattr(cfg, f.name) != getattr(tv_cfg, f.name)]
+    raise ValueError(
+        "config.model does not describe torchvision's COCO FCOS: " +
+        "; ".join(bad) + ". Use configs/torchvision_r50.py (only the "
+        "inference fields may change).")
+  storage.makedirs(workdir)
+  run_record.write(workdir, config)
+  storage.write_json_atomic(storage.join(workdir, categories_lib.FILE),
+                            {"categories": categories}, indent=1)
+  manager = checkpoint.make_manager(ckpt_dir, keep=1, async_save=False)
+  params = jax.tree.map(jax.numpy.asarray, params)
+  checkpoint.save(manager, STEP, {"params": params, "step": STEP},
+                  {"step": STEP})
+  manager.wait_until_finished()
+  manager.close()
+  return cfg
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  cli.setup(config)
+  convert_to_workdir(FLAGS.torchvision, FLAGS.workdir, config,
+                     overwrite=FLAGS.overwrite)
+  logging.info("Wrote %s: 80 COCO categories, checkpoint step %d. Evaluate "
+               "with: python evaluate.py --workdir %s", FLAGS.workdir, STEP,
+               FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,26 @@
+"""Export of the detector for serving: normalisation + model +
+post-processing with NMS, for one fixed canvas, as
+
+- `jax.export` serialized StableHLO (`stablehlo.py`): re-loadable and
+  callable from any JAX program without this project's model code;
+- a TF SavedModel (`saved_model.py`, jax2tf): TF Serving, TF Lite
+  converters, any TF program;
+- ONNX (`onnx_export.py`, jax2onnx + ONNX's NonMaxSuppression): ONNX
+  Runtime and TensorRT; float32, batch 1.
+
+Every artifact has the signature of `serving.serving_function`:
+
+  images   uint8 [B, H, W, 3]  RGB, each image resized by the run's rule and
+                               put at the top-left of the H x W canvas,
+                               zeros elsewhere (fcos_jax.inference.images.
+                               Resizer does this);
+  image_hw int32 [B, 2]        (h, w) of the resized image in the canvas;
+  orig_hw  int32 [B, 2]        (h, w) of the original image;
+->
+  boxes    float32 [B, K, 4]   (x0, y0, x1, y1) in original pixels;
+  scores   float32 [B, K];  classes int32 [B, K];  valid bool [B, K]
+                               (K = model.max_detections, best first).
+
+`python -m fcos_jax.export --workdir DIR --out OUT` writes every format
+for each of the run's canvases, in float32 and bfloat16.
+"""

@@ -1,0 +1,132 @@
+"""Export a run's checkpoint for serving (see fcos_jax/export/__init__.py).
+
+  python -m fcos_jax.export --workdir runs/r50_1x --out /tmp/fcos_export
+  python -m fcos_jax.export --workdir /tmp/fcos_synthetic --out /tmp/exp \
+      --formats=stablehlo --dtypes=float32 --platforms=cpu,cuda,tpu
+
+For each canvas of the run's data.canvases (one per orientation) and each
+dtype, writes OUT/stablehlo/<H>x<W>_<dtype>.jax_export,
+OUT/saved_model/<H>x<W>_<dtype>/ and (float32) OUT/onnx/<H>x<W>_float32.onnx,
+and OUT/manifest.json: the inputs and
+outputs, the resize rule that makes the inputs (short side min_size, long
+side at most max_size, top-left on the canvas), the categories in label
+order, the checkpoint step and the files.
+"""
+
+import dataclasses
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fcos_jax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml-collections config file; default: the "
+    "run's recorded config.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (train.py or "
+                    "fcos_jax.convert).")
+flags.DEFINE_string("checkpoint", None, "Step or checkpoint directory; "
+                    "default: latest.")
+flags.DEFINE_string("out", None, "Output directory.")
+flags.DEFINE_list("formats", ["stablehlo", "saved_model", "onnx"],
+                  "stablehlo, saved_model, onnx (float32 only, batch 1).")
+flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
+flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
+                  "Platforms the StableHLO is lowered for (SavedModel too).")
+flags.DEFINE_integer("batch", 1, "Batch size of the SavedModel signature "
+                     "(the StableHLO takes any batch).")
+flags.mark_flags_as_required(["workdir", "out"])
+
+FORMATS = ("stablehlo", "saved_model", "onnx")
+
+
+def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
+               min_size, max_size) -> dict:
+  """Writes every (canvas, dtype, format) artifact; returns the manifest."""
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  from fcos_jax.export import onnx_export, saved_model, serving, stablehlo  # pylint: disable=import-outside-toplevel
+  bad = sorted(set(formats) - set(FORMATS))
+  if bad:
+    raise ValueError(f"--formats: unknown {bad}; choose from {FORMATS}.")
+  params = serving.as_numpy_params(detector.predictor.params)
+  files = []
+  for canvas in detector.predictor.resizer.canvases:
+    for dtype in dtypes:
+      cfg = detector.cfg.replace(dtype=dtype)
+      name = f"{canvas[0]}x{canvas[1]}_{dtype}"
+      if "stablehlo" in formats:
+        path = storage.join(out, "stablehlo", name + ".jax_export")
+        stablehlo.save(stablehlo.export(cfg, params, canvas,
+                                        platforms=platforms), path)
+        files.append({"format": "stablehlo", "canvas": list(canvas),
+                      "dtype": dtype, "batch": "any",
+                      "platforms": list(platforms), "path": path})
+        logging.info("Wrote %s", path)
+      if "saved_model" in formats:
+        path = storage.join(out, "saved_model", name)
+        saved_model.export(cfg, params, canvas, path, batch=batch,
+                           platforms=platforms)
+        files.append({"format": "saved_model", "canvas": list(canvas),
+                      "dtype": dtype, "batch": batch,
+                      "platforms": list(platforms), "path": path,
+                      "signature": "serving_default"})
+        logging.info("Wrote %s", path)
+      if "onnx" in formats and dtype == "float32":
+        path = storage.join(out, "onnx", name + ".onnx")
+        onnx_export.export(cfg, params, canvas, path)
+        files.append({"format": "onnx", "canvas": list(canvas),
+                      "dtype": dtype, "batch": 1, "path": path,
+                      "nms": "ONNX NonMaxSuppression"})
+        logging.info("Wrote %s", path)
+      elif "onnx" in formats:
+        logging.info("ONNX is exported in float32 only (ONNX Runtime's CPU "
+                     "kernels have no bfloat16 convolutions); skipped %s.",
+                     name)
+  manifest = {
+      "inputs": {"images": "uint8 [B, H, W, 3] RGB canvas, resized image "
+                           "at the top-left, zeros elsewhere",
+                 "image_hw": "int32 [B, 2] (h, w) of the resized image",
+                 "orig_hw": "int32 [B, 2] (h, w) of the original image"},
+      "outputs": {"boxes": "float32 [B, K, 4] x0, y0, x1, y1 original pixels",
+                  "scores": "float32 [B, K]", "classes": "int32 [B, K] label",
+                  "valid": "bool [B, K]"},
+      "max_detections": detector.cfg.max_detections,
+      "score_thresh": detector.cfg.score_thresh,
+      "resize": {"min_size": min_size, "max_size": max_size,
+                 "canvases": [list(c) for c in
+                              detector.predictor.resizer.canvases],
+                 "rule": "short side to min_size unless the long side would "
+                         "pass max_size (then long side = max_size); bilinear "
+                         "(antialiased when shrinking); the smallest canvas "
+                         "that holds the result"},
+      "categories": detector.categories,
+      "step": detector.step,
+      "model": dataclasses.asdict(detector.cfg),
+      "files": files,
+  }
+  storage.write_json_atomic(storage.join(out, "manifest.json"), manifest,
+                            indent=1)
+  return manifest
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config or cli.recorded_config(FLAGS.workdir)
+  cli.setup(config)
+  from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel
+  det = Detector.from_workdir(FLAGS.workdir, FLAGS.checkpoint, config=config)
+  ms = config.data.min_size
+  min_size = int(max(ms)) if isinstance(ms, (list, tuple)) else int(ms)
+  manifest = export_all(det, FLAGS.out, formats=FLAGS.formats,
+                        dtypes=FLAGS.dtypes, platforms=FLAGS.platforms,
+                        batch=FLAGS.batch, min_size=min_size,
+                        max_size=int(config.data.max_size))
+  print(f"Exported step {det.step}: {len(manifest['files'])} artifacts and "
+        f"{os.path.join(FLAGS.out, 'manifest.json')}", flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)

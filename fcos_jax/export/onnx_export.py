@@ -1,0 +1,229 @@
+"""ONNX export (jax2onnx), for ONNX Runtime and TensorRT.
+
+jax2onnx 0.13 (the version that installs beside this project's pins)
+cannot express our NMS: its greedy `while_loop` writes the kept index with
+a batched scatter, which has no ONNX lowering there. So the artifact is
+
+  1. jax2onnx: normalisation, model, each level's top-k candidates, box
+     decoding and clipping to the resized image (`postprocess` up to NMS,
+     the same functions), giving boxes [1, N, 4] in canvas pixels and the
+     class-masked scores [1, C, N] (-1 off a box's class and for empty
+     slots), plus the rescale factors to original pixels;
+  2. ONNX's own NonMaxSuppression (per class, IoU threshold cfg.nms_iou,
+     up to K per class), then TopK of the kept scores over all classes (K =
+     max_detections), Gather, rescale and clip to the original image, and
+     padding to the fixed [1, K] outputs with `valid`.
+
+What differs from the JAX model: ONNX's NMS decides `inter / union >
+t` where ours decides `inter > t * union` (the same except at float
+rounding on the threshold), and equal scores may be ordered differently by
+NonMaxSuppression / TopK than ours (lower index first). Batch size 1.
+The signature is the package's: images, image_hw, orig_hw -> boxes,
+scores, classes, valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcos_jax import postprocess
+from fcos_jax.export import serving
+from fcos_jax.inference import step
+from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.locations import compute_locations
+
+OPSET = 23
+
+
+def candidates_function(cfg: ModelConfig, params, canvas_hw):
+  """fn(images, image_hw, orig_hw) -> (boxes [B, N, 4] canvas pixels,
+  class-masked scores [B, C, N], scale [B, 4], orig_hi [B, 4]): the
+  post-processing of `fcos_jax.postprocess.postprocess` before its NMS."""
+  locations = compute_locations(tuple(canvas_hw), cfg)
+
+  def fn(images, image_hw, orig_hw):
+    outputs = step.head_outputs(params, images, image_hw, cfg)
+    cls, reg, ctr = (outputs[k] for k in ("cls_logits", "box_regression",
+                                          "centerness"))
+    loc_max = cls.max(axis=-1)
+    per_level = [
+        postprocess._level_candidates(  # pylint: disable=protected-access
+            cls, reg, ctr, loc_max, locations.points, locations.strides,
+            locations.level_slice(level), cfg)
+        for level in range(cfg.num_levels)]
+    boxes, scores, classes, valid = (jnp.concatenate(x, axis=1)
+                                     for x in zip(*per_level))
+    hw = jnp.asarray(image_hw).astype(jnp.float32)
+    hi = jnp.stack([hw[:, 1], hw[:, 0]] * 2, axis=-1)[:, None, :]
+    boxes = jnp.clip(boxes, 0.0, hi)
+    onehot = classes[:, None, :] == jnp.arange(cfg.num_classes)[None, :, None]
+    masked = jnp.where(onehot & valid[:, None, :], scores[:, None, :], -1.0)
+    orig = jnp.asarray(orig_hw).astype(jnp.float32)
+    ratio = orig / hw
+    scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)
+    orig_hi = jnp.stack([orig[:, 1], orig[:, 0]] * 2, axis=-1)
+    return boxes, masked.astype(jnp.float32), scale, orig_hi
+
+  return fn
+
+
+@contextlib.contextmanager
+def _jax2onnx_compat():
+  """jax2onnx 0.13 against jax 0.10 and our flax calls: its stack batching
+  rule reads `jax.interpreters.batching.not_mapped` (None; gone from jax's
+  public module), and its flax max_pool patch takes the window only by
+  keyword (flax's own takes it positionally, as our ResNet calls it) and
+  treats explicit padding pairs as VALID; and its stop_gradient of a
+  constant (our frozen BatchNorm and stages) references a value ONNX
+  Runtime cannot find, so stop_gradient is the identity while tracing (it
+  changes nothing without gradients)."""
+  import jax.interpreters.batching as batching  # pylint: disable=import-outside-toplevel
+  from jax2onnx.plugins.flax.linen import max_pool as mp  # pylint: disable=import-outside-toplevel
+  had = "not_mapped" in vars(batching)
+  if not had:
+    batching.not_mapped = None
+  original = mp.MaxPoolPlugin.__dict__["_make_patch"]
+
+  def _make_patch(cls, orig):
+    inner = original.__func__(cls, orig)
+
+    def patched(x, window_shape, strides=None, padding="VALID"):
+      if not isinstance(padding, str):  # Explicit pairs: its patch would
+        # read them as VALID. Pad with -inf (max's identity, as flax does).
+        pads = [(0, 0)] + [tuple(p) for p in padding] + [(0, 0)] * (
+            x.ndim - 1 - len(padding))
+        x = jnp.pad(x, pads, constant_values=-jnp.inf)
+        padding = "VALID"
+      return inner(x, window_shape=window_shape, strides=strides,
+                   padding=padding)
+
+    return patched
+
+  mp.MaxPoolPlugin._make_patch = classmethod(_make_patch)  # pylint: disable=protected-access
+  stop_gradient = jax.lax.stop_gradient
+  jax.lax.stop_gradient = lambda x: x
+  try:
+    yield
+  finally:
+    jax.lax.stop_gradient = stop_gradient
+    mp.MaxPoolPlugin._make_patch = original  # pylint: disable=protected-access
+    if not had:
+      del batching.not_mapped
+
+
+def _nms_tail(cfg: ModelConfig, num_candidates: int):
+  """The ONNX nodes from (cand_boxes, cand_scores, scale, orig_hi) to the
+  fixed-size outputs (batch 1)."""
+  from onnx import TensorProto, helper  # pylint: disable=import-outside-toplevel
+  k = int(cfg.max_detections)
+  c = lambda name, value, dtype=np.int64: helper.make_tensor(
+      name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
+      np.shape(value), np.asarray(value, dtype).ravel().tolist())
+  inits = [
+      c("t_max_per_class", [k]), c("t_iou", [float(cfg.nms_iou)], np.float32),
+      c("t_score_thresh", [-0.5], np.float32), c("t_K", [k]),
+      c("t_zero_i", [0]), c("t_one_i", [1]), c("t_two_i", [2]),
+      c("t_zero_f", 0.0, np.float32), c("t_K_scalar", k),
+      c("t_zero_scalar", 0),
+      c("t_one_scalar", 1),
+  ]
+  del num_candidates
+  n = helper.make_node
+  nodes = [
+      n("NonMaxSuppression", ["cand_boxes", "cand_scores", "t_max_per_class",
+                              "t_iou", "t_score_thresh"], ["sel"]),
+      # sel [S, 3] = (batch, class, box).
+      n("GatherND", ["cand_scores", "sel"], ["sel_scores"]),  # [S]
+      n("Gather", ["sel", "t_one_i"], ["sel_cls2"], axis=1),  # [S, 1]
+      n("Gather", ["sel", "t_two_i"], ["sel_box2"], axis=1),
+      n("Squeeze", ["sel_cls2", "t_one_i"], ["sel_cls"]),
+      n("Squeeze", ["sel_box2", "t_one_i"], ["sel_box"]),
+      n("Shape", ["sel_scores"], ["num_sel"]),  # [1]
+      n("Min", ["num_sel", "t_K"], ["kk"]),  # [1]
+      n("TopK", ["sel_scores", "kk"], ["top_scores", "top_i"], axis=0,
+        largest=1, sorted=1),
+      n("Gather", ["sel_cls", "top_i"], ["top_cls"]),
+      n("Gather", ["sel_box", "top_i"], ["top_box"]),
+      n("Squeeze", ["cand_boxes", "t_zero_i"], ["boxes0"]),  # [N, 4]
+      n("Gather", ["boxes0", "top_box"], ["kb"]),  # [k, 4]
+      n("Mul", ["kb", "scale"], ["kb_scaled"]),  # scale [1, 4] broadcasts
+      n("Max", ["kb_scaled", "t_zero_f"], ["kb_lo"]),
+      n("Min", ["kb_lo", "orig_hi"], ["kb_clip"]),
+      n("Sub", ["t_K", "kk"], ["pad_n"]),  # [1]
+      n("Concat", ["t_zero_i", "pad_n"], ["pads1"], axis=0),
+      n("Concat", ["t_zero_i", "t_zero_i", "pad_n", "t_zero_i"], ["pads2"],
+        axis=0),
+      n("Pad", ["top_scores", "pads1"], ["scores_k"]),
+      n("Pad", ["kb_clip", "pads2"], ["boxes_k"]),
+      n("Cast", ["top_cls"], ["cls32"], to=TensorProto.INT32),
+      n("Pad", ["cls32", "pads1"], ["classes_k"]),
+      n("Range", ["t_zero_scalar", "t_K_scalar", "t_one_scalar"], ["slots"]),
+      n("Less", ["slots", "kk"], ["valid_k"]),
+      n("Unsqueeze", ["boxes_k", "t_zero_i"], ["boxes"]),
+      n("Unsqueeze", ["scores_k", "t_zero_i"], ["scores"]),
+      n("Unsqueeze", ["classes_k", "t_zero_i"], ["classes"]),
+      n("Unsqueeze", ["valid_k", "t_zero_i"], ["valid"]),
+  ]
+  outputs = [
+      helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, k, 4]),
+      helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, k]),
+      helper.make_tensor_value_info("classes", TensorProto.INT32, [1, k]),
+      helper.make_tensor_value_info("valid", TensorProto.BOOL, [1, k]),
+  ]
+  return nodes, inits, outputs
+
+
+def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None):
+  """The ONNX model (ModelProto) for one canvas, batch 1; written to
+  `path` when given."""
+  import onnx  # pylint: disable=import-outside-toplevel
+  from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
+  from onnx import helper  # pylint: disable=import-outside-toplevel
+  params = serving.as_numpy_params(params)
+  fn = candidates_function(cfg, params, canvas_hw)
+  with _jax2onnx_compat():
+    head = to_onnx(fn, serving.input_specs(canvas_hw, 1), opset=OPSET,
+                   input_names=list(serving.INPUT_NAMES),
+                   output_names=["cand_boxes", "cand_scores", "scale",
+                                 "orig_hi"])
+  num_candidates = [d.dim_value for d in head.graph.output[0].type.tensor_type
+                    .shape.dim][1]
+  nodes, inits, outputs = _nms_tail(cfg, num_candidates)
+  graph = head.graph
+  graph.node.extend(nodes)
+  graph.initializer.extend(inits)
+  del graph.output[:]
+  graph.output.extend(outputs)
+  opsets = [o for o in head.opset_import if o.domain not in ("", "ai.onnx")]
+  model = helper.make_model(graph, opset_imports=[
+      helper.make_opsetid("", OPSET)] + opsets, producer_name="fcos_jax")
+  model.ir_version = head.ir_version
+  onnx.checker.check_model(model)
+  if path:
+    from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+    storage.write_bytes_atomic(path, model.SerializeToString())
+  return model
+
+
+def load(path: str):
+  """fn(images, image_hw, orig_hw) -> dict of NumPy outputs, from a fresh
+  onnxruntime.InferenceSession (CPU)."""
+  import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  session = ort.InferenceSession(storage.read_bytes(path),
+                                 providers=["CPUExecutionProvider"])
+  names = [o.name for o in session.get_outputs()]
+
+  def fn(images, image_hw, orig_hw):
+    out = session.run(None, {
+        "images": np.asarray(images, np.uint8),
+        "image_hw": np.asarray(image_hw, np.int32),
+        "orig_hw": np.asarray(orig_hw, np.int32)})
+    return dict(zip(names, out))
+
+  return fn
+

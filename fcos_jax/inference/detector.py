@@ -1,0 +1,143 @@
+"""`fcos_jax.Detector`: a trained or converted FCOS as a Python callable.
+
+    import fcos_jax
+    det = fcos_jax.Detector.from_workdir("/tmp/fcos_synthetic")
+    (out,) = det(["photo.jpg"])            # paths, URLs or uint8 HxWx3 arrays
+    for box, score, name in zip(out["boxes"], out["scores"], out["names"]):
+      print(name, round(float(score), 2), box)   # (x0, y0, x1, y1) pixels
+
+Images are resized by the run's rule (data.min_size / max_size) onto the
+smallest of its canvases that holds them, batched over the local devices;
+each canvas is compiled once, on first use, and reused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from fcos_jax.inference import images as images_lib
+from fcos_jax.inference.predictor import Predictor
+from fcos_jax.model.config import ModelConfig
+
+# torchvision's COCO transform: short side 800, long side <= 1333, padded to
+# multiples of 32; our canvases hold every such image in either orientation.
+TORCHVISION_SIZES = dict(min_size=800, max_size=1333,
+                         canvases=((800, 1344), (1344, 800)))
+
+
+class Detector:
+  """An FCOS model with its categories and resize rule.
+
+  det(images) -> one dict per image:
+    boxes  float32 [k, 4] (x0, y0, x1, y1) in the original image's pixels
+           (after EXIF rotation, for files), best score first;
+    scores float32 [k]; labels int32 [k] (contiguous, index into
+    `det.categories`); names [k] category names; category_ids [k].
+  """
+
+  def __init__(self, cfg: ModelConfig, params, categories: Sequence[dict], *,
+               min_size, max_size: int, canvases, batch_size: int | None = None,
+               mesh=None):
+    if len(categories) != cfg.num_classes:
+      raise ValueError(
+          f"Detector: {len(categories)} categories for a model of "
+          f"num_classes={cfg.num_classes}.")
+    self.cfg = cfg
+    self.categories = [{"id": int(c["id"]), "name": str(c["name"])}
+                       for c in categories]
+    self.names = [c["name"] for c in self.categories]
+    self.category_ids = np.asarray([c["id"] for c in self.categories])
+    self.predictor = Predictor(
+        cfg, params, images_lib.Resizer(min_size, max_size, canvases),
+        batch_size=batch_size, mesh=mesh)
+    self.step = None  # The checkpoint step, when loaded from a workdir.
+
+  # --- Constructors ----------------------------------------------------------
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step=None, *, config=None,
+                   score_thresh: float | None = None,
+                   batch_size: int | None = None) -> "Detector":
+    """A train.py (or `python -m fcos_jax.convert`) workdir's checkpoint.
+
+    step: a step number, a checkpoint directory, or None for the latest.
+    config: the run config (default: the run's recorded config.json).
+    score_thresh: overrides model.score_thresh (the candidate threshold).
+    batch_size: images per device call (default: config.eval_batch_size).
+    """
+    from fcos_jax.evaluation import evaluate_checkpoint as ec  # pylint: disable=import-outside-toplevel
+    from fcos_jax.storage import path as storage_path  # pylint: disable=import-outside-toplevel
+    from fcos_jax.train import checkpoint, run_record  # pylint: disable=import-outside-toplevel
+    from fcos_jax.train.config import model_config_from  # pylint: disable=import-outside-toplevel
+    if config is None:
+      config = run_record.read_config(workdir)
+      if config is None:
+        raise FileNotFoundError(
+            f"{workdir} has no config.json (not a train.py or "
+            "fcos_jax.convert workdir?): pass the run's config.")
+    cfg = model_config_from(config.model)
+    if score_thresh is not None:
+      cfg = cfg.replace(score_thresh=float(score_thresh))
+    directory, which = ec.locate(workdir, None if step is None else str(step))
+    categories = ec.run_categories(str(storage_path(directory).parent))
+    mesh = _local_mesh()
+    data = config.data
+    params, restored_step = checkpoint.restore_params(
+        directory, which, ec.abstract_params(cfg, tuple(data.canvases[0]),
+                                             mesh))
+    n = jax.local_device_count()
+    bs = batch_size or max(int(config.get("eval_batch_size", n)) //
+                           max(jax.process_count(), 1), 1)
+    det = cls(cfg, params, categories, min_size=_as_min_size(data.min_size),
+              max_size=int(data.max_size), canvases=data.canvases,
+              batch_size=bs, mesh=mesh)
+    det.step = restored_step
+    return det
+
+  @classmethod
+  def from_torchvision(cls, pth, *, score_thresh: float | None = None,
+                       batch_size: int | None = None, **sizes) -> "Detector":
+    """torchvision's `fcos_resnet50_fpn` COCO weights (`.pth`, needs torch;
+    or the same state dict as `.npz`): the 80 COCO categories, torchvision's
+    preset (its location rule included) and resize rule (`sizes`:
+    min_size, max_size, canvases override it)."""
+    from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
+    cfg, params, categories = tv.convert_coco_detector(pth)
+    if score_thresh is not None:
+      cfg = cfg.replace(score_thresh=float(score_thresh))
+    return cls(cfg, params, categories, batch_size=batch_size,
+               **dict(TORCHVISION_SIZES, **sizes))
+
+  # --- Use -------------------------------------------------------------------
+
+  def __call__(self, images, *, heatmaps: bool = False, exif: bool = True
+               ) -> list[dict]:
+    """images: one or a list of paths/URLs or uint8 [H, W, 3] RGB arrays
+    (or [H, W] gray). A file that cannot be read raises UnreadableImage."""
+    if isinstance(images, (str, os.PathLike, np.ndarray)):
+      images = [images]
+    arrays = [images_lib.read_image(os.fspath(x), exif=exif)
+              if isinstance(x, (str, os.PathLike)) else np.asarray(x)
+              for x in images]
+    return [self.describe(r) for r in self.predictor(arrays, heatmaps)]
+
+  def describe(self, result: dict) -> dict:
+    """Adds names and category ids to a predictor result."""
+    labels = result["labels"]
+    return dict(result, names=[self.names[int(i)] for i in labels],
+                category_ids=self.category_ids[labels].astype(np.int64))
+
+
+def _local_mesh():
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+  from fcos_jax import runtime  # pylint: disable=import-outside-toplevel
+  return Mesh(np.asarray(jax.local_devices()), (runtime.DATA_AXIS,))
+
+
+def _as_min_size(value):
+  return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) \
+      else int(value)

@@ -1,0 +1,174 @@
+"""Image files for prediction: finding them, reading, decoding, resizing.
+
+Decoding and resizing are the evaluation pipeline's own TF ops
+(`fcos_jax.data.transforms`), so an image predicted from its file gets
+exactly the pixels evaluation feeds the model. Bytes are read through
+`fcos_jax.storage` (local paths and URLs alike).
+
+EXIF orientation: phone cameras store the pixels sideways and an EXIF tag
+saying how to turn them. `read_image(..., exif=True)` (the default for
+prediction) applies the tag after decoding, so boxes come in the upright
+picture's pixels, as photo viewers show it. COCO evaluation does not (the
+COCO annotations are in the stored pixel order, and its images'
+width/height fields say so): evaluation and `exif=False` ignore the tag.
+"""
+
+from __future__ import annotations
+
+import glob as glob_lib
+import io
+import os
+
+import numpy as np
+
+from fcos_jax import storage
+from fcos_jax.data import pipeline, transforms
+from fcos_jax.data.errors import DataError
+from fcos_jax.data.tf_setup import tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_WILDCARDS = "*?["
+_EXIF_ORIENTATION = 0x0112
+
+
+class UnreadableImage(Exception):
+  """A file that is no image TF can decode (named in the message)."""
+
+
+def list_images(spec: str) -> list[str]:
+  """Image paths of a file, a directory (its image files, sorted; not
+  recursive) or a glob pattern (`dir/*.jpg`, `gs://b/x/**/*.png`), sorted.
+
+  Raises FileNotFoundError when nothing matches, naming what was looked at.
+  """
+  spec = str(spec)
+  if any(c in spec for c in _WILDCARDS):
+    if storage.is_url(spec):
+      first = min(spec.index(c) for c in _WILDCARDS if c in spec)
+      base = spec[:spec.rindex("/", 0, first)]
+      pattern = spec[len(base) + 1:]
+      paths = [os.fspath(p) for p in storage.path(base).glob(pattern)]
+    else:
+      paths = glob_lib.glob(os.path.expanduser(spec), recursive=True)
+    paths = sorted(p for p in paths if not storage.path(p).is_dir())
+    if not paths:
+      raise FileNotFoundError(f"--images={spec}: the pattern matches no file.")
+    return paths
+  p = storage.path(spec)
+  if not p.exists():
+    raise FileNotFoundError(f"--images={spec}: no such file or directory.")
+  if p.is_dir():
+    paths = sorted(os.fspath(q) for q in p.iterdir()
+                   if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir())
+    if not paths:
+      raise FileNotFoundError(
+          f"--images={spec}: the directory has no image files "
+          f"({', '.join(IMAGE_EXTENSIONS)}).")
+    return paths
+  return [spec]
+
+
+def exif_orientation(data: bytes) -> int:
+  """The EXIF orientation tag (1..8) of encoded image bytes; 1 without one."""
+  try:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    with Image.open(io.BytesIO(data)) as im:
+      value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+  except Exception:  # pylint: disable=broad-except  (no EXIF, odd formats)
+    return 1
+  return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+  """[h, w, 3] stored pixels -> the upright picture the EXIF tag describes."""
+  ops = {
+      1: lambda x: x,
+      2: lambda x: x[:, ::-1],
+      3: lambda x: x[::-1, ::-1],
+      4: lambda x: x[::-1],
+      5: lambda x: x.transpose(1, 0, 2),
+      6: lambda x: np.rot90(x, k=-1),
+      7: lambda x: x[::-1, ::-1].transpose(1, 0, 2),
+      8: lambda x: np.rot90(x, k=1),
+  }
+  return np.ascontiguousarray(ops[int(orientation)](image))
+
+
+def decode(data: bytes, *, exif: bool = True, name: str = "<bytes>"
+           ) -> np.ndarray:
+  """Encoded JPEG (incl. grayscale, CMYK), PNG, BMP, GIF -> uint8 [h, w, 3]
+  RGB, with the evaluation pipeline's decoder; EXIF orientation applied
+  when `exif`. Raises UnreadableImage naming `name`."""
+  try:
+    image = transforms.decode_image(tf.constant(data)).numpy()
+  except (tf.errors.OpError, ValueError) as e:
+    msg = getattr(e, "message", str(e)).strip().splitlines()
+    raise UnreadableImage(
+        f"{name}: not a readable image ({msg[0] if msg else type(e).__name__})"
+    ) from None
+  if image.shape[0] == 0 or image.shape[1] == 0:
+    raise UnreadableImage(f"{name}: the image is empty ({image.shape}).")
+  if exif:
+    image = apply_orientation(image, exif_orientation(data))
+  return image
+
+
+def read_image(path: str, *, exif: bool = True) -> np.ndarray:
+  """uint8 [h, w, 3] RGB of an image file or URL (see `decode`)."""
+  try:
+    data = storage.read_bytes(path)
+  except (OSError, ValueError) as e:
+    raise UnreadableImage(f"{path}: cannot be read ({e})") from None
+  return decode(data, exif=exif, name=str(path))
+
+
+def _resize_and_pad_fn(min_size: int, max_size: int):
+  """The evaluation pipeline's resize onto a canvas (`transform_example`
+  with train=False, without the boxes), as one traced TF function."""
+
+  @tf.function(input_signature=(tf.TensorSpec([None, None, 3], tf.uint8),
+                                tf.TensorSpec([2], tf.int32)))
+  def fn(image, canvas_hw):
+    out_hw = transforms.resized_hw(tf.shape(image)[:2], min_size, max_size)
+    out_hw = tf.minimum(out_hw, canvas_hw)
+    image = transforms.resize_image(image, out_hw)
+    return transforms.pad_image(image, canvas_hw), out_hw
+
+  return fn
+
+
+class Resizer:
+  """The config's resize rule: short side to `min_size` (the largest of a
+  (lo, hi) range, as evaluation), long side at most `max_size`, onto the
+  smallest of `canvases` that holds the result (evaluation's bucket rule).
+  """
+
+  def __init__(self, min_size, max_size: int, canvases):
+    self.min_size = int(max(min_size) if isinstance(min_size, (tuple, list))
+                        else min_size)
+    self.max_size = int(max_size)
+    self.canvases = tuple(tuple(int(v) for v in c) for c in canvases)
+    self._fn = _resize_and_pad_fn(self.min_size, self.max_size)
+
+  def canvas_index(self, hw, name: str = "image") -> int:
+    """Which canvas an image of size `hw` goes to; DataError if none fits."""
+
+    class _One:  # The fields of an ExampleTable the bucket rule reads.
+      heights = np.asarray([hw[0]])
+      widths = np.asarray([hw[1]])
+      paths = np.asarray([name])
+
+    return int(pipeline.assign_buckets(_One, self.canvases, self.min_size,
+                                       self.max_size)[0])
+
+  def __call__(self, image: np.ndarray, name: str = "image"):
+    """uint8 [h, w, 3] -> (canvas index, uint8 [H, W, 3] canvas, (rh, rw)
+    the resized image's size in it)."""
+    index = self.canvas_index(image.shape[:2], name)
+    canvas, out_hw = self._fn(tf.constant(image),
+                              tf.constant(self.canvases[index], tf.int32))
+    return index, canvas.numpy(), tuple(int(v) for v in out_hw.numpy())
+
+
+__all__ = ["DataError", "Resizer", "UnreadableImage", "apply_orientation",
+           "decode", "exif_orientation", "list_images", "read_image"]

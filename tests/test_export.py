@@ -1,0 +1,215 @@
+"""Export round trips: each artifact, loaded fresh, gives the jitted model's
+detections on real (decoded, resized) images; and the export CLI."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fcos_jax.data import synthetic
+from fcos_jax.export import saved_model, serving, stablehlo
+from fcos_jax.inference import images as images_lib
+from fcos_jax.model import config as model_presets
+from fcos_jax.model.fcos import init_variables
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CFG = model_presets.official(
+    num_classes=3, depth=18, width=8, freeze_at=0, backbone_norm="gn",
+    fpn_channels=32, head_convs=1, gn_groups=8, input_bgr=False,
+    input_range=1.0, pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.25, 0.25, 0.25),
+    bn_eps=1e-5, stride_in_1x1=False, score_thresh=0.001)
+CANVASES = ((64, 96), (96, 64))
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def params():
+  return serving.as_numpy_params(
+      init_variables(CFG, jax.random.key(1))["params"])
+
+
+def inputs(canvas_index, seed=0):
+  """Synthetic shapes images, encoded as JPEG, decoded and resized the way
+  predict.py does it, for one canvas."""
+  import io
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  resizer = images_lib.Resizer(64, 96, CANVASES)
+  sizes = ((120, 170), (100, 130)) if canvas_index == 0 else ((170, 120),
+                                                              (90, 60))
+  batch = {"images": [], "image_hw": [], "orig_hw": []}
+  for h, w in sizes:
+    image = synthetic.make_image(rng, h, w)[0]
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=90)
+    image = images_lib.decode(buf.getvalue())
+    index, canvas, image_hw = resizer(image)
+    assert index == canvas_index
+    batch["images"].append(canvas)
+    batch["image_hw"].append(image_hw)
+    batch["orig_hw"].append(image.shape[:2])
+  return (np.stack(batch["images"]), np.asarray(batch["image_hw"], np.int32),
+          np.asarray(batch["orig_hw"], np.int32))
+
+
+def reference(cfg, params, args):
+  return jax.device_get(jax.jit(serving.serving_function(cfg, params))(*args))
+
+
+def assert_matching_detections(got, want, box_tol, score_tol, at_least):
+  """Order-free: every image keeps its number of detections, and `at_least`
+  of them have a twin (same class, box and score within the tolerances) on
+  the other side. For bfloat16 (programs compiled apart round differently,
+  and an untrained model's scores are near ties) and ONNX's NMS (ties)."""
+  got = {k: np.asarray(v) for k, v in got.items()}
+  np.testing.assert_array_equal(got["valid"].sum(1), want["valid"].sum(1))
+  matched = total = 0
+  for b in range(len(want["valid"])):
+    n = int(want["valid"][b].sum())
+    for k in range(n):
+      ok = ((got["classes"][b, :n] == want["classes"][b, k]) &
+            (np.abs(got["scores"][b, :n] - want["scores"][b, k]) <= score_tol)
+            & (np.abs(got["boxes"][b, :n] - want["boxes"][b, k]).max(-1)
+               <= box_tol))
+      matched += bool(ok.any())
+      total += 1
+  assert matched >= at_least * total, (matched, total)
+  return matched, total
+
+
+def assert_same_detections(got, want, box_tol=1e-3, score_tol=1e-5):
+  got = {k: np.asarray(v) for k, v in got.items()}
+  np.testing.assert_array_equal(got["valid"], want["valid"])
+  assert want["valid"].sum() >= 10 * BATCH
+  np.testing.assert_array_equal(got["classes"], want["classes"])
+  np.testing.assert_allclose(got["boxes"], want["boxes"], rtol=0, atol=box_tol)
+  np.testing.assert_allclose(got["scores"], want["scores"], rtol=0,
+                             atol=score_tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_stablehlo_round_trip(tmp_path, params, dtype):
+  cfg = CFG.replace(dtype=dtype)
+  for i, canvas in enumerate(CANVASES):
+    path = str(tmp_path / f"{i}.jax_export")
+    stablehlo.save(stablehlo.export(cfg, params, canvas,
+                                    platforms=("cpu", "cuda", "tpu")), path)
+    exported = stablehlo.load(path)  # Nothing of our model code is used.
+    assert exported.platforms == ("cpu", "cuda", "tpu")
+    args = inputs(i, seed=i)
+    want = reference(cfg, params, args)
+    check = assert_same_detections if dtype == "float32" else (
+        lambda g, w: assert_matching_detections(g, w, 0.5, 2e-3, 0.9))
+    check(jax.device_get(exported.call(*args)), want)
+    # Any batch size: one image alone gives its own detections.
+    one = jax.device_get(exported.call(*(a[:1] for a in args)))
+    check({k: np.concatenate([v, want[k][1:]]) for k, v in one.items()},
+          want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_saved_model_round_trip(tmp_path, params, dtype):
+  cfg = CFG.replace(dtype=dtype)
+  canvas = CANVASES[0]
+  path = str(tmp_path / "sm")
+  saved_model.export(cfg, params, canvas, path, batch=BATCH)
+  args = inputs(0)
+  got = saved_model.load(path)(*args)  # A fresh tf.saved_model.load.
+  # TF's XLA compiles the same StableHLO; bfloat16 rounds differently.
+  want = reference(cfg, params, args)
+  if dtype == "float32":
+    assert_same_detections(got, want)
+  else:
+    assert_matching_detections(got, want, 0.5, 2e-3, 0.9)
+
+
+def test_onnx_round_trip(tmp_path):
+  """Model + candidates from jax2onnx, NMS from ONNX's NonMaxSuppression
+  (see fcos_jax/export/onnx_export.py for what differs): the same
+  detections, up to the order of equal scores."""
+  pytest.importorskip("onnxruntime")
+  pytest.importorskip("jax2onnx")
+  from fcos_jax.export import onnx_export
+  # A small top-k, so that postprocess takes its fast path (behind a
+  # lax.cond) as on real canvases; frozen BatchNorm and stages
+  # (stop_gradient), as the pretrained presets have.
+  cfg = CFG.replace(pre_nms_topk=20, freeze_at=2, backbone_norm="frozen_bn")
+  params = serving.as_numpy_params(
+      init_variables(cfg, jax.random.key(2))["params"])
+  for i, canvas in enumerate(CANVASES):
+    path = str(tmp_path / f"{i}.onnx")
+    onnx_export.export(cfg, params, canvas, path)
+    run = onnx_export.load(path)  # A fresh onnxruntime.InferenceSession.
+    args = inputs(i, seed=5 + i)
+    for b in range(BATCH):  # Batch 1.
+      one = tuple(a[b:b + 1] for a in args)
+      want = reference(cfg, params, one)
+      got = run(*one)
+      assert want["valid"].sum() >= 10
+      # Every detection has its twin (class, box within 1e-3 px, score
+      # within 1e-5); equal scores may come in another order.
+      assert_matching_detections(got, want, 1e-3, 1e-5, 1.0)
+      np.testing.assert_allclose(got["scores"], want["scores"], rtol=0,
+                                 atol=1e-5)
+
+
+@pytest.mark.slow
+def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
+  import ml_collections
+  from fcos_jax.data import categories as categories_lib
+  from fcos_jax.inference.detector import Detector
+  from fcos_jax.train import checkpoint, run_record
+  from fcos_jax.train.config import model_config_dict
+  sys.path.insert(0, str(ROOT))
+  from configs import synthetic_cpu
+  config = synthetic_cpu.get_config()
+  config.model = model_config_dict(CFG)
+  config.data.min_size, config.data.max_size = 64, 96
+  config.data.canvases = CANVASES
+  config.compilation_cache_dir = ""
+  workdir = tmp_path / "run"
+  run_record.write(str(workdir), config)
+  cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 5, "name": "c"}]
+  (workdir / categories_lib.FILE).write_text(json.dumps({"categories": cats}))
+  manager = checkpoint.make_manager(str(workdir / "checkpoints"), keep=1,
+                                    async_save=False)
+  checkpoint.save(manager, 7, {"params": params, "step": 7}, {"step": 7})
+  manager.wait_until_finished()
+  manager.close()
+
+  out = tmp_path / "export"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(
+      [sys.executable, "-m", "fcos_jax.export", f"--workdir={workdir}",
+       f"--out={out}", "--dtypes=float32", f"--batch={BATCH}",
+       "--formats=stablehlo,saved_model"], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["step"] == 7 and manifest["categories"] == cats
+  assert manifest["resize"]["canvases"] == [list(c) for c in CANVASES]
+  assert sorted((f["format"], tuple(f["canvas"])) for f in manifest["files"]
+                ) == sorted((f, c) for f in ("saved_model", "stablehlo")
+                            for c in CANVASES)
+  # The artifact gives the Detector's detections (original pixels).
+  det = Detector.from_workdir(str(workdir), config=ml_collections.ConfigDict(
+      json.loads((workdir / "config.json").read_text())))
+  args = inputs(1, seed=3)
+  path = [f["path"] for f in manifest["files"]
+          if f["format"] == "stablehlo" and tuple(f["canvas"]) == (96, 64)][0]
+  got = jax.device_get(stablehlo.load(path).call(*args))
+  from fcos_jax.inference.predictor import Prepared
+  items = [Prepared(i, 1, args[0][i], tuple(args[1][i]), tuple(args[2][i]))
+           for i in range(BATCH)]
+  for i, r in enumerate(det.predictor.run_batch(items)):
+    n = len(r["scores"])
+    assert got["valid"][i].sum() == n
+    np.testing.assert_allclose(got["boxes"][i][:n], r["boxes"], atol=1e-3)
+    np.testing.assert_allclose(got["scores"][i][:n], r["scores"], atol=1e-5)
+    np.testing.assert_array_equal(got["classes"][i][:n], r["labels"])
