@@ -62,3 +62,22 @@ def test_wrong_class_and_no_results(tmp_path):
 def test_unknown_image_id_is_refused(tmp_path):
   with pytest.raises(ValueError, match="not in"):
     coco_eval.coco_evaluate(_gt(tmp_path), [], [1, 99])
+
+
+def test_pr_curves_are_cocoeval_precision_and_average_to_ap(tmp_path):
+  from fcos_jax.evaluation import pictures
+  # One box found exactly, the other shifted to IoU ~0.6: AP50 1, AP75 0.5.
+  dets = _dets([[10, 10, 40, 30], [55, 35, 95, 75]], [0, 1])
+  m, ev = coco_eval.coco_evaluate(
+      _gt(tmp_path), coco_eval.detections_to_coco(dets, [3, 7]), [1, 2],
+      return_eval=True)
+  curves = pictures.pr_curves(ev)
+  p = ev.eval["precision"]
+  np.testing.assert_array_equal(curves[0.5], p[0, :, :, 0, 2].mean(axis=1))
+  np.testing.assert_array_equal(curves[0.75], p[5, :, :, 0, 2].mean(axis=1))
+  assert np.mean(curves[0.5]) == pytest.approx(m["AP50"])
+  assert np.mean(curves[0.75]) == pytest.approx(m["AP75"])
+  assert m["AP50"] == pytest.approx(1.0) and m["AP75"] == pytest.approx(0.5)
+  picture = pictures.plot_pr_curves(curves)
+  assert picture.shape == (320, 320, 3) and picture.dtype == np.uint8
+  assert (picture != 255).any(axis=-1).mean() > 0.01  # Lines were drawn.

@@ -19,6 +19,7 @@ missing, unexpected or mis-shaped tensor is refused with the full list.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 from typing import Any, Mapping
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from fcos_jax import storage
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
                                    ModelConfig)
 from fcos_jax.model.fcos import MODEL_STRIDES, init_variables
@@ -49,9 +51,10 @@ def load_state_dict(state_dict) -> dict[str, np.ndarray]:
   """A path (.pth / .pt via torch, .npz via NumPy) or a mapping -> NumPy."""
   if isinstance(state_dict, (str, os.PathLike)):
     path = os.fspath(state_dict)
+    data = io.BytesIO(storage.read_bytes(path))  # Local or a URL.
     if path.endswith(".npz"):
-      with np.load(path) as data:
-        return {k: np.asarray(data[k]) for k in data.files}
+      with np.load(data) as arrays:
+        return {k: np.asarray(arrays[k]) for k in arrays.files}
     try:
       import torch  # Lazy: only needed to read .pth files.
     except ImportError as e:
@@ -60,7 +63,7 @@ def load_state_dict(state_dict) -> dict[str, np.ndarray]:
           "save the state dict as .npz elsewhere "
           "(np.savez(f, **{k: v.numpy() for k, v in sd.items()})) and pass "
           "that file or the np.load()ed dict.") from e
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = torch.load(data, map_location="cpu", weights_only=True)
   if not isinstance(state_dict, Mapping):
     raise TypeError(
         f"state_dict must be a path or a mapping of names to arrays, got "

@@ -60,8 +60,10 @@ def format_table(metrics: dict) -> str:
 
 
 def coco_evaluate(gt_json: str, results: list[dict],
-                  image_ids: Sequence[int]) -> dict:
-  """Runs COCOeval (bbox) over `image_ids`; returns the 12 standard numbers."""
+                  image_ids: Sequence[int], return_eval: bool = False):
+  """Runs COCOeval (bbox) over `image_ids`; returns the 12 standard numbers
+  (and, with `return_eval`, the accumulated COCOeval, None without
+  detections)."""
   from pycocotools.coco import COCO
   from pycocotools.cocoeval import COCOeval
 
@@ -78,7 +80,8 @@ def coco_evaluate(gt_json: str, results: list[dict],
         "file do not match.")
   if not results:
     logging.warning("No detections at all: every metric is 0.")
-    return {name: 0.0 for name in METRIC_NAMES}
+    zeros = {name: 0.0 for name in METRIC_NAMES}
+    return (zeros, None) if return_eval else zeros
   log = io.StringIO()
   with contextlib.redirect_stdout(log):
     dt = gt.loadRes(results)
@@ -87,4 +90,5 @@ def coco_evaluate(gt_json: str, results: list[dict],
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-  return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+  metrics = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+  return (metrics, ev) if return_eval else metrics

@@ -8,15 +8,17 @@ the chief (process 0) runs pycocotools and writes the files.
 from __future__ import annotations
 
 import functools
+import io
 import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from PIL import Image
 
 from fcos_jax import runtime, storage
-from fcos_jax.data import categories, global_batch, pipeline
-from fcos_jax.evaluation import coco_eval
+from fcos_jax.data import categories, global_batch, pipeline, sources
+from fcos_jax.evaluation import coco_eval, pictures
 from fcos_jax.inference import step as inference_step
 from fcos_jax.train.config import model_config_from
 
@@ -55,10 +57,32 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
   return {k: v[keep] for k, v in out.items()}, ds.info
 
 
-def evaluate_params(config, params, mesh, workdir: str, step: int,
-                    expected_categories) -> dict:
-  """COCO metrics of `params` on the evaluation split; files in workdir/eval.
+def _pictures(config, ev, dets, expected_categories, out_dir, step, writer):
+  """PR curves (PNG in out_dir, and TensorBoard) and drawn examples."""
+  if ev is None:  # No detections: nothing to draw.
+    return
+  curves = pictures.plot_pr_curves(pictures.pr_curves(ev))
+  png = io.BytesIO()
+  Image.fromarray(curves).save(png, format="PNG")
+  storage.write_bytes_atomic(storage.join(out_dir, f"pr_curves_step{step}.png"),
+                             png.getvalue())
+  if writer is None:
+    return
+  _, image_dir, _ = sources.split_files(config.data, "val")
+  names = [c["name"] for c in expected_categories]
+  examples = pictures.drawn_examples(ev.cocoGt.dataset, image_dir, dets, names)
+  images = {"eval/pr_curves": curves[None]}
+  images.update({f"eval/example_{i}": e[None] for i, e in enumerate(examples)})
+  writer.write_images(step, images)
 
+
+def evaluate_params(config, params, mesh, workdir: str, step: int,
+                    expected_categories, writer=None) -> dict:
+  """COCO metrics of `params` on the evaluation split; files in workdir/eval
+  (detections, metrics, and the PR curves at IoU 0.5/0.75 as a PNG).
+
+  writer: a clu metric writer that also gets the PR curves and a few
+  validation images with ground truth and detections drawn (TensorBoard).
   expected_categories: the categories the model was trained on ([{"id",
   "name"}] in label order, or the training split's DatasetInfo); the
   evaluation split must list the same ones.
@@ -77,10 +101,12 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
     out_dir = storage.join(workdir, "eval")
     storage.write_json_atomic(
         storage.join(out_dir, f"detections_step{step}.json"), results)
-    metrics = coco_eval.coco_evaluate(info.gt_json, results, dets["image_id"])
+    metrics, ev = coco_eval.coco_evaluate(info.gt_json, results,
+                                          dets["image_id"], return_eval=True)
     storage.write_json_atomic(
         storage.join(out_dir, f"metrics_step{step}.json"),
         dict(metrics, step=step, num_images=len(dets["image_id"])))
+    _pictures(config, ev, dets, expected_categories, out_dir, step, writer)
     print(f"COCO bbox evaluation at step {step} on {len(dets['image_id'])} "
           f"images ({t_pred:.1f} s inference, {time.time() - t0 - t_pred:.1f} s "
           f"COCOeval):\n{coco_eval.format_table(metrics)}", flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model.config import ModelConfig
@@ -20,7 +19,7 @@ def load_initial_params(params, path: str, fmt: str, cfg: ModelConfig):
   """
   if fmt not in FORMATS:
     raise ValueError(f"config.init_backbone_format={fmt!r}: use one of {FORMATS}.")
-  state_dict = dict(np.load(path)) if path.endswith(".npz") else path
+  state_dict = path  # The converter reads .pth / .npz, local or a URL.
   params = jax.device_get(params)
   if fmt == "torchvision_fcos":
     return tv_convert.convert_fcos_state_dict(state_dict, cfg)["params"]

@@ -243,7 +243,7 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
       if evaluate_now:
         with progress.timed("eval"):
           last_eval = evaluator.evaluate_params(config, state.params, mesh,
-                                                workdir, step, info)
+                                                workdir, step, info, writer)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
       if step % config.checkpoint_every_steps == 0 or step == total or reason:
         _check_finite(state, manager)
@@ -259,7 +259,7 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
       _finish_saves(manager)
     if config.eval_at_end and not stopped:
       last_eval = evaluator.evaluate_params(config, state.params, mesh,
-                                            workdir, total, info)
+                                            workdir, total, info, writer)
       writer.write_scalars(total, {f"eval/{k}": v for k, v in last_eval.items()})
   finally:
     writer.close()
