@@ -68,9 +68,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
   one line, without a traceback."""
   from fcos_jax.data.errors import DataError
   from fcos_jax.train import run_record
-  from fcos_jax.train.loop import CheckpointWriteError, NonFiniteLossError
+  from fcos_jax.train.loop import (CheckpointWriteError, NonFiniteLossError,
+                                   WorkdirError)
   return (DataError, run_record.ConfigChangeError, CheckpointWriteError,
-          NonFiniteLossError, FileNotFoundError, ValueError)
+          WorkdirError, NonFiniteLossError, FileNotFoundError, ValueError)
 
 
 def _parse_flags(argv):

@@ -182,3 +182,12 @@ def test_config_record_appends(tmp_path):
                                 {"num_train_steps": 8, "model": {"depth": 50}}),
                             first)
   np.testing.assert_equal(json.loads(open(first).read())["num_train_steps"], 4)
+
+
+def test_unwritable_workdir_is_one_clear_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  line = _one_error_line(run("train.py", blocker / "run",
+                             tiny_args(tmp_path, 2), check=False))
+  assert str(blocker / "run") in line and "NotADirectoryError" in line
+  assert blocker.read_text() == "not a folder"

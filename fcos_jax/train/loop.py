@@ -39,6 +39,21 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written (full disk, no permission, ...)."""
 
 
+class WorkdirError(OSError):
+  """The workdir cannot be made or written."""
+
+
+def _require_workdir(workdir: str) -> None:
+  """Makes the workdir now, so a bad one fails before any work."""
+  try:
+    storage.makedirs(storage.join(workdir, "checkpoints"))
+  except OSError as e:
+    raise WorkdirError(
+        f"Cannot make or write --workdir {workdir}: "
+        f"{type(e).__name__}: {e.strerror or e}. Choose a folder (or gs:// "
+        "URL) this process can write.") from None
+
+
 class StopRequest:
   """SIGTERM/SIGINT become a flag; all processes agree on the step to stop.
 
@@ -127,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = create_train_state(config, cfg, tx, mesh)
 
   # --- Checkpoint: resume by itself from the latest one ----------------
+  _require_workdir(workdir)
   manager = checkpoint.make_manager(
       storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
       keep_best=config.keep_best_checkpoints,
