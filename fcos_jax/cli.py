@@ -46,6 +46,23 @@ def setup(config) -> None:
   # re-raised by the loop as one error, not as "Task exception was never
   # retrieved" and its traceback.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
+  sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def _without_closed_loop_noise(hook):
+  """After a failed asynchronous checkpoint write, orbax's event loop is
+  closed while tensorstore still completes the other writes; each of their
+  callbacks reports "RuntimeError: Event loop is closed" (hundreds of
+  tracebacks) as an unraisable exception. Those say nothing the loop's one
+  error line does not; every other unraisable exception still prints."""
+
+  def quiet(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    hook(unraisable)
+
+  return quiet
   from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
   from fcos_jax import runtime
   runtime.initialize_distributed(config.get("distributed"))
