@@ -47,6 +47,10 @@ def setup(config) -> None:
   # retrieved" and its traceback.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+  from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
+  from fcos_jax import runtime
+  runtime.initialize_distributed(config.get("distributed"))
+  runtime.enable_compilation_cache(config.compilation_cache_dir)
 
 
 def _without_closed_loop_noise(hook):
@@ -63,10 +67,6 @@ def _without_closed_loop_noise(hook):
     hook(unraisable)
 
   return quiet
-  from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
-  from fcos_jax import runtime
-  runtime.initialize_distributed(config.get("distributed"))
-  runtime.enable_compilation_cache(config.compilation_cache_dir)
 
 
 def recorded_config(workdir: str):
