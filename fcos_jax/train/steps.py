@@ -7,7 +7,6 @@ the normalisers are global on any number of devices and hosts.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 
 from clu import metric_writers, periodic_actions
 
