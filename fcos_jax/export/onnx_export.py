@@ -142,9 +142,6 @@ def _nms_tail(cfg: ModelConfig, batch: int, num_candidates: int):
       const("t_n", n_cand), const("t_gather_shape", [b, top, 4]),
       const("t_last_axis", [-1]), const("t_one_axis", [1]),
       const("t_zero_f", 0.0, np.float32), const("t_zero_i", 0, np.int32),
-      const("t_pad2", [0, 0, 0, k - top]),
-      const("t_pad3", [0, 0, 0, 0, k - top, 0]),
-      const("t_zero_l", 0), const("t_zero_fs", 0.0, np.float32),
   ]
   node = helper.make_node
   nodes = [
@@ -174,7 +171,10 @@ def _nms_tail(cfg: ModelConfig, batch: int, num_candidates: int):
                    ["all_scores"]),
               node("Pad", ["kb_clip", "t_pad3", "t_zero_fs"], ["all_boxes"]),
               node("Pad", ["top_cls", "t_pad2", "t_zero_l"], ["all_cls"])]
-    inits.append(const("t_minus_one_s", -1.0, np.float32))
+    inits += [const("t_pad2", [0, 0, 0, k - top]),
+              const("t_pad3", [0, 0, 0, 0, k - top, 0]),
+              const("t_zero_l", 0), const("t_zero_fs", 0.0, np.float32),
+              const("t_minus_one_s", -1.0, np.float32)]
   else:
     nodes += [node("Identity", ["top_scores"], ["all_scores"]),
               node("Identity", ["kb_clip"], ["all_boxes"]),
