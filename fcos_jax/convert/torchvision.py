@@ -43,6 +43,9 @@ _FCOS_REQUIRED = dict(
     _BACKBONE_REQUIRED, fpn_channels=256, p6_from="p5", head_norm="gn",
     gn_groups=32, centerness_on="reg", norm_reg_targets=True, use_scale=False,
     location_offset="zero", strides=MODEL_STRIDES)
+# torchvision's models have no deformable convs.
+_BACKBONE_REQUIRED["dcn_stages"] = ()
+_FCOS_REQUIRED.update(dcn_stages=(), head_dcn=False)
 
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
        "var": "running_var"}
@@ -164,9 +167,8 @@ def _convert(sd: dict[str, np.ndarray], targets: dict, what: str) -> dict:
     lines = [f"Cannot convert this state dict to {what}:"]
     for title, items in (("missing", missing), ("unexpected", unexpected),
                          ("mis-shaped", misshaped)):
-      if items:
-        lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) +
-                     (" ..." if len(items) > 20 else ""))
+      if items:  # The full list: the fix often needs all of it.
+        lines.append(f"  {len(items)} {title}: " + ", ".join(items))
     lines.append("Check that cfg.depth, cfg.width and cfg.num_classes match "
                  "the checkpoint.")
     raise ValueError("\n".join(lines))

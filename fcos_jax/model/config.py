@@ -52,6 +52,9 @@ class ModelConfig:
   backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones) or
   # "gn": trainable GroupNorm (min(gn_groups, C) groups), for training from
   # scratch, where an identity frozen BN would leave the ResNet unnormalised.
+  dcn_stages: tuple[int, ...] = ()  # ResNet stages (2..5 = res2..res5) whose
+  # bottleneck 3x3 convs are all modulated deformable convs (DCNv2), as the
+  # official STAGE_WITH_DCN: (3, 4, 5) for ResNet, (4, 5) for ResNeXt.
 
   # --- Input normalisation (applied on the device) ------------------------
   input_bgr: bool = True  # Feed channels as BGR (caffe weights) or RGB.
@@ -71,6 +74,8 @@ class ModelConfig:
   norm_reg_targets: bool = True  # relu(scale*x) in stride units; else exp.
   use_scale: bool = True  # Learnable per-level scalar (absent in torchvision).
   prior_prob: float = 0.01  # Initial foreground probability of class logits.
+  head_dcn: bool = False  # The last conv of each tower is a DCNv2 (official
+  # USE_DCN_IN_TOWER).
 
   # --- Locations and assignment ---------------------------------------
   strides: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -134,6 +139,12 @@ class ModelConfig:
           f"ModelConfig: width={self.width} with width_per_group="
           f"{self.width_per_group} leaves the bottleneck no channels "
           "(int(width * width_per_group / 64) must be >= 1).")
+    if self.dcn_stages and (
+        not set(self.dcn_stages) <= {2, 3, 4, 5} or self.depth < 50
+        or self.backbone != "resnet"):
+      raise ValueError(
+          f"ModelConfig.dcn_stages={self.dcn_stages}: give stages among "
+          "(2, 3, 4, 5) of a bottleneck ResNet (depth >= 50), e.g. (3, 4, 5).")
     if len(self.size_ranges) != len(self.strides):
       raise ValueError(
           f"ModelConfig: size_ranges has {len(self.size_ranges)} entries but "

@@ -2,8 +2,10 @@
 
   "frozen": frozen BatchNorm statistics and affine, and every parameter of a
             frozen backbone stage (stage k <= cfg.freeze_at; stem = 1,
-            res2 = 2, ...; MobileNetV2 block{i} = i + 1). No update and no optimizer state.
-  "bias":   conv biases and GroupNorm biases (official: LR x2, no decay).
+            res2 = 2, ...; MobileNetV2 block{i} = i + 1). No update and no
+            optimizer state.
+  "bias":   conv biases (deformable convs' offset convs in the backbone too)
+            and GroupNorm biases (official: LR x2, no decay).
   "norm":   GroupNorm scales.
   "weight": conv kernels and the per-level Scale.
 """
@@ -36,6 +38,8 @@ def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
       return "frozen"
     if leaf == "kernel":
       return "weight"
+    if path[-2] == "offset":  # A deformable conv's offset/mask conv bias.
+      return "bias"
     if cfg.backbone_norm == "gn":
       return "norm" if leaf == "scale" else "bias"
     return "frozen"

@@ -8,6 +8,8 @@ Parameter tree (the converters and `param_groups` rely on these names):
   stem/{conv, bn}
   res2 .. res5 / block{i} / {conv1, bn1, conv2, bn2[, conv3, bn3]}
                             [/ downsample_conv, downsample_bn]
+  with cfg.dcn_stages, conv2 of those stages is a DCNv2:
+    conv2/conv/kernel, conv2/offset/{kernel, bias}
 Every `bn*` is a `FrozenBatchNorm` with params scale, bias, mean, var, or
 with `cfg.backbone_norm == "gn"` a trainable GroupNorm with scale, bias.
 """
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.deform_conv import ModulatedDeformConv
 
 # Blocks per stage (res2..res5) and whether the depth uses bottlenecks.
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
@@ -28,6 +31,8 @@ STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
 
 # He init (fan_out, relu), as torchvision initialises an untrained ResNet.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# The official DFConv2d's offset conv: kaiming_uniform(a=1), bias 0.
+_offset_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
 
 def uses_bottleneck(depth: int) -> bool:
@@ -122,11 +127,13 @@ def _shortcut(x, channels: int, stride: int, bn, dtype):
 
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 (x4 channels) residual block; ResNeXt when
-  cfg.groups > 1 (the 3x3 is a grouped conv, `bottleneck_width` wide)."""
+  cfg.groups > 1 (the 3x3 is a grouped conv, `bottleneck_width` wide);
+  with `dcn` the 3x3 is a DCNv2 (conv2/{conv, offset})."""
 
   planes: int
   stride: int
   cfg: ModelConfig
+  dcn: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -135,7 +142,14 @@ class Bottleneck(nn.Module):
     s1, s3 = (self.stride, 1) if cfg.stride_in_1x1 else (1, self.stride)
     inner = bottleneck_width(self.planes, cfg)
     y = nn.relu(bn("bn1")(_conv(inner, 1, s1, "conv1", dtype)(x)))
-    y = nn.relu(bn("bn2")(_conv(inner, 3, s3, "conv2", dtype, cfg.groups)(y)))
+    if self.dcn:
+      conv2 = ModulatedDeformConv(inner, 3, s3, feature_group_count=cfg.groups,
+                                  kernel_init=_conv_init,
+                                  offset_init=_offset_init, dtype=dtype,
+                                  name="conv2")
+    else:
+      conv2 = _conv(inner, 3, s3, "conv2", dtype, cfg.groups)
+    y = nn.relu(bn("bn2")(conv2(y)))
     y = bn("bn3")(_conv(self.planes * 4, 1, 1, "conv3", dtype)(y))
     return nn.relu(y + _shortcut(x, self.planes * 4, self.stride, bn, dtype))
 
@@ -177,13 +191,17 @@ class Stage(nn.Module):
   blocks: int
   stride: int
   cfg: ModelConfig
+  dcn: bool = False  # Every block's 3x3 is deformable (bottlenecks only).
 
   @nn.compact
   def __call__(self, x):
-    block = Bottleneck if uses_bottleneck(self.cfg.depth) else BasicBlock
+    bottleneck = uses_bottleneck(self.cfg.depth)
     for i in range(self.blocks):
-      x = block(self.planes, self.stride if i == 0 else 1, self.cfg,
-                name=f"block{i}")(x)
+      stride = self.stride if i == 0 else 1
+      name = f"block{i}"
+      x = (Bottleneck(self.planes, stride, self.cfg, self.dcn, name=name)
+           if bottleneck else BasicBlock(self.planes, stride, self.cfg,
+                                         name=name))(x)
     return x
 
 
@@ -205,7 +223,8 @@ class ResNet(nn.Module):
     outs = []
     for k, blocks in zip(range(2, 6), STAGE_BLOCKS[cfg.depth]):
       planes = cfg.width * 2 ** (k - 2)
-      x = Stage(planes, blocks, 1 if k == 2 else 2, cfg, name=f"res{k}")(x)
+      x = Stage(planes, blocks, 1 if k == 2 else 2, cfg, k in cfg.dcn_stages,
+                name=f"res{k}")(x)
       x = freeze(k, x)
       outs.append(x)
     return tuple(outs[1:])
