@@ -210,3 +210,37 @@ def test_detectron_pickle_refusals(tmp_path):
   with pytest.raises(ValueError, match=r"stride_in_1x1=True \(needs False\)"):
     imagenet.convert_detectron_pickle(
         blobs, cfg.replace(groups=32, width_per_group=8))
+
+
+def official_mnv2_name(torchvision_name):
+  """torchvision mobilenet_v2 name -> the official FCOS / tonylins name:
+  their blocks are flat Sequentials (conv, bn, relu6, ...), torchvision's
+  nest conv + bn + relu6 in Conv2dNormActivation."""
+  m = re.fullmatch(r"features\.(\d+)\.conv\.(.+)\.(\w+)", torchvision_name)
+  if not m:
+    return torchvision_name  # features.0.{0,1}.* and features.18 agree.
+  block, index, leaf = m.groups()
+  expands = block != "1"
+  flat = ({"0.0": 0, "0.1": 1, "1.0": 3, "1.1": 4, "2": 6, "3": 7} if expands
+          else {"0.0": 0, "0.1": 1, "1": 3, "2": 4})[index]
+  return f"features.{block}.conv.{flat}.{leaf}"
+
+
+def test_official_layout_mobilenet_v2_names():
+  """The official MNV2 ImageNet weights (tonylins names) convert to the same
+  parameters as the same tensors under torchvision's names."""
+  torch.manual_seed(0)
+  sd = randomise_norms(torchvision.models.mobilenet_v2(weights=None), 0
+                       ).state_dict()
+  cfg = tv_backbone_cfg("mobilenet_v2")
+  want = imagenet.convert_mobilenet_v2_state_dict(sd, cfg)
+  official = {official_mnv2_name(k): v for k, v in sd.items()}
+  assert "features.17.conv.7.running_var" in official
+  caffe_input = cfg.replace(input_bgr=True, input_range=255.0,
+                            pixel_mean=config_lib.CAFFE_BGR_MEAN,
+                            pixel_std=(1.0, 1.0, 1.0))
+  got = imagenet.convert_mobilenet_v2_state_dict(official, caffe_input,
+                                                 layout="official")
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  with pytest.raises(ValueError, match="233 missing: features.1.conv.0.weight"):
+    imagenet.convert_mobilenet_v2_state_dict(sd, cfg, layout="official")

@@ -5,6 +5,8 @@
   "resnet", groups / width_per_group as `TORCHVISION_ARCHS`) or
   `mobilenet_v2` (cfg.backbone "mobilenet_v2"; `features.18` and the
   classifier are not part of the FCOS body and are ignored).
+  `convert_mobilenet_v2_state_dict(..., layout="official")` reads the
+  MobileNetV2 ImageNet weights of the official MNV2 configs.
 - `convert_detectron_pickle`: the Detectron (caffe2) ImageNet pickles that
   the official FCOS configs start from: MSRA `R-50.pkl`, `R-101.pkl` (stride
   in the 1x1) and FAIR `X-101-32x8d.pkl`, `X-101-64x4d.pkl` (stride in the
@@ -110,13 +112,26 @@ def mobilenet_v2_state_dict_names(cfg: ModelConfig, layout="torchvision"):
   return targets
 
 
-def convert_mobilenet_v2_state_dict(state_dict, cfg: ModelConfig) -> dict:
-  """torchvision ImageNet `mobilenet_v2` state dict -> backbone params."""
-  tv._check_cfg(cfg, _MNV2_REQUIRED, "torchvision's mobilenet_v2")  # pylint: disable=protected-access
+def convert_mobilenet_v2_state_dict(state_dict, cfg: ModelConfig,
+                                    layout: str = "torchvision") -> dict:
+  """ImageNet MobileNetV2 state dict -> backbone params.
+
+  layout "torchvision": torchvision's `mobilenet_v2` (RGB ImageNet input
+  required). "official": the names of the official FCOS body, which are
+  those of the ImageNet weights its MNV2 configs start from
+  (mobilenet_v2-ecbe2b5.pth of tonylins/pytorch-mobilenet-v2); the official
+  recipe feeds them its caffe input unchanged, so the input fields are not
+  checked.
+  """
+  required = dict(_MNV2_REQUIRED)
+  if layout == "official":
+    required = {k: v for k, v in required.items()
+                if k not in _TORCHVISION_INPUT}
+  tv._check_cfg(cfg, required, f"a {layout} MobileNetV2")  # pylint: disable=protected-access
   last = f"features.{len(block_specs()) + 1}."  # The 1280-wide 1x1 conv.
   sd = {k: v for k, v in tv.load_state_dict(state_dict).items()
         if not k.startswith((last, "classifier."))}
-  flat = tv._convert(sd, mobilenet_v2_state_dict_names(cfg),  # pylint: disable=protected-access
+  flat = tv._convert(sd, mobilenet_v2_state_dict_names(cfg, layout),  # pylint: disable=protected-access
                      "a MobileNetV2 backbone")
   return traverse_util.unflatten_dict(flat)
 
