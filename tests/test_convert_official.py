@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fcos_jax.convert import official
-from fcos_jax.model.fcos import FCOS
+from fcos_jax.model.fcos import FCOS, init_variables
 from fcos_jax.model.locations import compute_locations
 from fcos_jax.postprocess import make_postprocess_fn
 
@@ -247,3 +247,67 @@ def test_refuses_missing_extra_and_misshaped():
     official.convert_state_dict(paper_model.state_dict(),
                                 official.published_config(
                                     "FCOS_R_50_FPN_1x", bn_eps=1e-5, **SMALL))
+
+
+# --- The command line ----------------------------------------------------------
+
+
+def random_official_state_dict(name, seed=0):
+  """Full-size random weights with the released checkpoint's names and
+  shapes (NumPy, `module.` prefixed as saved by DataParallel)."""
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for k, (path, shape) in official.state_dict_names(
+      official.published_config(name)).items():
+    shape = official.official_shape(shape, path)
+    sd["module." + k] = (0.01 * rng.standard_normal(shape, np.float32)
+                         if path[-1] != "var" else np.ones(shape, np.float32))
+  return sd
+
+
+@pytest.mark.slow
+def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
+  import json
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  from fcos_jax.train import checkpoint
+
+  name = "FCOS_imprv_dcnv2_R_50_FPN_1x"
+  sd = random_official_state_dict(name)
+  sd_path = tmp_path / "model.npz"
+  np.savez(sd_path, **sd)
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "fcos_jax.convert", f"--official={sd_path}",
+       *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+  workdir = tmp_path / "run"
+  proc = run(f"--config=configs/official_fcos.py:{name}",
+             f"--workdir={workdir}", "--config.model.score_thresh=0.1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  model = json.loads((workdir / "config.json").read_text())["model"]
+  assert model["dcn_stages"] == [3, 4, 5] and model["head_dcn"] is True
+  assert model["score_thresh"] == 0.1 and model["num_classes"] == 80
+  cats = json.loads((workdir / "categories.json").read_text())["categories"]
+  assert cats[0] == {"id": 1, "name": "person"} and len(cats) == 80
+  cfg = official.published_config(name, score_thresh=0.1)
+  shapes = jax.eval_shape(lambda r: init_variables(cfg, r),
+                          jax.random.key(0))["params"]
+  shapes = checkpoint.abstract_like(
+      shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  params, _ = checkpoint.restore_params(str(workdir / "checkpoints"), 0,
+                                        shapes)
+  np.testing.assert_array_equal(
+      params["head"]["cls_tower_3"]["offset"]["kernel"],
+      sd["module.rpn.head.cls_tower.9.offset.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      params["head"]["scale_2"], sd["module.rpn.head.scales.2.scale"][0])
+
+  # The torchvision default config names no official model: refused.
+  proc = run(f"--workdir={tmp_path / 'other'}")
+  assert proc.returncode == 1
+  assert "describes none of the official FCOS models" in proc.stderr
+  assert "configs/official_fcos.py:MODEL_NAME" in proc.stderr

@@ -175,3 +175,11 @@ def test_values_and_gradients_match_torchvision(stride, pad, dil, groups,
     # Offset gradients jump where a sample crosses a pixel line; random
     # offsets sit on one with probability 0, so the tolerance stays tight.
     assert err <= 1e-4 * scale, (name, err, scale)
+
+
+def test_benchmark_section_runs():
+  """benchmarks.bench_deform_conv at a tiny size (its rows, not a timing)."""
+  from benchmarks import bench_deform_conv
+  r = bench_deform_conv.run({"tiny": ((6, 8), 8)}, repeats=1, with_torch=False)
+  assert set(r["sizes"]["tiny"]) == {"plain 3x3 fwd", "plain 3x3 fwd+bwd",
+                                     "dcnv2 fwd", "dcnv2 fwd+bwd"}
