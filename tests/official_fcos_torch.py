@@ -16,16 +16,18 @@ from torch.nn import functional as F
 
 
 class FrozenBatchNorm2d(nn.Module):
-  """Statistics and affine as buffers; no epsilon."""
+  """Statistics and affine as buffers; no epsilon (detectron2's, as in
+  AdelaiDet: 1e-5, set by GeneralizedRCNN's bn_eps)."""
 
-  def __init__(self, n):
+  def __init__(self, n, eps=0.0):
     super().__init__()
+    self.eps = eps
     for name, fill in (("weight", 1), ("bias", 0), ("running_mean", 0),
                        ("running_var", 1)):
       self.register_buffer(name, torch.full((n,), float(fill)))
 
   def forward(self, x):
-    scale = self.weight * self.running_var.rsqrt()
+    scale = self.weight * (self.running_var + self.eps).rsqrt()
     shift = self.bias - self.running_mean * scale
     return x * scale[None, :, None, None] + shift[None, :, None, None]
 
@@ -211,7 +213,7 @@ class GeneralizedRCNN(nn.Module):
   def __init__(self, depth=50, width=64, fpn_channels=256, num_classes=80,
                stride_in_1x1=True, groups=1, width_per_group=64,
                dcn_stages=(), head_dcn=False, p6_from_c5=False,
-               norm_reg_targets=True, centerness_on_reg=True):
+               norm_reg_targets=True, centerness_on_reg=True, bn_eps=0.0):
     super().__init__()
     self.backbone = nn.Module()
     self.backbone.body = ResNet(depth, width, stride_in_1x1, groups,
@@ -222,6 +224,9 @@ class GeneralizedRCNN(nn.Module):
     self.rpn.head = FCOSHead(fpn_channels, num_classes, dcn=head_dcn,
                              norm_reg_targets=norm_reg_targets,
                              centerness_on_reg=centerness_on_reg)
+    for m in self.modules():
+      if isinstance(m, FrozenBatchNorm2d):
+        m.eps = bn_eps
 
   def forward(self, x):
     feats = self.backbone.body(x)

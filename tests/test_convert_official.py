@@ -85,17 +85,19 @@ MODELS = ["FCOS_imprv_R_50_FPN_1x", "FCOS_imprv_dcnv2_R_50_FPN_1x",
           "FCOS_R_50_FPN_1x"]
 
 
-def torch_model(name, seed):
+def torch_model(name, seed, cfg=None):
+  """(cfg, the restated model with random weights) of the released model
+  `name` at the small width (or of `cfg`)."""
   ref = pytest.importorskip("official_fcos_torch")
   torch = pytest.importorskip("torch")
-  cfg = official.published_config(name, **SMALL)
+  cfg = cfg or official.published_config(name, **SMALL)
   torch.manual_seed(seed)
   model = ref.GeneralizedRCNN(
       depth=cfg.depth, width=cfg.width, fpn_channels=cfg.fpn_channels,
       num_classes=cfg.num_classes, stride_in_1x1=cfg.stride_in_1x1,
       dcn_stages=cfg.dcn_stages, head_dcn=cfg.head_dcn,
       p6_from_c5=cfg.p6_from == "c5", norm_reg_targets=cfg.norm_reg_targets,
-      centerness_on_reg=cfg.centerness_on == "reg")
+      centerness_on_reg=cfg.centerness_on == "reg", bn_eps=cfg.bn_eps)
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in model.modules():
@@ -309,5 +311,5 @@ def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
   # The torchvision default config names no official model: refused.
   proc = run(f"--workdir={tmp_path / 'other'}")
   assert proc.returncode == 1
-  assert "describes none of the official FCOS models" in proc.stderr
+  assert "describes none of the models" in proc.stderr
   assert "configs/official_fcos.py:MODEL_NAME" in proc.stderr

@@ -91,13 +91,19 @@ def published_config(name: str, **overrides) -> ModelConfig:
   return presets.PRESETS[model.preset](**fields)
 
 
-def find_published(cfg: ModelConfig) -> str:
+def find_published(cfg: ModelConfig, models=None, config_fn=None) -> str:
   """The released model whose architecture `cfg` describes (inference
-  fields may differ); refuses naming the nearest model's differing fields."""
+  fields may differ); refuses naming the nearest model's differing fields.
+
+  models, config_fn: another zoo's table and config function (AdelaiDet's);
+  by default the official ones.
+  """
+  models = PUBLISHED if models is None else models
+  config_fn = published_config if config_fn is None else config_fn
   inference = {k: getattr(cfg, k) for k in INFERENCE_FIELDS}
   diffs = {}
-  for name in PUBLISHED:
-    want = published_config(name, **inference)
+  for name in models:
+    want = config_fn(name, **inference)
     diffs[name] = [f"{f.name}={getattr(cfg, f.name)!r} (needs "
                    f"{getattr(want, f.name)!r})"
                    for f in dataclasses.fields(cfg)
@@ -106,8 +112,8 @@ def find_published(cfg: ModelConfig) -> str:
       return name
   nearest = min(diffs, key=lambda n: len(diffs[n]))
   raise ValueError(
-      "config.model describes none of the official FCOS models; the nearest, "
-      f"{nearest}, differs in: {'; '.join(diffs[nearest])}. Use "
+      f"config.model describes none of the models {sorted(models)}; the "
+      f"nearest, {nearest}, differs in: {'; '.join(diffs[nearest])}. Use "
       "configs/official_fcos.py:MODEL_NAME (only the inference fields may "
       "change).")
 
