@@ -4,7 +4,8 @@
   (whole detector) -> {"params": ...} for `FCOS(cfg)` with the torchvision
   preset, `fcos_jax.model.config.torchvision(num_classes=...)`.
 - `convert_resnet_state_dict`: ImageNet `torchvision.models.resnet50` (or
-  18/34/101/152) -> the backbone subtree, variables["params"]["backbone"];
+  18/34/101/152, or a ResNeXt with cfg.groups / cfg.width_per_group set;
+  see also `fcos_jax.convert.imagenet`) -> the backbone subtree, variables["params"]["backbone"];
   put it into a fresh model with `merge_backbone`:
 
       variables = init_variables(cfg, jax.random.key(0))
@@ -35,7 +36,7 @@ from fcos_jax.model.fcos import MODEL_STRIDES, init_variables
 
 # Fields that change what the weights compute, and torchvision's values.
 _BACKBONE_REQUIRED = dict(
-    stride_in_1x1=False, bn_eps=1e-5, backbone_norm="frozen_bn",
+    backbone="resnet", stride_in_1x1=False, bn_eps=1e-5, backbone_norm="frozen_bn",
     input_bgr=False, input_range=1.0,
     pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD)
 _FCOS_REQUIRED = dict(
