@@ -39,6 +39,14 @@ def test_published_r50_names_and_shapes():
   for k, shape in expect.items():
     assert tuple(names[k]) == shape, k
   assert len(names) == 53 + 53 * 4 + 16 + 38 + 5
+  x = {k: s for k, (_, s) in adelaidet.state_dict_names(
+      adelaidet.published_config("FCOS_MS_X_101_32x8d_dcnv2_2x")).items()}
+  assert x["backbone.bottom_up.res4.22.conv2.weight"] == (3, 3, 32, 1024)
+  assert x["backbone.bottom_up.res4.22.conv2_offset.bias"] == (27,)
+  assert x["backbone.bottom_up.res3.0.conv2.weight"] == (3, 3, 16, 512)
+  assert "backbone.bottom_up.res3.0.conv2_offset.bias" not in x
+  assert x["proposal_generator.fcos_head.cls_tower.9.offset.weight"] == (
+      3, 3, 256, 27)
   cfg = adelaidet.published_config("FCOS_MS_R_101_2x", score_thresh=0.2)
   assert adelaidet.find_published(cfg) == "FCOS_MS_R_101_2x"
   assert (cfg.bn_eps, cfg.pixel_mean) == (1e-5, adelaidet.DETECTRON2_BGR_MEAN)

@@ -32,11 +32,16 @@ from fcos_jax.model.config import ModelConfig
 
 DETECTRON2_BGR_MEAN = (103.530, 116.280, 123.675)
 
-_REQUIRED = dict(official._REQUIRED, bn_eps=1e-5,  # pylint: disable=protected-access
+_REQUIRED = dict(official._REQUIRED, backbone="resnet", bn_eps=1e-5,  # pylint: disable=protected-access
                  pixel_mean=DETECTRON2_BGR_MEAN, p6_from="p5",
                  centerness_on="reg", norm_reg_targets=True)
+del _REQUIRED["pixel_std"]  # 1, or the ImageNet std for X-101-32x8d.
 
 _D2 = dict(bn_eps=1e-5, pixel_mean=DETECTRON2_BGR_MEAN)
+# detectron2's FAIR ResNeXt-101 32x8d takes std-normalised input.
+_X32 = dict(_D2, depth=101, groups=32, width_per_group=8, stride_in_1x1=False,
+            pixel_std=(57.375, 57.120, 58.395))
+_X64 = dict(_D2, depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
 
 # configs/FCOS-Detection/*.yaml of AdelaiDet: the official imprv recipe
 # (ctr on reg, normalised targets, centre sampling, GIoU) on detectron2.
@@ -45,6 +50,10 @@ PUBLISHED = {
     "FCOS_MS_R_50_2x": official.PublishedModel("official", _D2, 41.0),
     "FCOS_MS_R_101_2x": official.PublishedModel(
         "official", dict(depth=101, **_D2), 43.1),
+    "FCOS_MS_X_101_32x8d_2x": official.PublishedModel("official", _X32, 43.9),
+    "FCOS_MS_X_101_64x4d_2x": official.PublishedModel("official", _X64, 44.7),
+    "FCOS_MS_X_101_32x8d_dcnv2_2x": official.PublishedModel(
+        "official", dict(_X32, dcn_stages=(4, 5), head_dcn=True), 46.6),
 }
 
 

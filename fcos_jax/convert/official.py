@@ -41,9 +41,11 @@ from fcos_jax.model import config as presets
 from fcos_jax.model.config import CAFFE_BGR_MEAN, ModelConfig
 from fcos_jax.model.fcos import MODEL_STRIDES
 
-# Fields that change what official weights compute, and their values there.
+# Fields that change what official weights compute, and their values there
+# (bn_eps: 0 in the ResNets' FrozenBatchNorm2d, 1e-5 in MobileNetV2's
+# BatchNorm2d; see `_check`).
 _REQUIRED = dict(
-    bn_eps=0.0, backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
+    backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
     pixel_mean=CAFFE_BGR_MEAN, pixel_std=(1.0, 1.0, 1.0), head_norm="gn",
     gn_groups=32, use_scale=True, location_offset="half",
     location_stride="nominal", strides=MODEL_STRIDES)
@@ -53,6 +55,13 @@ INFERENCE_FIELDS = ("score_thresh", "score_thresh_on", "pre_nms_topk",
                     "nms_iou", "max_detections", "dtype")
 
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
+_DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
+# FAIR's ResNeXt ImageNet weights: stride in the 3x3.
+_X32 = dict(depth=101, groups=32, width_per_group=8, stride_in_1x1=False)
+_X64 = dict(depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
+# The MobileNetV2 configs have no FCOS section: the paper's head with P6
+# from P5; the whole body is trained (FREEZE_CONV_BODY_AT: 0).
+_MNV2 = dict(backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0, p6_from="p5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +82,23 @@ PUBLISHED = {
     "FCOS_imprv_R_101_FPN_2x": PublishedModel("official", dict(depth=101), 43.0),
     "FCOS_imprv_dcnv2_R_101_FPN_2x": PublishedModel(
         "official", dict(depth=101, **_DCN), 45.6),
+    "FCOS_imprv_X_101_32x8d_FPN_2x": PublishedModel("official", _X32, 44.0),
+    "FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x": PublishedModel(
+        "official", dict(_X32, **_DCN_X), 46.4),
+    "FCOS_imprv_X_101_64x4d_FPN_2x": PublishedModel("official", _X64, 44.7),
+    "FCOS_imprv_dcnv2_X_101_64x4d_FPN_2x": PublishedModel(
+        "official", dict(_X64, **_DCN_X), 46.6),
     "FCOS_R_50_FPN_1x": PublishedModel("paper", dict(p6_from="p5"), 37.1),
     "FCOS_R_101_FPN_2x": PublishedModel(
         "paper", dict(depth=101, p6_from="p5"), 41.4),
+    "FCOS_X_101_32x8d_FPN_2x": PublishedModel(
+        "paper", dict(_X32, p6_from="p5"), 42.5),
+    "FCOS_X_101_64x4d_FPN_2x": PublishedModel(
+        "paper", dict(_X64, p6_from="p5"), 43.0),
+    "FCOS_syncbn_bs32_c128_MNV2_FPN_1x": PublishedModel(
+        "paper", dict(_MNV2, fpn_channels=128), 30.9),
+    "FCOS_syncbn_bs32_MNV2_FPN_1x": PublishedModel("paper", _MNV2, 33.1),
+    "FCOS_bn_bs16_MNV2_FPN_1x": PublishedModel("paper", _MNV2, 31.0),
 }
 
 
@@ -155,6 +178,13 @@ _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
 _LEAF = {"kernel": "weight", "bias": "bias"}
 
 
+def _mobilenet_v2_name(path: tuple[str, ...]) -> str:
+  """The official MNV2 body: features.{i}.conv.{j} (imagenet's names)."""
+  from fcos_jax.convert import imagenet  # pylint: disable=import-outside-toplevel
+  leaf = "weight" if path[-1] == "kernel" else _BN[path[-1]]
+  return f"{imagenet.mobilenet_v2_module_name(path[:-1], 'official')}.{leaf}"
+
+
 def _backbone_name(path: tuple[str, ...]) -> str:
   *mods, leaf = path
   if mods[0] == "stem":
@@ -199,7 +229,9 @@ def _head_name(path: tuple[str, ...]) -> str:
 def state_dict_names(cfg: ModelConfig) -> dict:
   """{official state-dict name (no `module.`): (our parameter path, our
   shape)} for `FCOS(cfg)`; shapes in our layout (conv kernels HWIO)."""
-  prefix = {"backbone": ("backbone.body.", _backbone_name),
+  body = (_mobilenet_v2_name if cfg.backbone == "mobilenet_v2"
+          else _backbone_name)
+  prefix = {"backbone": ("backbone.body.", body),
             "fpn": ("backbone.fpn.", _fpn_name),
             "head": ("rpn.head.", _head_name)}
   targets = {}
@@ -226,7 +258,9 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
   architecture at any width, e.g. in tests). A missing, unexpected or
   mis-shaped tensor is refused with the full list.
   """
-  tv._check_cfg(cfg, _REQUIRED, "the official FCOS checkpoints")  # pylint: disable=protected-access
+  required = dict(_REQUIRED,
+                  bn_eps=1e-5 if cfg.backbone == "mobilenet_v2" else 0.0)
+  tv._check_cfg(cfg, required, "the official FCOS checkpoints")  # pylint: disable=protected-access
   sd = load_official_state_dict(state_dict)
   # Scale is a (1,) tensor there and a scalar here.
   sd = {k: (v.reshape(()) if re.fullmatch(r"rpn\.head\.scales\.\d+\.scale", k)
