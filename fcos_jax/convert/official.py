@@ -11,13 +11,17 @@ A released `.pth` holds {"model": state dict, ...} with names such as
   module.backbone.fpn.top_blocks.p6 / p7
   module.rpn.head.cls_tower.{0,1,3,4,...}       conv, GroupNorm (ReLU has no
   module.rpn.head.bbox_tower.*                   weights), 3 modules per conv
+  module.rpn.head.cls_tower.9.conv.* / .offset.*  the tower's last conv in
+                                                 dcnv2 models
   module.rpn.head.{cls_logits,bbox_pred,centerness}
   module.rpn.head.scales.{0..4}.scale           shape (1,)
 
+The MobileNetV2 models' body is `module.backbone.body.features.{0..17}`
+(`fcos_jax.convert.imagenet.mobilenet_v2_module_name`, "official").
 Frozen BatchNorm keeps weight / bias / running_mean / running_var and has
-no epsilon. The class logits have 80 channels on COCO (no background), in
-the order of the COCO category ids: label i is the i-th category by id, the
-order `coco_categories()` gives.
+no epsilon (MobileNetV2's BatchNorm2d has 1e-5). The class logits have 80
+channels on COCO (no background), in the order of the COCO category ids:
+label i is the i-th category by id, the order `coco_categories()` gives.
 
 `PUBLISHED` names each released model, the ModelConfig that computes what
 it computed (`published_config`), and the AP its authors report (COCO
@@ -43,7 +47,7 @@ from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what official weights compute, and their values there
 # (bn_eps: 0 in the ResNets' FrozenBatchNorm2d, 1e-5 in MobileNetV2's
-# BatchNorm2d; see `_check`).
+# BatchNorm2d; set in `convert_state_dict`).
 _REQUIRED = dict(
     backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
     pixel_mean=CAFFE_BGR_MEAN, pixel_std=(1.0, 1.0, 1.0), head_norm="gn",
