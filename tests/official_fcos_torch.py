@@ -16,16 +16,18 @@ from torch.nn import functional as F
 
 
 class FrozenBatchNorm2d(nn.Module):
-  """Statistics and affine as buffers; no epsilon."""
+  """Statistics and affine as buffers; no epsilon (detectron2's, as in
+  AdelaiDet: 1e-5, set by GeneralizedRCNN's bn_eps)."""
 
-  def __init__(self, n):
+  def __init__(self, n, eps=0.0):
     super().__init__()
+    self.eps = eps
     for name, fill in (("weight", 1), ("bias", 0), ("running_mean", 0),
                        ("running_var", 1)):
       self.register_buffer(name, torch.full((n,), float(fill)))
 
   def forward(self, x):
-    scale = self.weight * self.running_var.rsqrt()
+    scale = self.weight * (self.running_var + self.eps).rsqrt()
     shift = self.bias - self.running_mean * scale
     return x * scale[None, :, None, None] + shift[None, :, None, None]
 
@@ -124,6 +126,55 @@ class ResNet(nn.Module):
     return [c3, c4, self.layer4(c4)]
 
 
+def conv_bn_relu6(cin, cout, k, stride, groups=1):
+  return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+          nn.BatchNorm2d(cout), nn.ReLU6()]
+
+
+class InvertedResidual(nn.Module):
+  """`conv` = [1x1 expand, BN, ReLU6,] 3x3 depthwise, BN, ReLU6, 1x1
+  project, BN; residual when the shape is kept."""
+
+  def __init__(self, cin, cout, stride, expand):
+    super().__init__()
+    hidden = int(round(cin * expand))
+    layers = conv_bn_relu6(cin, hidden, 1, 1) if expand != 1 else []
+    layers += conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden)
+    layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+    self.conv = nn.Sequential(*layers)
+    self.residual = stride == 1 and cin == cout
+
+  def forward(self, x):
+    return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+  """`features` 0..17 (stem conv_bn, 17 inverted residuals); C3, C4, C5 are
+  the outputs of features 6, 13, 17 (32, 96, 320 channels). BatchNorm2d in
+  eval mode (epsilon 1e-5)."""
+
+  SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+  def __init__(self):
+    super().__init__()
+    features = [nn.Sequential(*conv_bn_relu6(3, 32, 3, 2))]
+    cin = 32
+    for t, c, n, s in self.SETTING:
+      for i in range(n):
+        features.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+        cin = c
+    self.features = nn.ModuleList(features)
+
+  def forward(self, x):
+    out = []
+    for i, m in enumerate(self.features):
+      x = m(x)
+      if i in (6, 13, 17):
+        out.append(x)
+    return out
+
+
 class LastLevelP6P7(nn.Module):
 
   def __init__(self, cin, cout):
@@ -211,17 +262,25 @@ class GeneralizedRCNN(nn.Module):
   def __init__(self, depth=50, width=64, fpn_channels=256, num_classes=80,
                stride_in_1x1=True, groups=1, width_per_group=64,
                dcn_stages=(), head_dcn=False, p6_from_c5=False,
-               norm_reg_targets=True, centerness_on_reg=True):
+               norm_reg_targets=True, centerness_on_reg=True, bn_eps=0.0,
+               backbone="resnet"):
     super().__init__()
     self.backbone = nn.Module()
-    self.backbone.body = ResNet(depth, width, stride_in_1x1, groups,
-                                width_per_group, dcn_stages)
-    c = [width * 4 * 2 ** i for i in (1, 2, 3)]
+    if backbone == "mobilenet_v2":
+      self.backbone.body = MobileNetV2()
+      c = [32, 96, 320]
+    else:
+      self.backbone.body = ResNet(depth, width, stride_in_1x1, groups,
+                                  width_per_group, dcn_stages)
+      c = [width * 4 * 2 ** i for i in (1, 2, 3)]
     self.backbone.fpn = FPN(c, fpn_channels, p6_from_c5)
     self.rpn = nn.Module()
     self.rpn.head = FCOSHead(fpn_channels, num_classes, dcn=head_dcn,
                              norm_reg_targets=norm_reg_targets,
                              centerness_on_reg=centerness_on_reg)
+    for m in self.modules():
+      if isinstance(m, FrozenBatchNorm2d):
+        m.eps = bn_eps
 
   def forward(self, x):
     feats = self.backbone.body(x)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fcos_jax.convert import official
-from fcos_jax.model.fcos import FCOS
+from fcos_jax.model.fcos import FCOS, init_variables
 from fcos_jax.model.locations import compute_locations
 from fcos_jax.postprocess import make_postprocess_fn
 
@@ -60,6 +60,19 @@ def test_published_r50_names_and_shapes():
   assert dcn["rpn.head.bbox_tower.6.weight"] == (256, 256, 3, 3)
   # 13 DCN blocks (+2 tensors each) and 2 head DCN (+2 each).
   assert len(dcn) == len(plain) + 13 * 2 + 2 * 2
+  x101 = names("FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x")
+  assert x101["backbone.body.layer1.0.conv2.weight"] == (256, 8, 3, 3)
+  assert x101["backbone.body.layer2.3.conv2.weight"] == (512, 16, 3, 3)
+  assert x101["backbone.body.layer3.22.conv2.conv.weight"] == (1024, 32, 3, 3)
+  assert x101["backbone.body.layer3.22.conv2.offset.weight"] == (27, 1024, 3, 3)
+  assert x101["backbone.body.layer4.0.conv1.weight"] == (2048, 1024, 1, 1)
+  mnv2 = names("FCOS_syncbn_bs32_c128_MNV2_FPN_1x")
+  assert mnv2["backbone.body.features.0.0.weight"] == (32, 3, 3, 3)
+  assert mnv2["backbone.body.features.1.conv.0.weight"] == (32, 1, 3, 3)
+  assert mnv2["backbone.body.features.17.conv.7.running_var"] == (320,)
+  assert mnv2["backbone.fpn.fpn_inner2.weight"] == (128, 32, 1, 1)
+  assert mnv2["rpn.head.cls_logits.weight"] == (80, 128, 3, 3)
+  assert not any(k.startswith("backbone.body.features.18") for k in mnv2)
   paper = official.published_config("FCOS_R_50_FPN_1x")
   assert (paper.p6_from, paper.norm_reg_targets, paper.centerness_on) == (
       "p5", False, "cls")
@@ -77,29 +90,58 @@ def test_find_published_and_refusal():
     official.published_config("FCOS_R_18")
 
 
+def test_zoo_configs_are_the_published_models():
+  """configs/zoo/NAME.py (the training recipe of each released model) and
+  PUBLISHED[NAME] (what its checkpoint computes) agree, AP included."""
+  import importlib
+  import pathlib
+  from fcos_jax.train.config import model_config_from
+  zoo = pathlib.Path(__file__).resolve().parents[1] / "configs" / "zoo"
+  names = sorted(p.stem for p in zoo.glob("FCOS_*.py"))
+  assert names == sorted(official.PUBLISHED)
+  for name in names:
+    module = importlib.import_module(f"configs.zoo.{name}")
+    assert model_config_from(module.get_config().model) == (
+        official.published_config(name)), name
+    assert module.PUBLISHED_AP == official.PUBLISHED[name].ap, name
+
+
 # --- Parity with the PyTorch restatement -------------------------------------
 
 # Small widths, the real layout: GroupNorm(32) needs 32 | fpn_channels.
 SMALL = dict(width=8, fpn_channels=64)
 MODELS = ["FCOS_imprv_R_50_FPN_1x", "FCOS_imprv_dcnv2_R_50_FPN_1x",
-          "FCOS_R_50_FPN_1x"]
+          "FCOS_R_50_FPN_1x", "FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x",
+          "FCOS_syncbn_bs32_c128_MNV2_FPN_1x"]
+# Test sizes of each: the same names and layout, fewer channels and blocks
+# (ResNeXt at depth 50; MobileNetV2's widths are fixed).
+TEST_SIZE = {"FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x": dict(SMALL, depth=50),
+             "FCOS_syncbn_bs32_c128_MNV2_FPN_1x": dict(fpn_channels=64)}
 
 
-def torch_model(name, seed):
+def small_config(name):
+  return official.published_config(name, **TEST_SIZE.get(name, SMALL))
+
+
+def torch_model(name, seed, cfg=None):
+  """(cfg, the restated model with random weights) of the released model
+  `name` at the small width (or of `cfg`)."""
   ref = pytest.importorskip("official_fcos_torch")
   torch = pytest.importorskip("torch")
-  cfg = official.published_config(name, **SMALL)
+  cfg = cfg or small_config(name)
   torch.manual_seed(seed)
   model = ref.GeneralizedRCNN(
       depth=cfg.depth, width=cfg.width, fpn_channels=cfg.fpn_channels,
       num_classes=cfg.num_classes, stride_in_1x1=cfg.stride_in_1x1,
+      groups=cfg.groups, width_per_group=cfg.width_per_group,
+      backbone=cfg.backbone,
       dcn_stages=cfg.dcn_stages, head_dcn=cfg.head_dcn,
       p6_from_c5=cfg.p6_from == "c5", norm_reg_targets=cfg.norm_reg_targets,
-      centerness_on_reg=cfg.centerness_on == "reg")
+      centerness_on_reg=cfg.centerness_on == "reg", bn_eps=cfg.bn_eps)
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in model.modules():
-      if isinstance(m, ref.FrozenBatchNorm2d):
+      if isinstance(m, (ref.FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
         m.weight.uniform_(0.5, 1.5, generator=g)
         m.bias.normal_(0, 0.1, generator=g)
         m.running_mean.normal_(0, 0.1, generator=g)
@@ -247,3 +289,67 @@ def test_refuses_missing_extra_and_misshaped():
     official.convert_state_dict(paper_model.state_dict(),
                                 official.published_config(
                                     "FCOS_R_50_FPN_1x", bn_eps=1e-5, **SMALL))
+
+
+# --- The command line ----------------------------------------------------------
+
+
+def random_official_state_dict(name, seed=0):
+  """Full-size random weights with the released checkpoint's names and
+  shapes (NumPy, `module.` prefixed as saved by DataParallel)."""
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for k, (path, shape) in official.state_dict_names(
+      official.published_config(name)).items():
+    shape = official.official_shape(shape, path)
+    sd["module." + k] = (0.01 * rng.standard_normal(shape, np.float32)
+                         if path[-1] != "var" else np.ones(shape, np.float32))
+  return sd
+
+
+@pytest.mark.slow
+def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
+  import json
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  from fcos_jax.train import checkpoint
+
+  name = "FCOS_imprv_dcnv2_R_50_FPN_1x"
+  sd = random_official_state_dict(name)
+  sd_path = tmp_path / "model.npz"
+  np.savez(sd_path, **sd)
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "fcos_jax.convert", f"--official={sd_path}",
+       *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+  workdir = tmp_path / "run"
+  proc = run(f"--config=configs/official_fcos.py:{name}",
+             f"--workdir={workdir}", "--config.model.score_thresh=0.1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  model = json.loads((workdir / "config.json").read_text())["model"]
+  assert model["dcn_stages"] == [3, 4, 5] and model["head_dcn"] is True
+  assert model["score_thresh"] == 0.1 and model["num_classes"] == 80
+  cats = json.loads((workdir / "categories.json").read_text())["categories"]
+  assert cats[0] == {"id": 1, "name": "person"} and len(cats) == 80
+  cfg = official.published_config(name, score_thresh=0.1)
+  shapes = jax.eval_shape(lambda r: init_variables(cfg, r),
+                          jax.random.key(0))["params"]
+  shapes = checkpoint.abstract_like(
+      shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  params, _ = checkpoint.restore_params(str(workdir / "checkpoints"), 0,
+                                        shapes)
+  np.testing.assert_array_equal(
+      params["head"]["cls_tower_3"]["offset"]["kernel"],
+      sd["module.rpn.head.cls_tower.9.offset.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      params["head"]["scale_2"], sd["module.rpn.head.scales.2.scale"][0])
+
+  # The torchvision default config names no official model: refused.
+  proc = run(f"--workdir={tmp_path / 'other'}")
+  assert proc.returncode == 1
+  assert "describes none of the models" in proc.stderr
+  assert "configs/official_fcos.py:MODEL_NAME" in proc.stderr

@@ -175,3 +175,41 @@ def test_values_and_gradients_match_torchvision(stride, pad, dil, groups,
     # Offset gradients jump where a sample crosses a pixel line; random
     # offsets sit on one with probability 0, so the tolerance stays tight.
     assert err <= 1e-4 * scale, (name, err, scale)
+
+
+def test_benchmark_section_runs():
+  """benchmarks.bench_deform_conv at a tiny size (its rows, not a timing)."""
+  from benchmarks import bench_deform_conv
+  r = bench_deform_conv.run({"tiny": ((6, 8), 8)}, repeats=1, with_torch=False)
+  assert set(r["sizes"]["tiny"]) == {"plain 3x3 fwd", "plain 3x3 fwd+bwd",
+                                     "dcnv2 fwd", "dcnv2 fwd+bwd"}
+
+
+def test_model_config_wiring_and_optimizer_groups():
+  """dcn_stages / head_dcn put DCNv2 where the official configs do, with
+  the offset convs' biases in the bias group; bad values are refused."""
+  from flax import traverse_util
+  from fcos_jax.convert import torchvision as tv
+  from fcos_jax.model import config as config_lib
+  from fcos_jax.model.fcos import init_variables
+  from fcos_jax.model.param_groups import param_labels
+  cfg = config_lib.official(width=8, fpn_channels=32, gn_groups=8,
+                            num_classes=3, dcn_stages=(4, 5), head_dcn=True)
+  shapes = jax.eval_shape(lambda r: init_variables(cfg, r), jax.random.key(0))
+  flat = traverse_util.flatten_dict(shapes["params"])
+  labels = traverse_util.flatten_dict(param_labels(shapes["params"], cfg))
+  dcn = {"/".join(p[:-2]) for p in flat if p[-2] == "offset"}
+  assert dcn == ({f"backbone/res4/block{i}/conv2" for i in range(6)} |
+                 {f"backbone/res5/block{i}/conv2" for i in range(3)} |
+                 {"head/cls_tower_3", "head/box_tower_3"})
+  assert ("backbone", "res3", "block0", "conv2", "kernel") in flat
+  for p, label in labels.items():
+    if p[0] == "backbone" and p[-3] == "conv2":
+      assert label == ("bias" if p[-1] == "bias" else "weight"), p
+  assert labels[("head", "cls_tower_3", "offset", "bias")] == "bias"
+  with pytest.raises(ValueError, match="dcn_stages"):
+    config_lib.official(depth=18, dcn_stages=(3,))
+  with pytest.raises(ValueError, match="dcn_stages"):
+    config_lib.official(dcn_stages=(6,))
+  with pytest.raises(ValueError, match=r"dcn_stages=\(4, 5\) \(needs \(\)\)"):
+    tv.convert_resnet_state_dict({}, config_lib.torchvision(dcn_stages=(4, 5)))

@@ -9,9 +9,10 @@ evaluate.py and predict.py take like a trained run.
   python evaluate.py --workdir runs/torchvision_coco    # COCO val2017 AP
   python predict.py  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
 
-With --official, --config names the released model
-(configs/official_fcos.py:MODEL_NAME; fcos_jax.convert.official.PUBLISHED
-lists them) and only its inference fields may be changed.
+With --official or --adelaidet, --config names the released model
+(configs/official_fcos.py:MODEL_NAME; the PUBLISHED tables of
+fcos_jax.convert.official and .adelaidet list them) and only its inference
+fields may be changed.
 
 Writes WORKDIR/config.json (configs/torchvision_r50.py, or --config, with
 any --config.FIELD overrides: set the data fields evaluate.py should use),
@@ -46,10 +47,14 @@ flags.DEFINE_string("torchvision", None,
 flags.DEFINE_string("official", None,
                     "An official FCOS (tianzhi0549/FCOS) checkpoint (.pth, or "
                     "its 'model' state dict as .npz).")
+flags.DEFINE_string("adelaidet", None,
+                    "An AdelaiDet FCOS checkpoint (.pth, or its 'model' state "
+                    "dict as .npz).")
 flags.DEFINE_string("workdir", None, "The workdir to write (local or URL).")
 flags.DEFINE_bool("overwrite", False, "Replace a workdir that has checkpoints.")
 flags.mark_flags_as_required(["workdir"])
-flags.mark_flags_as_mutual_exclusive(["torchvision", "official"], required=True)
+flags.mark_flags_as_mutual_exclusive(["torchvision", "official", "adelaidet"],
+                                     required=True)
 
 STEP = 0  # The step number of the converted checkpoint.
 
@@ -58,8 +63,8 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
                        source="torchvision"):
   """Writes the converted run into `workdir`; returns its ModelConfig.
 
-  source: "torchvision" (its 91-slot COCO FCOS) or "official" (the released
-  model that config.model describes).
+  source: "torchvision" (its 91-slot COCO FCOS), "official" or "adelaidet"
+  (the released model of that zoo that config.model describes).
   """
   import jax  # pylint: disable=import-outside-toplevel
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
@@ -79,11 +84,11 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
   inference_only = ("score_thresh", "score_thresh_on", "pre_nms_topk",
                     "nms_iou", "max_detections", "dtype")
   inference = {k: getattr(cfg, k) for k in inference_only}
-  if source == "official":
-    from fcos_jax.convert import official  # pylint: disable=import-outside-toplevel
-    name = official.find_published(cfg)
-    tv_cfg, params, categories = official.convert_published(
-        state_dict, name, **inference)
+  if source in ("official", "adelaidet"):
+    import importlib  # pylint: disable=import-outside-toplevel
+    zoo = importlib.import_module(f"fcos_jax.convert.{source}")
+    tv_cfg, params, categories = zoo.convert_published(
+        state_dict, zoo.find_published(cfg), **inference)
   else:
     tv_cfg, params, categories = tv.convert_coco_detector(
         state_dict, **inference)
@@ -114,9 +119,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   cli.setup(config)
-  source = "official" if FLAGS.official else "torchvision"
-  convert_to_workdir(FLAGS.official or FLAGS.torchvision, FLAGS.workdir,
-                     config, overwrite=FLAGS.overwrite, source=source)
+  source = next(s for s in ("official", "adelaidet", "torchvision")
+                if getattr(FLAGS, s))
+  convert_to_workdir(getattr(FLAGS, source), FLAGS.workdir, config,
+                     overwrite=FLAGS.overwrite, source=source)
   logging.info("Wrote %s: 80 COCO categories, checkpoint step %d. Evaluate "
                "with: python evaluate.py --workdir %s", FLAGS.workdir, STEP,
                FLAGS.workdir)

@@ -11,13 +11,17 @@ A released `.pth` holds {"model": state dict, ...} with names such as
   module.backbone.fpn.top_blocks.p6 / p7
   module.rpn.head.cls_tower.{0,1,3,4,...}       conv, GroupNorm (ReLU has no
   module.rpn.head.bbox_tower.*                   weights), 3 modules per conv
+  module.rpn.head.cls_tower.9.conv.* / .offset.*  the tower's last conv in
+                                                 dcnv2 models
   module.rpn.head.{cls_logits,bbox_pred,centerness}
   module.rpn.head.scales.{0..4}.scale           shape (1,)
 
+The MobileNetV2 models' body is `module.backbone.body.features.{0..17}`
+(`fcos_jax.convert.imagenet.mobilenet_v2_module_name`, "official").
 Frozen BatchNorm keeps weight / bias / running_mean / running_var and has
-no epsilon. The class logits have 80 channels on COCO (no background), in
-the order of the COCO category ids: label i is the i-th category by id, the
-order `coco_categories()` gives.
+no epsilon (MobileNetV2's BatchNorm2d has 1e-5). The class logits have 80
+channels on COCO (no background), in the order of the COCO category ids:
+label i is the i-th category by id, the order `coco_categories()` gives.
 
 `PUBLISHED` names each released model, the ModelConfig that computes what
 it computed (`published_config`), and the AP its authors report (COCO
@@ -41,9 +45,11 @@ from fcos_jax.model import config as presets
 from fcos_jax.model.config import CAFFE_BGR_MEAN, ModelConfig
 from fcos_jax.model.fcos import MODEL_STRIDES
 
-# Fields that change what official weights compute, and their values there.
+# Fields that change what official weights compute, and their values there
+# (bn_eps: 0 in the ResNets' FrozenBatchNorm2d, 1e-5 in MobileNetV2's
+# BatchNorm2d; set in `convert_state_dict`).
 _REQUIRED = dict(
-    bn_eps=0.0, backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
+    backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
     pixel_mean=CAFFE_BGR_MEAN, pixel_std=(1.0, 1.0, 1.0), head_norm="gn",
     gn_groups=32, use_scale=True, location_offset="half",
     location_stride="nominal", strides=MODEL_STRIDES)
@@ -53,6 +59,13 @@ INFERENCE_FIELDS = ("score_thresh", "score_thresh_on", "pre_nms_topk",
                     "nms_iou", "max_detections", "dtype")
 
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
+_DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
+# FAIR's ResNeXt ImageNet weights: stride in the 3x3.
+_X32 = dict(depth=101, groups=32, width_per_group=8, stride_in_1x1=False)
+_X64 = dict(depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
+# The MobileNetV2 configs have no FCOS section: the paper's head with P6
+# from P5; the whole body is trained (FREEZE_CONV_BODY_AT: 0).
+_MNV2 = dict(backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0, p6_from="p5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +86,23 @@ PUBLISHED = {
     "FCOS_imprv_R_101_FPN_2x": PublishedModel("official", dict(depth=101), 43.0),
     "FCOS_imprv_dcnv2_R_101_FPN_2x": PublishedModel(
         "official", dict(depth=101, **_DCN), 45.6),
+    "FCOS_imprv_X_101_32x8d_FPN_2x": PublishedModel("official", _X32, 44.0),
+    "FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x": PublishedModel(
+        "official", dict(_X32, **_DCN_X), 46.4),
+    "FCOS_imprv_X_101_64x4d_FPN_2x": PublishedModel("official", _X64, 44.7),
+    "FCOS_imprv_dcnv2_X_101_64x4d_FPN_2x": PublishedModel(
+        "official", dict(_X64, **_DCN_X), 46.6),
     "FCOS_R_50_FPN_1x": PublishedModel("paper", dict(p6_from="p5"), 37.1),
     "FCOS_R_101_FPN_2x": PublishedModel(
         "paper", dict(depth=101, p6_from="p5"), 41.4),
+    "FCOS_X_101_32x8d_FPN_2x": PublishedModel(
+        "paper", dict(_X32, p6_from="p5"), 42.5),
+    "FCOS_X_101_64x4d_FPN_2x": PublishedModel(
+        "paper", dict(_X64, p6_from="p5"), 43.0),
+    "FCOS_syncbn_bs32_c128_MNV2_FPN_1x": PublishedModel(
+        "paper", dict(_MNV2, fpn_channels=128), 30.9),
+    "FCOS_syncbn_bs32_MNV2_FPN_1x": PublishedModel("paper", _MNV2, 33.1),
+    "FCOS_bn_bs16_MNV2_FPN_1x": PublishedModel("paper", _MNV2, 31.0),
 }
 
 
@@ -91,13 +118,19 @@ def published_config(name: str, **overrides) -> ModelConfig:
   return presets.PRESETS[model.preset](**fields)
 
 
-def find_published(cfg: ModelConfig) -> str:
+def find_published(cfg: ModelConfig, models=None, config_fn=None) -> str:
   """The released model whose architecture `cfg` describes (inference
-  fields may differ); refuses naming the nearest model's differing fields."""
+  fields may differ); refuses naming the nearest model's differing fields.
+
+  models, config_fn: another zoo's table and config function (AdelaiDet's);
+  by default the official ones.
+  """
+  models = PUBLISHED if models is None else models
+  config_fn = published_config if config_fn is None else config_fn
   inference = {k: getattr(cfg, k) for k in INFERENCE_FIELDS}
   diffs = {}
-  for name in PUBLISHED:
-    want = published_config(name, **inference)
+  for name in models:
+    want = config_fn(name, **inference)
     diffs[name] = [f"{f.name}={getattr(cfg, f.name)!r} (needs "
                    f"{getattr(want, f.name)!r})"
                    for f in dataclasses.fields(cfg)
@@ -106,8 +139,8 @@ def find_published(cfg: ModelConfig) -> str:
       return name
   nearest = min(diffs, key=lambda n: len(diffs[n]))
   raise ValueError(
-      "config.model describes none of the official FCOS models; the nearest, "
-      f"{nearest}, differs in: {'; '.join(diffs[nearest])}. Use "
+      f"config.model describes none of the models {sorted(models)}; the "
+      f"nearest, {nearest}, differs in: {'; '.join(diffs[nearest])}. Use "
       "configs/official_fcos.py:MODEL_NAME (only the inference fields may "
       "change).")
 
@@ -147,6 +180,13 @@ def _strip(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
        "var": "running_var"}
 _LEAF = {"kernel": "weight", "bias": "bias"}
+
+
+def _mobilenet_v2_name(path: tuple[str, ...]) -> str:
+  """The official MNV2 body: features.{i}.conv.{j} (imagenet's names)."""
+  from fcos_jax.convert import imagenet  # pylint: disable=import-outside-toplevel
+  leaf = "weight" if path[-1] == "kernel" else _BN[path[-1]]
+  return f"{imagenet.mobilenet_v2_module_name(path[:-1], 'official')}.{leaf}"
 
 
 def _backbone_name(path: tuple[str, ...]) -> str:
@@ -193,7 +233,9 @@ def _head_name(path: tuple[str, ...]) -> str:
 def state_dict_names(cfg: ModelConfig) -> dict:
   """{official state-dict name (no `module.`): (our parameter path, our
   shape)} for `FCOS(cfg)`; shapes in our layout (conv kernels HWIO)."""
-  prefix = {"backbone": ("backbone.body.", _backbone_name),
+  body = (_mobilenet_v2_name if cfg.backbone == "mobilenet_v2"
+          else _backbone_name)
+  prefix = {"backbone": ("backbone.body.", body),
             "fpn": ("backbone.fpn.", _fpn_name),
             "head": ("rpn.head.", _head_name)}
   targets = {}
@@ -220,7 +262,9 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
   architecture at any width, e.g. in tests). A missing, unexpected or
   mis-shaped tensor is refused with the full list.
   """
-  tv._check_cfg(cfg, _REQUIRED, "the official FCOS checkpoints")  # pylint: disable=protected-access
+  required = dict(_REQUIRED,
+                  bn_eps=1e-5 if cfg.backbone == "mobilenet_v2" else 0.0)
+  tv._check_cfg(cfg, required, "the official FCOS checkpoints")  # pylint: disable=protected-access
   sd = load_official_state_dict(state_dict)
   # Scale is a (1,) tensor there and a scalar here.
   sd = {k: (v.reshape(()) if re.fullmatch(r"rpn\.head\.scales\.\d+\.scale", k)

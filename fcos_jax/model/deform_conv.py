@@ -94,15 +94,19 @@ def modulated_deform_conv(x, offset, mask, kernel, *, strides=1, padding=1,
       b, ho, wo, g, k, 1)
   index = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).astype(jnp.int32)
 
-  # Gather per (image, deformable group): values [B, G, Ho*Wo*K*4, C/G].
-  xg = x.reshape(b, h * w, g, c // g).transpose(0, 2, 1, 3)
-  index = index.transpose(0, 3, 1, 2, 4, 5).reshape(b, g, -1, 1)
-  values = jnp.take_along_axis(xg, index, axis=2, mode="promise_in_bounds")
-  values = values.reshape(b, g, ho, wo, k, 4, c // g)
-  weight = weight.transpose(0, 3, 1, 2, 4, 5)[..., None].astype(x.dtype)
-  cols = (values * weight).sum(axis=5)  # [B, G, Ho, Wo, K, C/G]
-  cols = cols.transpose(0, 2, 3, 4, 1, 5).reshape(
-      b, ho, wo, k, feature_group_count, cin_group)
+  # Gather whole rows of C/G channels per (image, deformable group): one
+  # index per sample and corner (a take_along_axis would index every
+  # channel, ~10x slower on CPU), then the 4 corners' weighted sum.
+  xg = x.reshape(b, h * w, g, c // g).transpose(0, 2, 1, 3).reshape(
+      b * g, h * w, c // g)
+  index = index.transpose(0, 3, 1, 2, 4, 5).reshape(b * g, -1)
+  values = jax.vmap(lambda rows, i: rows.at[i].get(mode="promise_in_bounds")
+                    )(xg, index).reshape(b * g, ho * wo * k, 4, c // g)
+  weight = weight.transpose(0, 3, 1, 2, 4, 5).reshape(b * g, ho * wo * k, 4)
+  cols = jnp.einsum("nmqc,nmq->nmc", values, weight.astype(x.dtype),
+                    precision=precision)  # [B*G, Ho*Wo*K, C/G]
+  cols = cols.reshape(b, g, ho, wo, k, c // g).transpose(0, 2, 3, 4, 1, 5)
+  cols = cols.reshape(b, ho, wo, k, feature_group_count, cin_group)
 
   kernel = kernel.astype(x.dtype).reshape(
       k, cin_group, feature_group_count, out // feature_group_count)
