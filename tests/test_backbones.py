@@ -181,3 +181,35 @@ def test_train_starts_from_a_detectron_pickle(tmp_path):
   np.testing.assert_array_equal(bb["res2"]["block2"]["bn3"]["mean"], np.zeros(32))
   np.testing.assert_array_equal(got["head"]["cls_logits"]["bias"],
                                 params["head"]["cls_logits"]["bias"])
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_fcos_train_step():
+  """One official SGD step of an MNV2 FCOS (freeze_at=2): finite loss,
+  trained kernels move, the frozen stem and block 1 and every frozen BN
+  stay as they were."""
+  import functools
+  from fcos_jax.batch import dummy_batch
+  from fcos_jax.train import optimizer as optimizer_lib
+  from fcos_jax.train.state import TrainState
+  from fcos_jax.train.steps import train_step
+  cfg = MNV2.replace(freeze_at=2, num_classes=3)
+  params = init_variables(cfg, jax.random.key(0))["params"]
+  optim = optimizer_lib.default_optim_config()
+  optim.warmup_steps = 0
+  tx = optimizer_lib.make_optimizer(optim, 2, param_labels(params, cfg))
+  state = TrainState.create(params, tx)
+  batch = dummy_batch(2, (64, 96), 3, cfg.num_classes, seed=0)
+  step = jax.jit(functools.partial(
+      train_step, cfg=cfg, tx=tx,
+      schedule=optimizer_lib.lr_schedule(optim, 2)))
+  new, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  old_bb, new_bb = params["backbone"], new.params["backbone"]
+  same = lambda *p: np.array_equal(
+      np.asarray(functools.reduce(lambda t, k: t[k], p, old_bb)),
+      np.asarray(functools.reduce(lambda t, k: t[k], p, new_bb)))
+  assert same("stem", "conv", "kernel") and same("block1", "dw_conv", "kernel")
+  assert not same("block2", "dw_conv", "kernel")
+  assert not same("block17", "project_conv", "kernel")
+  assert same("block17", "project_bn", "scale") and same("block9", "dw_bn", "var")
