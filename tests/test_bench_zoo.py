@@ -40,6 +40,7 @@ def test_analytic_backbone_flops_equal_torch_counter(arch):
   assert ours == _torch_backbone_flops(model, body, hw)
 
 
+@pytest.mark.slow
 def test_smoke_run_lists_every_model(capsys):
   r = bench_zoo.run(smoke=True, repeats=1)
   assert list(r["rows"]) == ["R-50", "X-101-64x4d", "MNV2", "dcnv2-R-50"]
