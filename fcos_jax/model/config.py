@@ -31,16 +31,30 @@ class ModelConfig:
   num_classes: int = 80
 
   # --- Backbone ---------------------------------------------------------
+  backbone: str = "resnet"  # "resnet" (ResNet / ResNeXt: depth, width,
+  # groups, width_per_group, stride_in_1x1) or "mobilenet_v2" (the official
+  # FCOS MNV2 body: fixed widths, C3-C5 of 32, 96, 320 channels; the ResNet
+  # fields are unused).
   depth: int = 50  # ResNet depth: 18, 34, 50, 101 or 152.
   width: int = 64  # Stem width; stages use width*(1,2,4,8). 64 is standard,
   # a small value (e.g. 8 or 16) gives a fast model for tests and CPU runs.
+  groups: int = 1  # ResNeXt cardinality: the bottleneck 3x3 is a grouped
+  # conv (32 for X-101-32x8d, 64 for X-101-64x4d); 1 is ResNet.
+  width_per_group: int = 64  # ResNeXt: channels per group at width 64
+  # (8 for 32x8d, 4 for 64x4d); 64 with groups=1 is ResNet.
   stride_in_1x1: bool = True  # caffe/MSRA: stride in the first 1x1 conv;
   # False: torchvision, stride in the 3x3 conv.
   freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ...
-  bn_eps: float = 0.0  # Frozen BatchNorm epsilon (torchvision uses 1e-5).
+  # (MobileNetV2: the first freeze_at of its 18 `features`, stem first.)
+  bn_eps: float = 0.0  # Frozen BatchNorm epsilon: 0 in maskrcnn-benchmark's
+  # FrozenBatchNorm2d (MSRA / FAIR weights), 1e-5 in torchvision and in
+  # MobileNetV2's BatchNorm2d.
   backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones) or
   # "gn": trainable GroupNorm (min(gn_groups, C) groups), for training from
   # scratch, where an identity frozen BN would leave the ResNet unnormalised.
+  dcn_stages: tuple[int, ...] = ()  # ResNet stages (2..5 = res2..res5) whose
+  # bottleneck 3x3 convs are all modulated deformable convs (DCNv2), as the
+  # official STAGE_WITH_DCN: (3, 4, 5) for ResNet, (4, 5) for ResNeXt.
 
   # --- Input normalisation (applied on the device) ------------------------
   input_bgr: bool = True  # Feed channels as BGR (caffe weights) or RGB.
@@ -60,6 +74,8 @@ class ModelConfig:
   norm_reg_targets: bool = True  # relu(scale*x) in stride units; else exp.
   use_scale: bool = True  # Learnable per-level scalar (absent in torchvision).
   prior_prob: float = 0.01  # Initial foreground probability of class logits.
+  head_dcn: bool = False  # The last conv of each tower is a DCNv2 (official
+  # USE_DCN_IN_TOWER).
 
   # --- Locations and assignment ---------------------------------------
   strides: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -107,6 +123,28 @@ class ModelConfig:
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
     _check_choice(self, "dtype", ("float32", "bfloat16"))
     _check_choice(self, "depth", (18, 34, 50, 101, 152))
+    _check_choice(self, "backbone", ("resnet", "mobilenet_v2"))
+    if self.groups < 1 or self.width_per_group < 1:
+      raise ValueError(
+          f"ModelConfig: groups={self.groups} and width_per_group="
+          f"{self.width_per_group} must be positive.")
+    if self.groups > 1 and (self.backbone != "resnet" or self.depth < 50):
+      raise ValueError(
+          f"ModelConfig: groups={self.groups} (ResNeXt) needs backbone="
+          f"'resnet' with a bottleneck depth (50, 101, 152), got backbone="
+          f"{self.backbone!r}, depth={self.depth}.")
+    if self.backbone == "resnet" and self.depth >= 50 and int(
+        self.width * self.width_per_group / 64.0) < 1:
+      raise ValueError(
+          f"ModelConfig: width={self.width} with width_per_group="
+          f"{self.width_per_group} leaves the bottleneck no channels "
+          "(int(width * width_per_group / 64) must be >= 1).")
+    if self.dcn_stages and (
+        not set(self.dcn_stages) <= {2, 3, 4, 5} or self.depth < 50
+        or self.backbone != "resnet"):
+      raise ValueError(
+          f"ModelConfig.dcn_stages={self.dcn_stages}: give stages among "
+          "(2, 3, 4, 5) of a bottleneck ResNet (depth >= 50), e.g. (3, 4, 5).")
     if len(self.size_ranges) != len(self.strides):
       raise ValueError(
           f"ModelConfig: size_ranges has {len(self.size_ranges)} entries but "

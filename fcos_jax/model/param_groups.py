@@ -2,8 +2,10 @@
 
   "frozen": frozen BatchNorm statistics and affine, and every parameter of a
             frozen backbone stage (stage k <= cfg.freeze_at; stem = 1,
-            res2 = 2, ...). No update and no optimizer state.
-  "bias":   conv biases and GroupNorm biases (official: LR x2, no decay).
+            res2 = 2, ...; MobileNetV2 block{i} = i + 1). No update and no
+            optimizer state.
+  "bias":   conv biases (deformable convs' offset convs in the backbone too)
+            and GroupNorm biases (official: LR x2, no decay).
   "norm":   GroupNorm scales.
   "weight": conv kernels and the per-level Scale.
 """
@@ -18,7 +20,13 @@ LABELS = ("frozen", "bias", "norm", "weight")
 
 
 def _stage_index(name: str) -> int:
-  return 1 if name == "stem" else int(name[len("res"):])
+  """The `freeze_at` index of a backbone child: stem 1, ResNet res{k} k,
+  MobileNetV2 block{i} i + 1 (its i-th `features` entry, stem = 0)."""
+  if name == "stem":
+    return 1
+  if name.startswith("block"):
+    return int(name[len("block"):]) + 1
+  return int(name[len("res"):])
 
 
 def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
@@ -30,6 +38,8 @@ def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
       return "frozen"
     if leaf == "kernel":
       return "weight"
+    if path[-2] == "offset":  # A deformable conv's offset/mask conv bias.
+      return "bias"
     if cfg.backbone_norm == "gn":
       return "norm" if leaf == "scale" else "bias"
     return "frozen"
