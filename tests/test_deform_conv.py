@@ -213,3 +213,17 @@ def test_model_config_wiring_and_optimizer_groups():
     config_lib.official(dcn_stages=(6,))
   with pytest.raises(ValueError, match=r"dcn_stages=\(4, 5\) \(needs \(\)\)"):
     tv.convert_resnet_state_dict({}, config_lib.torchvision(dcn_stages=(4, 5)))
+
+
+def test_bfloat16_compute_stays_close():
+  """dtype=bfloat16 (sampling positions stay float32) is within bfloat16
+  rounding of the float32 layer."""
+  layer32 = ModulatedDeformConv(8, use_bias=True)
+  layer16 = ModulatedDeformConv(8, use_bias=True, dtype=jnp.bfloat16)
+  x = np.random.default_rng(2).normal(size=(1, 12, 10, 8)).astype(np.float32)
+  variables = layer32.init(jax.random.key(1), x)
+  variables = jax.tree.map(lambda v: v + 0.05, variables)  # Non-zero offsets.
+  y32 = np.asarray(layer32.apply(variables, x))
+  y16 = np.asarray(layer16.apply(variables, x).astype(jnp.float32))
+  assert np.isfinite(y16).all()
+  assert np.abs(y16 - y32).max() <= 3e-2 * np.abs(y32).max()
