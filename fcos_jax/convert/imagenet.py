@@ -124,6 +124,8 @@ def convert_mobilenet_v2_state_dict(state_dict, cfg: ModelConfig,
   checked.
   """
   required = dict(_MNV2_REQUIRED)
+  if cfg.backbone_norm == "bn":  # FrozenBatchNorm's parameters, trained.
+    required["backbone_norm"] = "bn"
   if layout == "official":
     required = {k: v for k, v in required.items()
                 if k not in _TORCHVISION_INPUT}

@@ -64,8 +64,10 @@ _DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
 _X32 = dict(depth=101, groups=32, width_per_group=8, stride_in_1x1=False)
 _X64 = dict(depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
 # The MobileNetV2 configs have no FCOS section: the paper's head with P6
-# from P5; the whole body is trained (FREEZE_CONV_BODY_AT: 0).
-_MNV2 = dict(backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0, p6_from="p5")
+# from P5; the whole body is trained (FREEZE_CONV_BODY_AT: 0), its
+# BatchNorm with batch statistics (SyncBN or per-GPU BN).
+_MNV2 = dict(backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0, p6_from="p5",
+             backbone_norm="bn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +266,10 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
   """
   required = dict(_REQUIRED,
                   bn_eps=1e-5 if cfg.backbone == "mobilenet_v2" else 0.0)
+  if cfg.backbone == "mobilenet_v2" and cfg.backbone_norm == "bn":
+    # Trainable BatchNorm has FrozenBatchNorm's parameters and, outside
+    # training, its output: the MNV2 models train theirs.
+    required["backbone_norm"] = "bn"
   tv._check_cfg(cfg, required, "the official FCOS checkpoints")  # pylint: disable=protected-access
   sd = load_official_state_dict(state_dict)
   # Scale is a (1,) tensor there and a scalar here.

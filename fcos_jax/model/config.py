@@ -49,9 +49,13 @@ class ModelConfig:
   bn_eps: float = 0.0  # Frozen BatchNorm epsilon: 0 in maskrcnn-benchmark's
   # FrozenBatchNorm2d (MSRA / FAIR weights), 1e-5 in torchvision and in
   # MobileNetV2's BatchNorm2d.
-  backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones) or
+  backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones),
   # "gn": trainable GroupNorm (min(gn_groups, C) groups), for training from
-  # scratch, where an identity frozen BN would leave the ResNet unnormalised.
+  # scratch, where an identity frozen BN would leave the ResNet unnormalised,
+  # or "bn": BatchNorm trained with batch statistics over the global batch
+  # (SyncBN; the official MobileNetV2 models), running statistics moved by
+  # bn_momentum each step and used at evaluation.
+  bn_momentum: float = 0.1  # PyTorch's: running = (1 - m) running + m batch.
   dcn_stages: tuple[int, ...] = ()  # ResNet stages (2..5 = res2..res5) whose
   # bottleneck 3x3 convs are all modulated deformable convs (DCNv2), as the
   # official STAGE_WITH_DCN: (3, 4, 5) for ResNet, (4, 5) for ResNeXt.
@@ -114,7 +118,7 @@ class ModelConfig:
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
     _check_choice(self, "head_norm", ("gn", "none"))
-    _check_choice(self, "backbone_norm", ("frozen_bn", "gn"))
+    _check_choice(self, "backbone_norm", ("frozen_bn", "gn", "bn"))
     _check_choice(self, "centerness_on", ("reg", "cls"))
     _check_choice(self, "location_offset", ("half", "zero"))
     _check_choice(self, "location_stride", ("nominal", "canvas"))

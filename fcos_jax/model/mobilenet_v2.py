@@ -8,12 +8,10 @@ block 3 (24 channels, stride 4) is C2, unused by FCOS. torchvision's
 `mobilenet_v2` has the same 18 `features` (plus the 1280 conv), so its
 ImageNet weights fill this body.
 
-BatchNorm: the official configs train it (SyncBN over 32 images, or
-per-GPU BN); here it is the backbone norm of the other backbones:
-`FrozenBatchNorm` with the checkpoint's running statistics (eval-mode BN,
-eps `cfg.bn_eps` = 1e-5 as BatchNorm2d), or trainable GroupNorm. That
-evaluates and fine-tunes converted weights exactly; training with batch
-statistics is not supported.
+BatchNorm: `cfg.backbone_norm`. The official configs train it with batch
+statistics (SyncBN over 32 images, or per-GPU BN): "bn", `resnet.BatchNorm`
+(eps `cfg.bn_eps` = 1e-5 as BatchNorm2d), which the MNV2 presets use.
+"frozen_bn" keeps the checkpoint's statistics and affine; "gn" is GroupNorm.
 
 Parameter tree (the converters and `param_groups` rely on these names):
   stem/{conv, bn}                         features.0

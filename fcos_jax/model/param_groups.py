@@ -5,8 +5,10 @@
             res2 = 2, ...; MobileNetV2 block{i} = i + 1). No update and no
             optimizer state.
   "bias":   conv biases (deformable convs' offset convs in the backbone too)
-            and GroupNorm biases (official: LR x2, no decay).
-  "norm":   GroupNorm scales.
+            and GroupNorm / trainable BatchNorm biases (official: LR x2, no
+            decay).
+  "norm":   GroupNorm / trainable BatchNorm scales. (A trainable BatchNorm's
+            running mean and var are "frozen": the train step moves them.)
   "weight": conv kernels and the per-level Scale.
 """
 
@@ -40,9 +42,10 @@ def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
       return "weight"
     if path[-2] == "offset":  # A deformable conv's offset/mask conv bias.
       return "bias"
-    if cfg.backbone_norm == "gn":
+    if cfg.backbone_norm == "gn" or (cfg.backbone_norm == "bn"
+                                     and leaf in ("scale", "bias")):
       return "norm" if leaf == "scale" else "bias"
-    return "frozen"
+    return "frozen"  # Frozen BN; a trainable BN's running statistics.
   if top in ("fpn", "head"):
     if leaf == "kernel" or leaf.startswith("scale_"):
       return "weight"

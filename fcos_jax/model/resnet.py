@@ -88,10 +88,57 @@ class FrozenBatchNorm(nn.Module):
     return x * mult.astype(self.dtype) + add.astype(self.dtype)
 
 
+# The collection a trainable BatchNorm writes its batch statistics to when
+# the caller makes it mutable (training); see `fcos_jax.model.batch_stats`.
+BATCH_STATS = "batch_stats"
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with trainable scale and bias (backbone_norm="bn").
+
+  Its running statistics `mean` and `var` are parameters like
+  FrozenBatchNorm's (so converters, checkpoints, evaluation and export see
+  one parameter tree), but never get a gradient. In training (the
+  `BATCH_STATS` collection mutable) it normalises with the batch's own
+  mean and biased variance over (B, H, W) and writes them to that
+  collection, from which the train step moves the running statistics
+  (`batch_stats.update_running_stats`). Under jit with the batch sharded
+  over devices and hosts, the batch mean is the global one: SyncBN.
+  Otherwise it uses the running statistics (eval-mode BN).
+  """
+
+  eps: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    sg = jax.lax.stop_gradient
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    mean = sg(self.param("mean", nn.initializers.zeros, (c,)))
+    var = sg(self.param("var", nn.initializers.ones, (c,)))
+    if self.is_mutable_collection(BATCH_STATS):
+      xf = x.astype(jnp.float32)
+      mean = xf.mean(axis=(0, 1, 2))
+      var = jnp.square(xf - mean).mean(axis=(0, 1, 2))
+      self.put_variable(BATCH_STATS, "mean", sg(mean))
+      self.put_variable(BATCH_STATS, "var", sg(var))
+      # Count of values per channel, for the unbiased running variance.
+      self.put_variable(BATCH_STATS, "count",
+                        jnp.asarray(x.shape[0] * x.shape[1] * x.shape[2],
+                                    jnp.float32))
+    mult = scale * jax.lax.rsqrt(var + self.eps)
+    add = bias - mean * mult
+    return x * mult.astype(self.dtype) + add.astype(self.dtype)
+
+
 def backbone_norm(cfg: ModelConfig, dtype, name: str) -> nn.Module:
   """The backbone's normalisation layer named `name` (see the module doc)."""
   if cfg.backbone_norm == "frozen_bn":
     return FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+  if cfg.backbone_norm == "bn":
+    return BatchNorm(cfg.bn_eps, dtype, name=name)
   return _GroupNormAnyWidth(cfg.gn_groups, dtype, name=name)
 
 
