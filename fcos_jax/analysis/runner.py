@@ -44,6 +44,9 @@ class Progress:
 
 
 def _check_batch(batch_size: int) -> None:
+  if jax.process_count() > 1:
+    raise ValueError("analyze.py runs in one process (it reads the whole "
+                     "split itself); start it on one host.")
   if batch_size % jax.local_device_count():
     raise ValueError(
         f"config.eval_batch_size={batch_size} is not divisible by the "
