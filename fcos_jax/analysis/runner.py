@@ -93,7 +93,11 @@ def assignment_statistics(config, split: str, with_anchors: bool = True
     for name, c in jax.device_get(counts).items():
       totals[name].add(c)
     progress.update(int(batch["example_valid"].sum()))
-  return {name: t.as_dict() for name, t in totals.items()}, len(table)
+  out = {name: t.as_dict() for name, t in totals.items()}
+  for name in (RETINANET, RETINANET_LOW):  # Anchors: recall only.
+    if name in out:
+      out[name] = {k: out[name][k] for k in ("boxes", "recalled", "bpr")}
+  return out, len(table)
 
 
 def detection_statistics(config, params, expected_categories,
