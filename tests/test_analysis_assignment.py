@@ -129,3 +129,43 @@ def test_agrees_with_a_plain_loop(cfg):
     np.testing.assert_array_equal(np.asarray(count[i]), want[1])
     np.testing.assert_array_equal(np.asarray(differ[i]), want[2])
   assert np.asarray(count).max() >= 2  # The cases do hold ambiguity.
+
+
+def test_split_boxes_are_the_evaluation_pipelines(tmp_path):
+  """No image decoded, yet the same boxes, canvases and crowd flags as the
+  evaluation pipeline (which decodes and resizes every image)."""
+  from fcos_jax.analysis import split_boxes
+  from fcos_jax.data.config import default_data_config
+  from fcos_jax.data.coco_format import load_coco_split
+  from fcos_jax.data.pipeline import build_eval_dataset
+  from fcos_jax.data.testing import random_images, write_coco
+  images = random_images(10, seed=2, sizes=((48, 64), (64, 48), (50, 61)),
+                         categories=(1, 2), empty_every=4)
+  images[1][2].append((2, 2, 6, 6, 2, 1))  # A crowd box.
+  images[2][2].append((60, 10, 30, 10, 1, 0))  # Partly outside: clipped.
+  js, im = write_coco(str(tmp_path), images)
+  c = default_data_config()
+  c.source = "coco_format"
+  c.coco.train_json = c.coco.val_json = js
+  c.coco.train_images = c.coco.val_images = im
+  c.min_size, c.max_size, c.canvases = (40, 48), 80, ((64, 96), (96, 64))
+  c.max_boxes, c.num_parallel_calls = 16, 2
+  want = {}
+  for b in build_eval_dataset(c, 4, 0, 1):
+    for i in np.flatnonzero(b["example_valid"]):
+      v = b["box_valid"][i]
+      want[int(b["image_id"][i])] = (b["image"].shape[1:3], b["boxes"][i][v],
+                                     b["classes"][i][v], b["is_crowd"][i][v])
+  table, _ = load_coco_split(js, im)
+  got = {}
+  for canvas, b in split_boxes.box_batches(table, c, 3):
+    for i in np.flatnonzero(b["example_valid"]):
+      v = b["box_valid"][i]
+      got[int(b["image_id"][i])] = (canvas, b["boxes"][i][v],
+                                    b["classes"][i][v], b["is_crowd"][i][v])
+  assert sorted(got) == sorted(want) == list(range(1, 11))
+  for k in want:
+    assert tuple(got[k][0]) == tuple(want[k][0])
+    for g, w in zip(got[k][1:], want[k][1:]):
+      np.testing.assert_array_equal(g, w)
+  assert sum(int(w[3].sum()) for w in want.values()) == 1
