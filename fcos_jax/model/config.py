@@ -197,7 +197,8 @@ def rpn(**overrides) -> ModelConfig:
   model with one class-agnostic 'object' class, and the proposal settings
   of Faster R-CNN's FPN RPN at test time: the best 1000 candidates of each
   level, NMS at IoU 0.7, 1000 proposals per image. The threshold on the
-  object probability stays at the detector's 0.05 (the FCOS RPN keeps it)."""
+  object probability stays the detector's 0.05 (score_thresh=0 keeps
+  every location as a candidate)."""
   base = dict(num_classes=1, class_agnostic=True, pre_nms_topk=1000,
               nms_iou=0.7, max_detections=1000)
   base.update(overrides)
