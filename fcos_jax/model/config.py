@@ -29,6 +29,10 @@ class ModelConfig:
   """Every architectural, assignment, loss and inference choice of FCOS."""
 
   num_classes: int = 80
+  # One foreground class for every box (FCOS as a region proposal network,
+  # paper section 5): every box trains label 0, so NMS is class-agnostic,
+  # and num_classes must be 1 whatever the dataset's category count.
+  class_agnostic: bool = False
 
   # --- Backbone ---------------------------------------------------------
   backbone: str = "resnet"  # "resnet" (ResNet / ResNeXt: depth, width,
@@ -149,6 +153,10 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.dcn_stages={self.dcn_stages}: give stages among "
           "(2, 3, 4, 5) of a bottleneck ResNet (depth >= 50), e.g. (3, 4, 5).")
+    if self.class_agnostic and self.num_classes != 1:
+      raise ValueError(
+          f"ModelConfig: class_agnostic=True needs num_classes=1 (one "
+          f"'object' class), got num_classes={self.num_classes}.")
     if len(self.size_ranges) != len(self.strides):
       raise ValueError(
           f"ModelConfig: size_ranges has {len(self.size_ranges)} entries but "
@@ -226,4 +234,18 @@ def torchvision(**overrides) -> ModelConfig:
   return ModelConfig(**base)
 
 
-PRESETS = {"official": official, "paper": paper, "torchvision": torchvision}
+def rpn(**overrides) -> ModelConfig:
+  """FCOS as a region proposal network (paper section 5): the official
+  model with one class-agnostic 'object' class, and the proposal settings
+  of Faster R-CNN's FPN RPN at test time: the best 1000 candidates of each
+  level, NMS at IoU 0.7, 1000 proposals per image. The threshold on the
+  object probability stays the detector's 0.05 (score_thresh=0 keeps
+  every location as a candidate)."""
+  base = dict(num_classes=1, class_agnostic=True, pre_nms_topk=1000,
+              nms_iou=0.7, max_detections=1000)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
+           "rpn": rpn}

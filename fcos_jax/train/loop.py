@@ -129,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_bs = config.global_batch_size
   is_chief = jax.process_index() == 0
   info = pipeline.dataset_info(config.data, split="train")
-  if info.num_classes != cfg.num_classes:
+  if info.num_classes != cfg.num_classes and not cfg.class_agnostic:
     raise ValueError(
         f"config.model.num_classes={cfg.num_classes} but the training data has "
         f"{info.num_classes} categories; set --config.model.num_classes="
