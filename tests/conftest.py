@@ -13,6 +13,14 @@ _CACHE = os.environ.setdefault(
     "FCOS_JAX_COMPILATION_CACHE",
     str(pathlib.Path.home() / ".cache" / "fcos_jax" / "jax_cache"))
 
+# torchvision (with the triton of torch's CUDA wheels) segfaults when it is
+# first imported after TensorFlow; the parity tests import it late, after
+# the data tests have loaded TF, so load it first when it is installed.
+try:
+  import torchvision  # noqa: F401,E402  pylint: disable=unused-import
+except ImportError:
+  pass
+
 import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", _CACHE)
