@@ -11,7 +11,10 @@ export: one batch on the same canvas through the jitted serving function,
   the deserialized `jax.export` StableHLO (`jax.jit(exported.call)`), the
   TF SavedModel (`signatures["serving_default"]`, inputs from NumPy, outputs
   to NumPy) and the ONNX model (onnxruntime CPU session),
-  taking turns; ratio = artifact median / jitted median (< 1.1 is the goal).
+  taking turns in blocks of 5 consecutive calls (TF's and XLA's thread
+  pools each pay for the other's spinning right after a switch; a served
+  artifact runs call after call); ratio = artifact median / jitted median
+  (< 1.1 is the goal).
 
   python -m benchmarks --sections predict export
   python benchmarks/bench_predict.py --smoke
@@ -100,7 +103,7 @@ def predict_files(smoke: bool = False, images: int = 64, batch: int = 16,
 
 
 def exported_latency(smoke: bool = False, batch: int = 1,
-                     repeats: int = 30) -> dict:
+                     repeats: int = 10, block: int = 5) -> dict:
   from fcos_jax.export import onnx_export, saved_model, serving, stablehlo
   cfg, params, _, _, _, canvas = _model(smoke)
   if smoke:
@@ -126,7 +129,7 @@ def exported_latency(smoke: bool = False, batch: int = 1,
     onnx_path = os.path.join(d, "m.onnx")
     onnx_export.export(cfg, params, canvas, onnx_path, batch=batch)
     fns["onnx"] = functools.partial(onnx_export.load(onnx_path), *args)
-    timed = timing.time_interleaved(fns, repeats, warmup=2)
+    timed = timing.time_interleaved(fns, repeats, warmup=2, block=block)
   out = {"batch": batch, "canvas": list(canvas), "s": {}}
   for name, res in timed.items():
     out["s"][name] = res["s"]

@@ -54,10 +54,13 @@ class RssPeak:
 
 
 def time_interleaved(fns: dict, repeats: int, warmup: int = 1,
-                     memory: bool = False) -> dict:
+                     memory: bool = False, block: int = 1) -> dict:
   """Seconds per call of each fn (name -> zero-argument callable that blocks
   until its result is ready), after `warmup` calls each. The fns take turns,
-  so that a shared, busy machine slows them alike.
+  so that a shared, busy machine slows them alike; each turn is `block`
+  consecutive calls (every one timed), for runtimes that pay for a switch
+  (TF's and XLA's thread pools spinning after the other's call), as a
+  served model runs call after call.
 
   Returns name -> {"s": stats of seconds, "rss_delta_bytes": max over the
   timed calls of the RSS peak minus the RSS before the call (if memory)}.
@@ -68,7 +71,7 @@ def time_interleaved(fns: dict, repeats: int, warmup: int = 1,
   times = {name: [] for name in fns}
   rss = {name: 0 for name in fns}
   for _ in range(repeats):
-    for name, fn in fns.items():
+    for name, fn in [kv for kv in fns.items() for _ in range(block)]:
       if memory:
         with RssPeak() as peak:
           start = time.perf_counter()
