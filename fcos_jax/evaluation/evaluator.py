@@ -102,7 +102,10 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
     storage.write_json_atomic(
         storage.join(out_dir, f"detections_step{step}.json"), results)
     metrics, ev = coco_eval.coco_evaluate(info.gt_json, results,
-                                          dets["image_id"], return_eval=True)
+                                          dets["image_id"], return_eval=True,
+                                          # Records older than the field lack it.
+                                          backend=config.get("eval_backend",
+                                                             "pycocotools"))
     storage.write_json_atomic(
         storage.join(out_dir, f"metrics_step{step}.json"),
         dict(metrics, step=step, num_images=len(dets["image_id"])))

@@ -32,7 +32,7 @@ _LATER = re.compile(r"^config\.(\d{8}T\d{6}(?:\.\d+)?Z)\.json$")
 FREE = (
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "keep_best_checkpoints", "best_checkpoint_metric", "async_checkpointing",
-    "eval_every_steps", "eval_at_end", "eval_batch_size",
+    "eval_every_steps", "eval_at_end", "eval_batch_size", "eval_backend",
     "compilation_cache_dir", "allow_config_change", "stop_check_every_steps",
     "profile_steps", "init_backbone", "init_backbone_format",
     "distributed.initialization_timeout_s", "distributed.heartbeat_timeout_s",
