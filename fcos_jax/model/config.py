@@ -94,6 +94,10 @@ class ModelConfig:
 
   # --- Numerics -----------------------------------------------------------
   dtype: str = "float32"  # Compute dtype: "float32" or "bfloat16".
+  # Training's conv kernel gradients: "auto" = as a GEMM over patches on the
+  # CPU backend (XLA:CPU's own is slow, fcos_jax/model/cpu_conv.py), XLA's
+  # elsewhere; "gemm" / "xla" force one. Same result to float32 rounding.
+  conv_kernel_grad: str = "auto"
 
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
@@ -106,6 +110,7 @@ class ModelConfig:
     _check_choice(self, "reg_weighting", ("centerness", "none"))
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
     _check_choice(self, "dtype", ("float32", "bfloat16"))
+    _check_choice(self, "conv_kernel_grad", ("auto", "gemm", "xla"))
     _check_choice(self, "depth", (18, 34, 50, 101, 152))
     if len(self.size_ranges) != len(self.strides):
       raise ValueError(

@@ -44,6 +44,8 @@ FREE = (
     # Inference only: they do not touch the parameters or the training.
     "model.score_thresh", "model.score_thresh_on", "model.pre_nms_topk",
     "model.nms_iou", "model.max_detections", "model.dtype",
+    # How the kernel gradients are computed (same values to rounding).
+    "model.conv_kernel_grad",
 )
 # Model fields that only training reads (targets and loss): changeable with
 # allow_config_change like the schedule. Every other model field shapes the

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from fcos_jax import losses, targets
+from fcos_jax.model import cpu_conv
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fcos import FCOS
 from fcos_jax.model.locations import compute_locations
@@ -25,7 +26,8 @@ def compute_loss(params, batch, cfg: ModelConfig):
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
   images = normalize_images(batch["image"], batch["image_hw"], cfg)
-  outputs = FCOS(cfg).apply({"params": params}, images)
+  with cpu_conv.kernel_gradients_as_gemm(cfg.conv_kernel_grad):
+    outputs = FCOS(cfg).apply({"params": params}, images)
   tgt = targets.assign_targets(batch["boxes"], batch["classes"],
                                batch["box_valid"], batch["is_crowd"],
                                locations, cfg)
