@@ -99,3 +99,14 @@ def test_5000_synthetic_images_match_pycocotools(tmp_path):
   results = [r for r in results if r["image_id"] <= 4500]
   ids = [im["id"] for im in gt["images"]]
   _assert_same(*_both(_gt(tmp_path, gt), results, ids))
+
+
+def test_unknown_backend_stops_training_before_any_work(tmp_path):
+  from configs import synthetic_cpu
+  from fcos_jax.train import loop
+  config = synthetic_cpu.get_config()
+  config.eval_backend = "cocoapi"
+  config.data.synthetic.dir = str(tmp_path / "data")
+  with pytest.raises(ValueError, match="eval_backend='cocoapi' is not one of"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
