@@ -38,7 +38,7 @@ _TABLE_LINES = (
 
 # config.eval_backend -> module that provides COCO and the COCOeval class.
 # faster-coco-eval reimplements COCOeval's evaluate/accumulate in C++ and
-# gives the same 12 numbers (tests/test_coco_eval.py); pycocotools is the
+# gives the same 12 numbers (tests/test_coco_eval_backends.py); pycocotools is the
 # reference the published numbers come from, so it stays the default.
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
