@@ -76,14 +76,31 @@ def _conv_bwd(strides, padding, res, dy):
   # Kernel gradient, one GEMM per tap (i, j): window(i, j)^T @ dy over all
   # output positions. (One GEMM over the im2col patches, [B*Ho*Wo,
   # kh*kw*Cin], was 11% slower on the R-50 step, on a kh*kw times larger
-  # buffer.)
-  dk = jnp.stack([lax.dot_general(
-      lax.slice(xp, (0, i, j, 0),
-                (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1,
-                 xp.shape[3]), (1, sh, sw, 1)).reshape(-1, cin), dy2d,
-      (((0,), (0,)), ((), ())), precision=lax.Precision.HIGHEST,
-      preferred_element_type=jnp.float32)
-                  for i in range(kh) for j in range(kw)])
+  # buffer.) A 1x1 conv has one window: the (strided) input.
+  gemm = lambda win: lax.dot_general(
+      win.reshape(-1, cin), dy2d, (((0,), (0,)), ((), ())),
+      precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  if kh * kw == 1:
+    dk = gemm(xp[:, :sh * (ho - 1) + 1:sh, :sw * (wo - 1) + 1:sw])
+  else:
+    # The taps in a loop: unrolled, XLA built every conv's windows early
+    # (from the forward's activations) and kept them all live (R-50 step:
+    # 3.8 GB instead of 2.1, same speed). Stride phases first, so that each
+    # window is a plain dynamic slice.
+    n, hp, wp, _ = xp.shape
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    xq = jnp.pad(xp, ((0, 0), (0, hq * sh - hp), (0, wq * sw - wp), (0, 0)))
+    phases = xq.reshape(n, hq, sh, wq, sw, cin).transpose(2, 4, 0, 1, 3, 5)
+    taps = jnp.array([(i, j) for i in range(kh) for j in range(kw)],
+                     jnp.int32)
+
+    def tap_gemm(ij):
+      i, j = ij[0], ij[1]
+      win = lax.dynamic_slice(phases, (i % sh, j % sw, 0, i // sh, j // sw, 0),
+                              (1, 1, n, ho, wo, cin))
+      return gemm(win)
+
+    dk = lax.map(tap_gemm, taps)
   dk = dk.reshape(kernel.shape).astype(kernel.dtype)
   # Input gradient: XLA's transposed convolution (as fast as oneDNN's here).
   _, vjp = jax.vjp(lambda x: _lax_conv(x, kernel, strides, padding), x)
