@@ -1,8 +1,10 @@
 """Why a train step costs what it does: one 3x3 conv (the head's 256 -> 256
 on P3 of an 800x1344 image by default) in JAX and in PyTorch, forward,
 gradient with respect to the input (dgrad) and to the kernel (wgrad),
-float32, achieved GFLOP/s. Each of the three costs the same FLOPs, so the
-backward should take about twice the forward.
+float32, achieved GFLOP/s; and the kernel gradient as one GEMM per tap
+(`fcos_jax.model.cpu_conv`, what training uses on the CPU). Each of the
+three costs the same FLOPs, so the backward should take about twice the
+forward.
 
   python -m benchmarks.bench_conv [--hw 100 168] [--channels 256]
 """
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
+from fcos_jax.model import cpu_conv
 
 
 def run(hw=(100, 168), channels=256, batch=1, repeats=5) -> dict:
@@ -35,6 +38,13 @@ def run(hw=(100, 168), channels=256, batch=1, repeats=5) -> dict:
   j_fwd = jax.jit(conv)
   j_dgrad = jax.jit(jax.grad(loss, argnums=0))
   j_wgrad = jax.jit(jax.grad(loss, argnums=1))
+  # The kernel gradient as one GEMM per tap (what training uses on the
+  # CPU for wide convs: ModelConfig.conv_kernel_grad, cpu_conv.py).
+  gemm_conv = lambda x, k: cpu_conv.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), any_width=True)
+  j_gemm_wgrad = jax.jit(jax.grad(lambda x, k: jnp.sum(gemm_conv(x, k) ** 2),
+                                  argnums=1))
 
   tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
   tk = torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
@@ -55,6 +65,7 @@ def run(hw=(100, 168), channels=256, batch=1, repeats=5) -> dict:
       "torch fwd+dgrad": t_grad(tx),
       "jax fwd+wgrad": lambda: j_wgrad(jx, jk).block_until_ready(),
       "torch fwd+wgrad": t_grad(tk),
+      "jax gemm fwd+wgrad": lambda: j_gemm_wgrad(jx, jk).block_until_ready(),
   }
   timed = timing.time_interleaved(fns, repeats, warmup=1)
   flops = 2 * batch * h * w * 9 * channels * channels

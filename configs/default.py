@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # Periodic COCO evaluation; 0 = only at the end.
   config.eval_at_end = True
   config.eval_batch_size = 8  # Global; a multiple of the device count.
+  # COCOeval implementation: "pycocotools" (the reference) or
+  # "faster_coco_eval" (same 12 numbers, ~20x faster on 500 images).
+  config.eval_backend = "pycocotools"
 
   # Backbone initialisation, used when the run starts (not on resume):
   # "" = random; else a torchvision ImageNet ResNet state dict (.pth, needs

@@ -1,4 +1,5 @@
-"""COCO AP with pycocotools, from the fixed-size detections of `eval_step`.
+"""COCO AP with pycocotools (or faster-coco-eval), from the fixed-size
+detections of `eval_step`.
 
 Every evaluated image counts, including those with no detection (restricting
 `imgIds` to images with detections would inflate AP).
@@ -35,6 +36,36 @@ _TABLE_LINES = (
 )
 
 
+# config.eval_backend -> module that provides COCO and the COCOeval class.
+# faster-coco-eval reimplements COCOeval's evaluate/accumulate in C++ and
+# gives the same 12 numbers (tests/test_coco_eval_backends.py); pycocotools is the
+# reference the published numbers come from, so it stays the default.
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def _coco_classes(backend: str):
+  """(COCO, COCOeval) of `backend`."""
+  if backend == "pycocotools":
+    from pycocotools.coco import COCO  # pylint: disable=import-outside-toplevel
+    from pycocotools.cocoeval import COCOeval  # pylint: disable=import-outside-toplevel
+    return COCO, COCOeval
+  if backend == "faster_coco_eval":
+    try:
+      import faster_coco_eval  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError(
+          "config.eval_backend='faster_coco_eval' needs the faster-coco-eval "
+          "package (pip install -r requirements.txt), or set "
+          "--config.eval_backend=pycocotools") from e
+    return faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
+  raise ValueError(f"config.eval_backend={backend!r} is not one of {BACKENDS}")
+
+
+def check_backend(backend: str) -> None:
+  """Raises the error coco_evaluate would give for `backend`, before any work."""
+  _coco_classes(backend)
+
+
 def detections_to_coco(dets: dict, label_to_category_id: Sequence[int]) -> list[dict]:
   """Fixed-size detections (NumPy) -> COCO results entries.
 
@@ -60,12 +91,12 @@ def format_table(metrics: dict) -> str:
 
 
 def coco_evaluate(gt_json: str, results: list[dict],
-                  image_ids: Sequence[int], return_eval: bool = False):
+                  image_ids: Sequence[int], return_eval: bool = False,
+                  backend: str = "pycocotools"):
   """Runs COCOeval (bbox) over `image_ids`; returns the 12 standard numbers
   (and, with `return_eval`, the accumulated COCOeval, None without
-  detections)."""
-  from pycocotools.coco import COCO
-  from pycocotools.cocoeval import COCOeval
+  detections). backend: one of BACKENDS."""
+  COCO, COCOeval = _coco_classes(backend)  # pylint: disable=invalid-name
 
   with contextlib.redirect_stdout(io.StringIO()):
     gt = COCO()  # Read through the path layer: gt_json may be a URL.
@@ -90,5 +121,6 @@ def coco_evaluate(gt_json: str, results: list[dict],
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-  metrics = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+  # faster-coco-eval appends extra figures after the standard 12.
+  metrics = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats[:12])}
   return (metrics, ev) if return_eval else metrics

@@ -111,8 +111,10 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
                                                 dets["image_id"])
       table, what = proposal_eval.format_proposal_table(metrics), "proposal"
     else:
-      metrics, ev = coco_eval.coco_evaluate(info.gt_json, results,
-                                            dets["image_id"], return_eval=True)
+      metrics, ev = coco_eval.coco_evaluate(
+          info.gt_json, results, dets["image_id"], return_eval=True,
+          # Records older than the field lack it.
+          backend=config.get("eval_backend", "pycocotools"))
       table, what = coco_eval.format_table(metrics), "bbox"
     storage.write_json_atomic(
         storage.join(out_dir, f"metrics_step{step}.json"),

@@ -118,6 +118,11 @@ class ModelConfig:
 
   # --- Numerics -----------------------------------------------------------
   dtype: str = "float32"  # Compute dtype: "float32" or "bfloat16".
+  # Training's conv kernel gradients: "auto" = as GEMMs for wide convs on
+  # the CPU backend (XLA:CPU's own is slow, fcos_jax/model/cpu_conv.py),
+  # XLA's elsewhere; "gemm" (every conv) / "xla" force one. Same result to
+  # float32 rounding.
+  conv_kernel_grad: str = "auto"
 
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
@@ -130,6 +135,7 @@ class ModelConfig:
     _check_choice(self, "reg_weighting", ("centerness", "none"))
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
     _check_choice(self, "dtype", ("float32", "bfloat16"))
+    _check_choice(self, "conv_kernel_grad", ("auto", "gemm", "xla"))
     _check_choice(self, "depth", (18, 34, 50, 101, 152))
     _check_choice(self, "backbone", ("resnet", "mobilenet_v2"))
     if self.groups < 1 or self.width_per_group < 1:

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from fcos_jax import runtime, storage
 from fcos_jax.data import categories, global_batch, pipeline
-from fcos_jax.evaluation import evaluator
+from fcos_jax.evaluation import coco_eval, evaluator
 from fcos_jax.model import param_groups
 from fcos_jax.model.fcos import init_variables
 from fcos_jax.train import checkpoint, optimizer, run_record, steps
@@ -126,6 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = runtime.make_mesh()
   cfg = model_config_from(config.model)
   _check_batch(config)
+  coco_eval.check_backend(config.eval_backend)  # Fail now, not after training.
   global_bs = config.global_batch_size
   is_chief = jax.process_index() == 0
   info = pipeline.dataset_info(config.data, split="train")

@@ -32,7 +32,7 @@ _LATER = re.compile(r"^config\.(\d{8}T\d{6}(?:\.\d+)?Z)\.json$")
 FREE = (
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "keep_best_checkpoints", "best_checkpoint_metric", "async_checkpointing",
-    "eval_every_steps", "eval_at_end", "eval_batch_size",
+    "eval_every_steps", "eval_at_end", "eval_batch_size", "eval_backend",
     "compilation_cache_dir", "allow_config_change", "stop_check_every_steps",
     "profile_steps", "init_backbone", "init_backbone_format",
     "distributed.initialization_timeout_s", "distributed.heartbeat_timeout_s",
@@ -44,6 +44,8 @@ FREE = (
     # Inference only: they do not touch the parameters or the training.
     "model.score_thresh", "model.score_thresh_on", "model.pre_nms_topk",
     "model.nms_iou", "model.max_detections", "model.dtype",
+    # How the kernel gradients are computed (same values to rounding).
+    "model.conv_kernel_grad",
 )
 # Model fields that only training reads (targets and loss): changeable with
 # allow_config_change like the schedule. Every other model field shapes the

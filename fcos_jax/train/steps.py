@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import optax
 
 from fcos_jax import losses, targets
-from fcos_jax.model.config import ModelConfig
 from fcos_jax.inference.step import head_outputs
-from fcos_jax.model import batch_stats
+from fcos_jax.model import batch_stats, cpu_conv
+from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import compute_locations
 from fcos_jax.train.state import TrainState
 
@@ -25,12 +25,13 @@ def compute_loss(params, batch, cfg: ModelConfig):
   backbone_norm="bn") of one batch (see `fcos_jax.batch` for the format)."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
-  if batch_stats.uses_batch_stats(cfg):
-    outputs, stats = head_outputs(params, batch["image"], batch["image_hw"],
-                                  cfg, batch_stats=True)
-  else:
-    outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
-    stats = {}
+  with cpu_conv.kernel_gradients_as_gemm(cfg.conv_kernel_grad):
+    if batch_stats.uses_batch_stats(cfg):
+      outputs, stats = head_outputs(params, batch["image"], batch["image_hw"],
+                                    cfg, batch_stats=True)
+    else:
+      outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
+      stats = {}
   tgt = targets.assign_targets(batch["boxes"], batch["classes"],
                                batch["box_valid"], batch["is_crowd"],
                                locations, cfg)
