@@ -28,7 +28,7 @@ from fcos_jax.train import checkpoint, optimizer, run_record, steps
 from fcos_jax.train.config import model_config_from
 from fcos_jax.train.initial_weights import load_initial_params
 from fcos_jax.train.state import TrainState
-from fcos_jax.train.writers import TrainProgress, create_writer
+from fcos_jax.train.writers import StepTrace, TrainProgress, create_writer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -227,6 +227,12 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
   progress = TrainProgress(num_train_steps=total, global_batch_size=global_bs,
                            every_steps=config.log_every_steps, writer=writer,
                            start_step=start_step)
+  trace = None
+  if config.profile_steps and is_chief:
+    trace = StepTrace(storage.join(workdir, "tensorboard"),
+                      first_step=max(config.profile_first_step, start_step + 1),
+                      num_steps=config.profile_steps)
+    trace(start_step)
   stop = StopRequest(config.stop_check_every_steps)
   compiled_canvases = set()
   pending, last_eval, stopped = [], {}, None
@@ -252,6 +258,8 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
         summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         writer.write_scalars(step, summary)
       progress(step)
+      if trace:
+        trace(step)
 
       reason = stop.should_stop(step, manager)
       evaluate_now = (config.eval_every_steps and not reason and step != total
@@ -278,6 +286,8 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
                                             workdir, total, info, writer)
       writer.write_scalars(total, {f"eval/{k}": v for k, v in last_eval.items()})
   finally:
+    if trace:
+      trace.close()
     writer.close()
   return last_eval
 
