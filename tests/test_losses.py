@@ -75,6 +75,26 @@ def test_focal_and_bce_by_hand():
     assert np.isfinite(g).all()
 
 
+def test_focal_loss_equals_optax():
+  import optax
+  rng = np.random.default_rng(3)
+  x = rng.normal(0, 6, (500,)).astype(np.float32)
+  hard = (rng.random(500) < 0.3).astype(np.float32)
+  soft = rng.random(500).astype(np.float32)
+  for t in (hard, soft):
+    for alpha, gamma in ((0.25, 2.0), (0.5, 1.5), (-1.0, 0.0)):
+      want = optax.sigmoid_focal_loss(x, t, alpha=None if alpha < 0 else alpha,
+                                      gamma=gamma)
+      np.testing.assert_allclose(losses.sigmoid_focal_loss(x, t, alpha, gamma),
+                                 want, rtol=2e-5, atol=1e-7)
+  # The constant-target fast paths fcos_loss takes.
+  for t in (0.0, 1.0):
+    np.testing.assert_allclose(
+        losses.sigmoid_focal_loss(x, t),
+        optax.sigmoid_focal_loss(x, np.full_like(x, t), alpha=0.25),
+        rtol=2e-5, atol=1e-7)
+
+
 # --- The full normalised loss against NumPy ----------------------------------
 
 def numpy_fcos_loss(outputs, targets, strides, cfg):
@@ -353,3 +373,5 @@ def test_bench_loss_smoke(tmp_path, capsys):
   for key in ("loss_cls", "loss_reg", "loss_ctr"):
     np.testing.assert_allclose(result["loss_ours"][key],
                                result["loss_torchvision"][key], rtol=1e-5)
+  np.testing.assert_allclose(result["focal_sum"]["ours"],
+                             result["focal_sum"]["optax"], rtol=1e-5)
