@@ -202,7 +202,7 @@ def print_table(r):
   for name, key in (("ours", "loss_ours"), ("torchvision", "loss_torchvision")):
     print(f"{name:28s} " + " ".join(f"{r[key][k]:10.5f}" for k in LOSS_KEYS))
   print(f"positives: {r['num_pos']:.0f}")
-  print(f"\nfocal loss over [B, P, C], one-hot target, value + gradient (jit)")
+  print("\nfocal loss over [B, P, C], one-hot target, value + gradient (jit)")
   print(f"{'':28s} {'min ms':>9s} {'median ms':>10s} {'max ms':>9s} "
         f"{'sum':>12s}")
   for name, key in (("ours (fcos_loss's form)", "ours"),

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fcos_jax import head_outputs
 from fcos_jax.model.box_coding import distances_to_pixels
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
@@ -131,29 +132,13 @@ _REG_LOSSES = {"giou": giou_loss, "iou": iou_loss,
                "linear_iou": linear_iou_loss}
 
 
-def _check_outputs(outputs, targets, locations, cfg):
-  for key in ("cls_logits", "box_regression", "centerness"):
-    if key not in outputs:
-      raise KeyError(
-          f"fcos_loss: outputs has no {key!r} (keys: {sorted(outputs)}); pass "
-          f"the dict returned by the FCOS model.")
-  bp = tuple(targets.positive.shape)
-  num_p = locations.num_locations
-  expect = {"cls_logits": bp + (cfg.num_classes,), "box_regression": bp + (4,),
-            "centerness": bp}
-  for key, shape in expect.items():
-    got = tuple(outputs[key].shape)
-    if key == "centerness" and got == bp + (1,):
-      continue
-    if got != shape:
-      raise ValueError(
-          f"fcos_loss: outputs[{key!r}] has shape {got}, expected {shape} "
-          f"(B, P = {bp} from the targets, C = cfg.num_classes = "
-          f"{cfg.num_classes}).")
-  if bp[1] != num_p:
+def _check_inputs(outputs, targets, locations, cfg):
+  b, p = targets.positive.shape
+  if p != locations.num_locations:
     raise ValueError(
-        f"fcos_loss: targets have P = {bp[1]} locations but locations has "
-        f"{num_p}; use the same canvas size for both.")
+        f"fcos_loss: targets have P = {p} locations but locations has "
+        f"{locations.num_locations}; use the same canvas size for both.")
+  head_outputs.check(outputs, p, cfg.num_classes, "fcos_loss", batch=b)
 
 
 def fcos_loss(outputs, targets: Targets, locations: Locations,
@@ -175,7 +160,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     scalar; metrics has loss_cls, loss_reg, loss_ctr and num_pos (the raw
     positive count over the batch, float32).
   """
-  _check_outputs(outputs, targets, locations, cfg)
+  _check_inputs(outputs, targets, locations, cfg)
   positive = targets.positive
   pos = positive.astype(jnp.float32)                        # [B, P]
   num_pos_raw = jnp.sum(pos)
@@ -213,7 +198,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     weight, denom = pos, num_pos
   loss_reg = jnp.sum(jnp.where(positive, reg * weight, 0.0)) / denom
 
-  ctr_logits = outputs["centerness"].astype(jnp.float32).reshape(pos.shape)
+  ctr_logits = outputs["centerness"].astype(jnp.float32)
   ctr = centerness_loss(ctr_logits, targets.centerness)
   loss_ctr = jnp.sum(jnp.where(positive, ctr, 0.0)) / num_pos
 

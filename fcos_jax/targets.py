@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcos_jax.model import box_coding
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
 
@@ -154,9 +155,7 @@ def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
   positive = first < num_boxes
   index = order[jnp.minimum(first, num_boxes - 1)]     # [P]
   box = boxes[index]                                   # [P, 4]
-  x, y = points[:, 0], points[:, 1]
-  ltrb = jnp.stack([x - box[:, 0], y - box[:, 1], box[:, 2] - x,
-                    box[:, 3] - y], axis=-1)           # [P, 4]
+  ltrb = box_coding.encode_boxes(points, box)         # [P, 4]
   ltrb = jnp.where(positive[:, None], ltrb, 0.0)
   # Safe operands on background so that no 0/0 appears (not differentiated,
   # but NaNs in dead lanes are still worth avoiding).

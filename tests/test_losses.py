@@ -15,7 +15,7 @@ import pytest
 from fcos_jax import losses
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.locations import compute_locations
-from fcos_jax.targets import Targets, assign_targets
+from fcos_jax.targets import assign_targets
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

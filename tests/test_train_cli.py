@@ -6,7 +6,6 @@ bounded in time; a killed run's process is ours and killed by pid.
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys

@@ -75,14 +75,6 @@ class ExampleTable:
   def __len__(self) -> int:
     return int(self.image_ids.shape[0])
 
-  def num_boxes(self, include_crowd: bool) -> np.ndarray:
-    """[N] boxes per image (crowd included or not)."""
-    counts = np.diff(self.box_splits)
-    if include_crowd:
-      return counts
-    crowd = np.concatenate([[0], np.cumsum(self.is_crowd, dtype=np.int64)])
-    return counts - np.diff(crowd[self.box_splits])
-
   def subset(self, keep: np.ndarray) -> "ExampleTable":
     """The images at `keep` (indices or bool mask), boxes following."""
     keep = np.arange(len(self))[keep]
