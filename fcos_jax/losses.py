@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcos_jax import head_outputs
+from fcos_jax import model_outputs
 from fcos_jax.model.box_coding import distances_to_pixels
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
@@ -138,7 +138,7 @@ def _check_inputs(outputs, targets, locations, cfg):
     raise ValueError(
         f"fcos_loss: targets have P = {p} locations but locations has "
         f"{locations.num_locations}; use the same canvas size for both.")
-  head_outputs.check(outputs, p, cfg.num_classes, "fcos_loss", batch=b)
+  model_outputs.check(outputs, p, cfg.num_classes, "fcos_loss", batch=b)
 
 
 def fcos_loss(outputs, targets: Targets, locations: Locations,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax import head_outputs
+from fcos_jax import model_outputs
 from fcos_jax.model import box_coding
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
@@ -41,7 +41,7 @@ from fcos_jax.nms import batched_nms
 def _check_inputs(outputs, locations: Locations, image_hw, orig_hw,
                   cfg: ModelConfig):
   """Static shape checks, with the field and the fix named."""
-  b = head_outputs.check(outputs, locations.num_locations, cfg.num_classes,
+  b = model_outputs.check(outputs, locations.num_locations, cfg.num_classes,
                          "postprocess")
   for name, arr in (("image_hw", image_hw), ("orig_hw", orig_hw)):
     if tuple(arr.shape) != (b, 2):

@@ -7,16 +7,14 @@ the normalisers are global on any number of devices and hosts.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from fcos_jax import losses, targets
+from fcos_jax.inference.step import head_outputs
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.fcos import FCOS
 from fcos_jax.model.locations import compute_locations
-from fcos_jax.model.preprocess import normalize_images
 from fcos_jax.train.state import TrainState
 
 
@@ -24,8 +22,7 @@ def compute_loss(params, batch, cfg: ModelConfig):
   """Loss and metrics of one batch (see `fcos_jax.batch` for the format)."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
-  images = normalize_images(batch["image"], batch["image_hw"], cfg)
-  outputs = FCOS(cfg).apply({"params": params}, images)
+  outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
   tgt = targets.assign_targets(batch["boxes"], batch["classes"],
                                batch["box_valid"], batch["is_crowd"],
                                locations, cfg)
