@@ -82,6 +82,21 @@ def _without_closed_loop_noise(hook):
   return quiet
 
 
+def define_trained_run_flags(workdir_help: str) -> None:
+  """--config (default: the run's recorded config), --workdir and
+  --checkpoint: the flags of the commands that read a trained run (listed
+  by --helpshort as the calling script's own)."""
+  from ml_collections import config_flags
+  flags.disclaim_key_flags()
+  config_flags.DEFINE_config_file(
+      "config", None, "Path to an ml-collections config file; default: the "
+      "run's recorded config.", lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.DEFINE_string(
+      "checkpoint", None,
+      "A step number or a checkpoint directory; default: latest.")
+
+
 def recorded_config(workdir: str):
   """The run's recorded config (latest config*.json in the workdir)."""
   from fcos_jax.train import run_record

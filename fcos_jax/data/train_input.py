@@ -17,7 +17,7 @@ from fcos_jax.data.batch_iterator import BatchIterator, Stream
 from fcos_jax.data.buckets import (CHOICE_BLOCK, assign_buckets,
                                    bucket_choices, choice_cdf, choices_tf,
                                    process_slices)
-from fcos_jax.data.coco_format import ExampleTable
+from fcos_jax.data.coco_format import DatasetInfo, ExampleTable
 from fcos_jax.data.errors import DataError
 from fcos_jax.data.example_graph import (TableConstants, dataset_options,
                                          example_fn, padding_example,
@@ -49,7 +49,9 @@ def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
                         process_count: int, seed: int | None = None,
                         start_step: int = 0,
                         categories: list[dict] | None = None,
-                        categories_from: str | None = None) -> BatchIterator:
+                        categories_from: str | None = None,
+                        split: tuple[ExampleTable, DatasetInfo] | None = None
+                        ) -> BatchIterator:
   """Endless training batches for this process, from step `start_step` on.
 
   process_batch_size: B, images per process and step. seed: order, flips,
@@ -59,11 +61,13 @@ def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
   Resuming at start_step yields exactly the batches an uninterrupted run
   yields from that step on. categories (e.g. the run's categories.json,
   named categories_from in errors): the split must have exactly these (see
-  `sources.load_split`). Every process must call this (collective on first
-  use of a generated dataset).
+  `sources.load_split`). split: that function's result, when the caller
+  already has it (a big JSON is then not read again). Every process must
+  call this (collective on first use of a generated dataset).
   """
   seed = int(data_cfg.shuffle_seed if seed is None else seed)
-  table, info = load_split(data_cfg, "train", categories, categories_from)
+  table, info = split or load_split(data_cfg, "train", categories,
+                                    categories_from)
   table = _train_table(table, data_cfg)
   canvases = [tuple(int(v) for v in c) for c in data_cfg.canvases]
   bucket = assign_buckets(table, canvases, data_cfg.min_size, data_cfg.max_size)

@@ -20,7 +20,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from fcos_jax import runtime, storage
-from fcos_jax.data import categories, global_batch, pipeline
+from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import evaluator
 from fcos_jax.model import param_groups
 from fcos_jax.model.fcos import init_variables
@@ -128,7 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_batch(config)
   global_bs = config.global_batch_size
   is_chief = jax.process_index() == 0
-  info = pipeline.dataset_info(config.data, split="train")
+  train_split = sources.load_split(config.data, "train")  # Read once.
+  info = train_split[1]
   if info.num_classes != cfg.num_classes:
     raise ValueError(
         f"config.model.num_classes={cfg.num_classes} but the training data has "
@@ -149,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       best_metric=config.best_checkpoint_metric,
       async_save=config.async_checkpointing)
   try:
-    return _run(config, workdir, cfg, mesh, info, tx, schedule, state,
+    return _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
                 manager, is_chief)
   except BaseException:
     _abandon(manager)
@@ -194,8 +195,9 @@ def _restore_or_init(config, workdir, cfg, mesh, info, tx, state, manager):
   return state, meta
 
 
-def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
-         is_chief) -> dict:
+def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
+         manager, is_chief) -> dict:
+  info = train_split[1]
   state, meta = _restore_or_init(config, workdir, cfg, mesh, info, tx, state,
                                  manager)
   start_step = int(state.step)
@@ -214,7 +216,7 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
   train_iter = pipeline.build_train_dataset(
       config.data, process_batch_size=global_bs // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      seed=config.seed, start_step=start_step)
+      seed=config.seed, start_step=start_step, split=train_split)
 
   # --- Compiled step ------------------------------------------------------
   rep, data = runtime.replicated(mesh), runtime.batch_sharded(mesh)
