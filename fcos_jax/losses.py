@@ -1,13 +1,14 @@
 """FCOS losses: focal classification, IoU-family regression, centerness BCE.
 
-Spec section 3. Shapes: B = images, P = locations over all levels,
+The terms and their normalisers: docs/algorithm.md, "Loss and its
+normalisation". Shapes: B = images, P = locations over all levels,
 C = classes. Elementwise losses take distances (l, t, r, b) [..., 4] of a
 prediction and its target from the same location, in the same unit (pixels
 here); both must be >= 0.
 
 `fcos_loss` sums over the whole [B, ...] arrays. Under `jax.jit` with the
 batch sharded over devices (and hosts), those sums are global sums, so
-num_pos and the centerness normaliser are the global ones the spec asks for:
+num_pos and the centerness normaliser are the global ones FCOS asks for:
 no axis_name or explicit all-reduce is needed.
 
 NaN safety: every division and log has a guarded operand, and background
@@ -143,7 +144,8 @@ def _check_inputs(outputs, targets, locations, cfg):
 
 def fcos_loss(outputs, targets: Targets, locations: Locations,
               cfg: ModelConfig):
-  """The FCOS training loss of a batch, normalised as in spec section 3.
+  """The FCOS training loss of a batch (the paper's Eq. 2), normalised as
+  docs/algorithm.md says.
 
   Args:
     outputs: the model dict: cls_logits [B, P, C] logits, box_regression

@@ -1,6 +1,6 @@
 """From head outputs to detections in original image pixels, on the device.
 
-Official FCOS inference (spec section 4), with the torchvision variant chosen
+Official FCOS inference (docs/algorithm.md, "Inference"), with the torchvision variant chosen
 by `cfg.score_thresh_on`:
 
 1. Per level: prob = sigmoid(cls), ctr = sigmoid(centerness).

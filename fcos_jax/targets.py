@@ -1,12 +1,13 @@
 """FCOS target assignment: which ground-truth box each location regresses.
 
-Spec section 2. Naming: B = images, P = locations over all levels
-(`Locations`), M = padded ground-truth boxes. Per image (vmapped over B)
-and per level, the match test splits into per-axis tests ([M, W] along x,
-[M, H] along y); boxes are ranked by area and those tests packed as bits, 32
-boxes to a uint32 word, so the only per-(location, box) work is three bitwise
-ops on [K, H, W] words (K = ceil(M / 32)) and a find-first-set. No
-[B, P, M] tensor, let alone [B, P, M, 4], is ever built.
+The rule is in docs/algorithm.md, "Assignment" (the paper's Eq. 1 and 3).
+Naming: B = images, P = locations over all levels (`Locations`), M = padded
+ground-truth boxes. Per image (vmapped over B) and per level, the match test
+splits into per-axis tests ([M, W] along x, [M, H] along y); boxes are
+ranked by area and those tests packed as bits, 32 boxes to a uint32 word, so
+the only per-(location, box) work is three bitwise ops on [K, H, W] words
+(K = ceil(M / 32)) and a find-first-set. No [B, P, M] tensor, let alone
+[B, P, M, 4], is ever built.
 
 Rules (official FCOS `compute_targets_for_locations`; torchvision and
 detectron2 `_match_anchors` state the same rule differently):
