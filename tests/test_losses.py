@@ -369,7 +369,14 @@ def test_bench_loss_smoke(tmp_path, capsys):
   _load_bench().main(["--smoke", "--json", str(out)])
   assert "speed-up" in capsys.readouterr().out
   result = json.loads(out.read_text())
-  assert result["ours_ms"]["median"] > 0 and result["torchvision_ms"]["min"] > 0
+  for side in ("ours_ms", "torchvision_ms"):
+    s = result[side]
+    assert 0 < s["min"] <= s["median"] <= s["max"]
+  assert result["speedup_median"] == pytest.approx(
+      result["torchvision_ms"]["median"] / result["ours_ms"]["median"])
+  for side in ("ours", "optax"):
+    s = result["focal_ms"][side]
+    assert 0 < s["min"] <= s["median"] <= s["max"]
   for key in ("loss_cls", "loss_reg", "loss_ctr"):
     np.testing.assert_allclose(result["loss_ours"][key],
                                result["loss_torchvision"][key], rtol=1e-5)
