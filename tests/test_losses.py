@@ -2,10 +2,8 @@
 normalised loss, and torchvision."""
 
 import functools
-import importlib.util
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,6 @@ from fcos_jax.model import config as config_lib
 from fcos_jax.model.locations import compute_locations
 from fcos_jax.targets import assign_targets
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # --- Elementwise losses, by hand -------------------------------------------
@@ -329,11 +326,8 @@ def test_elementwise_losses_match_torchvision():
 
 
 def _load_bench():
-  spec = importlib.util.spec_from_file_location(
-      "bench_loss", ROOT / "benchmarks" / "bench_loss.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from benchmarks import bench_loss  # torchvision's side, shared.
+  return bench_loss
 
 
 @pytest.mark.torch
