@@ -2,7 +2,7 @@
 
 The JSON is read and checked up front in Python (cheap, and bad annotations
 get errors that name the annotation id); the images are read and decoded
-later in the tf.data graph (`pipeline.py`).
+later in the tf.data graph (`example_graph.py`).
 
 Every field the pipeline or pycocotools relies on is checked here, with
 the JSON types COCO needs (integer ids, 4-number boxes, positive sizes): a
