@@ -6,7 +6,9 @@
   python evaluate.py --config ... --workdir ... --checkpoint /path/to/checkpoints/5000
 
 Prints the standard 12-number COCO table and writes detections (COCO results
-format) and metrics (JSON) to WORKDIR/eval. Only the parameters are
+format) and metrics (JSON) to WORKDIR/eval. A class-agnostic model (the
+`rpn` preset) is scored as proposals instead: AR@100/300/1000 and
+small/medium/large @1000 (pycocotools, useCats=0). Only the parameters are
 restored (read-only), so the optimizer fields of the config do not matter.
 Without --config, the run's recorded config (WORKDIR/config.json, latest) is
 used.

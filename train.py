@@ -31,7 +31,8 @@ def main(argv):
   from fcos_jax.train.loop import train_and_evaluate  # After jax is set up.
   metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if metrics:
-    logging.info("Final COCO AP %.4f, AP50 %.4f.", metrics["AP"], metrics["AP50"])
+    logging.info("Final evaluation: %s.", ", ".join(
+        f"{k} {v:.4f}" for k, v in list(metrics.items())[:3]))
 
 
 if __name__ == "__main__":

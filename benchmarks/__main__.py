@@ -18,6 +18,13 @@ Sections (CPU mode; see BENCHMARKS.md for what each figure includes):
   post   benchmarks/bench_postprocess.py (vs postprocess_detections).
   input  benchmarks/bench_input.py (tf.data pipeline, images/s).
   coco   benchmarks/bench_coco_eval.py (pycocotools on 500 images).
+  dcn    benchmarks/bench_deform_conv.py: DCNv2 against the plain 3x3
+         conv it replaces (and torchvision's deform_conv2d), fwd and
+         fwd+bwd, at the res4 and head-P3 sizes of 800x1344. Not run
+         unless named in --sections.
+  zoo    benchmarks/bench_zoo.py: forward cost (parameters, analytic and
+         XLA GFLOP, CPU s per image) of R-50, X-101-64x4d, MNV2 and
+         dcnv2-R-50 FCOS at 800x1344. Not run unless named in --sections.
   predict, export (not run unless named in --sections):
          benchmarks/bench_predict.py: predict.py's path on JPEG files
          (images/s), and the exported StableHLO / SavedModel / ONNX
@@ -40,7 +47,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco",
-            "predict", "export")
+            "predict", "export", "dcn", "zoo")
 DEFAULT_SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco")
 
 
@@ -189,6 +196,14 @@ def run_cpu(args) -> dict:
     sections["input"] = input_section(args.smoke, 2 if args.smoke else 3)
   if "coco" in args.sections:
     sections["coco"] = coco_section(args.smoke, 2 if args.smoke else 3)
+  if "dcn" in args.sections:
+    from benchmarks import bench_deform_conv  # pylint: disable=import-outside-toplevel
+    sections["dcn"] = (bench_deform_conv.run(
+        {"smoke 16x24": ((16, 24), 16)}, repeats=2) if args.smoke
+                       else bench_deform_conv.run(repeats=args.repeats))
+  if "zoo" in args.sections:
+    from benchmarks import bench_zoo  # pylint: disable=import-outside-toplevel
+    sections["zoo"] = bench_zoo.run(args.smoke, repeats=args.zoo_repeats)
   if "predict" in args.sections:
     from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
     sections["predict"] = bench_predict.predict_files(args.smoke)
@@ -259,6 +274,12 @@ def print_cpu_table(r: dict):
           f"{c['hw'][0]}x{c['hw'][1]} (ms median, GFLOP/s): " + ", ".join(
               f"{n} {1e3 * r['s']['median']:.0f} ({r['gflop_per_s']:.0f})"
               for n, r in c["rows"].items()))
+  if "dcn" in s:
+    from benchmarks import bench_deform_conv  # pylint: disable=import-outside-toplevel
+    bench_deform_conv.print_table(s["dcn"])
+  if "zoo" in s:
+    from benchmarks import bench_zoo  # pylint: disable=import-outside-toplevel
+    bench_zoo.print_table(s["zoo"])
   for key in ("r50", "small"):
     if key not in s:
       continue
@@ -295,6 +316,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=10,
                  help="Timed repeats of the small rows.")
   p.add_argument("--r50-repeats", type=int, default=3)
+  p.add_argument("--zoo-repeats", type=int, default=2)
   p.add_argument("--r50-train-batch", type=int, default=1)
   p.add_argument("--r50-infer-batches", type=int, nargs="+", default=[1])
   args = p.parse_args(argv)

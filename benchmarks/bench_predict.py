@@ -10,7 +10,7 @@ predict: N JPEG files of the synthetic shapes set -> `load_prepared` (read,
 export: one batch on the same canvas through the jitted serving function,
   the deserialized `jax.export` StableHLO (`jax.jit(exported.call)`), the
   TF SavedModel (`signatures["serving_default"]`, inputs from NumPy, outputs
-  to NumPy) and the ONNX model (onnxruntime CPU session; batch 1 only),
+  to NumPy) and the ONNX model (onnxruntime CPU session),
   taking turns; ratio = artifact median / jitted median (< 1.1 is the goal).
 
   python -m benchmarks --sections predict export
@@ -123,10 +123,9 @@ def exported_latency(smoke: bool = False, batch: int = 1,
         "stablehlo": lambda: jax.block_until_ready(exported(*args)),
         "saved_model": lambda: sm(*args),  # Returns NumPy: blocks.
     }
-    if batch == 1:
-      onnx_path = os.path.join(d, "m.onnx")
-      onnx_export.export(cfg, params, canvas, onnx_path)
-      fns["onnx"] = functools.partial(onnx_export.load(onnx_path), *args)
+    onnx_path = os.path.join(d, "m.onnx")
+    onnx_export.export(cfg, params, canvas, onnx_path, batch=batch)
+    fns["onnx"] = functools.partial(onnx_export.load(onnx_path), *args)
     timed = timing.time_interleaved(fns, repeats, warmup=2)
   out = {"batch": batch, "canvas": list(canvas), "s": {}}
   for name, res in timed.items():

@@ -2,9 +2,12 @@
 
 `analytic_forward_flops` counts the convolutions of the network from the
 architecture alone (not from our Flax code), as 2 * H_out * W_out * k * k *
-C_in * C_out per conv (a multiply-add is 2 FLOPs), per part: backbone, FPN,
-head. Norms, activations, pooling and post-processing are left out (under
-1% of the total). It is the cross-check of XLA's `cost_analysis()`.
+C_in * C_out / groups per conv (a multiply-add is 2 FLOPs), per part:
+backbone (ResNet, ResNeXt or MobileNetV2), FPN, head. A deformable conv
+counts as its conv plus its offset/mask conv (3 * k * k outputs); its
+bilinear sampling, norms, activations, pooling and post-processing are left
+out (under 1% of the total without deformable convs). It is the
+cross-check of XLA's `cost_analysis()`.
 
 Spatial sizes: every stride-2 conv and the stem's max pool give ceil(n / 2),
 as PyTorch's symmetric padding does.
@@ -46,9 +49,15 @@ def _down(n: int) -> int:
   return math.ceil(n / 2)
 
 
-def _conv(h, w, k, cin, cout) -> int:
+def _conv(h, w, k, cin, cout, groups=1) -> int:
   """FLOPs of one conv whose output is h x w."""
-  return 2 * h * w * k * k * cin * cout
+  return 2 * h * w * k * k * cin * cout // groups
+
+
+def _offset_conv(h, w, cin) -> int:
+  """The offset/mask conv of a 3x3 DCNv2: 3 * 9 outputs (2 offsets and a
+  mask per tap)."""
+  return _conv(h, w, 3, cin, 27)
 
 
 class _Convs:
@@ -72,7 +81,9 @@ class _Convs:
 
 
 def _backbone(cfg: ModelConfig, hw, convs: _Convs):
-  """Adds the ResNet's convs; returns [(H, W, C, grad)] of C3, C4, C5."""
+  """Adds the backbone's convs; returns [(H, W, C, grad)] of C3, C4, C5."""
+  if cfg.backbone == "mobilenet_v2":
+    return _mobilenet_v2(cfg, hw, convs)
   # Stage k (0 = stem, 1 = res2, ...) is frozen when k + 1 <= freeze_at.
   trained = lambda k: k + 1 > cfg.freeze_at
   h, w = _down(hw[0]), _down(hw[1])
@@ -85,6 +96,9 @@ def _backbone(cfg: ModelConfig, hw, convs: _Convs):
   for k, blocks in enumerate(STAGE_BLOCKS[cfg.depth]):
     planes = cfg.width * 2 ** k
     cout = planes * 4 if bottleneck else planes
+    # ResNeXt: torchvision's int(planes * width_per_group / 64) * groups.
+    inner = int(planes * cfg.width_per_group / 64) * cfg.groups
+    dcn = k + 2 in cfg.dcn_stages
     t = trained(k + 1)
     for i in range(blocks):
       stride = 2 if (i == 0 and k > 0) else 1
@@ -93,9 +107,12 @@ def _backbone(cfg: ModelConfig, hw, convs: _Convs):
         # 1x1 runs at the output size when it carries the stride (caffe),
         # else at the input size (torchvision: stride in the 3x3).
         h1, w1 = (ho, wo) if cfg.stride_in_1x1 else (h, w)
-        g = convs.add("backbone", _conv(h1, w1, 1, cin, planes), t, grad)
-        g = convs.add("backbone", _conv(ho, wo, 3, planes, planes), t, g)
-        g = convs.add("backbone", _conv(ho, wo, 1, planes, cout), t, g)
+        g = convs.add("backbone", _conv(h1, w1, 1, cin, inner), t, grad)
+        if dcn:
+          convs.add("backbone", _offset_conv(ho, wo, inner), t, g)
+        g = convs.add("backbone", _conv(ho, wo, 3, inner, inner, cfg.groups),
+                      t, g)
+        g = convs.add("backbone", _conv(ho, wo, 1, inner, cout), t, g)
       else:
         g = convs.add("backbone", _conv(ho, wo, 3, cin, planes), t, grad)
         g = convs.add("backbone", _conv(ho, wo, 3, planes, planes), t, g)
@@ -105,6 +122,38 @@ def _backbone(cfg: ModelConfig, hw, convs: _Convs):
       cin, h, w = cout, ho, wo
     if k >= 1:
       outs.append((h, w, cout, grad))
+  return outs
+
+
+# MobileNetV2 (the official FCOS body): (expansion, channels, blocks,
+# first stride) per group, after a 3x3/2 stem of 32 channels; C3-C5 are the
+# outputs of blocks 6, 13 and 17.
+MNV2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MNV2_TAPS = (6, 13, 17)
+
+
+def _mobilenet_v2(cfg: ModelConfig, hw, convs: _Convs):
+  # features[i] is frozen when i + 1 <= freeze_at (stem = features[0]).
+  trained = lambda i: i + 1 > cfg.freeze_at
+  h, w = _down(hw[0]), _down(hw[1])
+  grad = convs.add("backbone", _conv(h, w, 3, 3, 32), trained(0), False)
+  cin, i, outs = 32, 0, []
+  for t, c, n, s in MNV2_SETTING:
+    for j in range(n):
+      i += 1
+      stride = s if j == 0 else 1
+      ho, wo = (_down(h), _down(w)) if stride == 2 else (h, w)
+      hidden = cin * t
+      tr, g = trained(i), grad
+      if t != 1:
+        g = convs.add("backbone", _conv(h, w, 1, cin, hidden), tr, g)
+      g = convs.add("backbone", _conv(ho, wo, 3, hidden, hidden, hidden), tr, g)
+      g = convs.add("backbone", _conv(ho, wo, 1, hidden, c), tr, g)
+      grad = g or grad
+      cin, h, w = c, ho, wo
+      if i in MNV2_TAPS:
+        outs.append((h, w, c, grad))
   return outs
 
 
@@ -131,6 +180,8 @@ def _head(cfg: ModelConfig, level_sizes, convs: _Convs):
   f = cfg.fpn_channels
   per_location = (2 * cfg.head_convs * _conv(1, 1, 3, f, f) +
                   _conv(1, 1, 3, f, cfg.num_classes + 4 + 1))
+  if cfg.head_dcn:  # The last conv of each tower is deformable.
+    per_location += 2 * _offset_conv(1, 1, f)
   convs.add("head", per_location * sum(h * w for h, w in level_sizes),
             True, True)
 

@@ -126,14 +126,15 @@ def _level_top_k(cls, ctr, loc_max, sl: slice, k: int, cfg: ModelConfig):
 
 
 def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
-                      cfg: ModelConfig):
+                      cfg: ModelConfig, with_loc: bool = False):
   """The top candidates of one level, decoded.
 
   cls [B, P, C] logits, reg [B, P, 4] head distances, ctr [B, P] logits,
   loc_max [B, P] max class logit, points [P, 2] (x, y) pixels, strides [P];
   sl: the level's slice of P (L locations).
   Returns boxes [B, k, 4] canvas pixels (unclipped), scores [B, k] =
-  sqrt(prob * ctr), classes [B, k] int32, valid [B, k] bool; k =
+  sqrt(prob * ctr), classes [B, k] int32, valid [B, k] bool (and with
+  `with_loc`, loc [B, k] int32 location index in [0, P)); k =
   min(pre_nms_topk, L * C).
   """
   k = min(cfg.pre_nms_topk, (sl.stop - sl.start) * cls.shape[-1])
@@ -145,11 +146,12 @@ def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
   ltrb = box_coding.distances_to_pixels(
       reg, np.full((k,), strides[sl.start], np.float32), cfg)
   boxes = jax.vmap(box_coding.decode_boxes)(jnp.asarray(points)[loc], ltrb)
-  return boxes, jnp.where(valid, scores, 0.0), classes, valid
+  out = (boxes, jnp.where(valid, scores, 0.0), classes, valid)
+  return out + (loc,) if with_loc else out
 
 
 def postprocess(outputs, locations: Locations, image_hw, orig_hw,
-                cfg: ModelConfig):
+                cfg: ModelConfig, with_locations: bool = False):
   """Head outputs -> at most K = cfg.max_detections detections per image.
 
   Args:
@@ -167,7 +169,9 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
     boxes   [B, K, 4] float32 (x0, y0, x1, y1) in original image pixels,
     scores  [B, K] float32 sqrt(prob * ctr),
     classes [B, K] int32 contiguous labels in [0, C),
-    valid   [B, K] bool; unused slots hold zeros.
+    valid   [B, K] bool; unused slots hold zeros;
+    and with `with_locations`, locations [B, K] int32: the index in P of
+    the location each detection came from (-1 in unused slots).
   Static shapes; jit it with `locations` and `cfg` closed over (see
   `make_postprocess_fn`).
   """
@@ -177,10 +181,11 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
   per_level = [
       _level_candidates(cls, reg, ctr, loc_max, locations.points,
-                        locations.strides, locations.level_slice(level), cfg)
+                        locations.strides, locations.level_slice(level), cfg,
+                        with_loc=True)
       for level in range(cfg.num_levels)]
-  boxes, scores, classes, valid = (jnp.concatenate(x, axis=1)
-                                   for x in zip(*per_level))
+  boxes, scores, classes, valid, loc = (jnp.concatenate(x, axis=1)
+                                        for x in zip(*per_level))
 
   # Clip to the resized image: the canvas padding lies outside the image.
   image_hw = jnp.asarray(image_hw).astype(jnp.float32)
@@ -203,12 +208,16 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   # rounded): clip again so no box leaves the original image.
   orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
   boxes = jnp.clip(boxes * scale, 0.0, orig_hi)
-  return {
+  dets = {
       "boxes": jnp.where(keep_valid[..., None], boxes, 0.0),
       "scores": jnp.where(keep_valid, scores, 0.0),
       "classes": jnp.where(keep_valid, classes, 0),
       "valid": keep_valid,
   }
+  if with_locations:
+    dets["locations"] = jnp.where(
+        keep_valid, jnp.take_along_axis(loc, keep, axis=1), -1)
+  return dets
 
 
 def make_postprocess_fn(locations: Locations, cfg: ModelConfig):

@@ -215,7 +215,8 @@ def assign_targets(boxes, classes, box_valid, is_crowd, locations: Locations,
     box_valid: [B, M] bool, False for padding.
     is_crowd:  [B, M] bool, crowd boxes are never positive.
     locations: `compute_locations(canvas_hw, cfg)`, P locations.
-    cfg:       reads center_sampling_radius (strides) and size_range_inclusive.
+    cfg:       reads center_sampling_radius (strides), size_range_inclusive
+               and class_agnostic (every label 0).
 
   Returns:
     `Targets`, each field [B, P, ...]; regression targets in pixels (divide by
@@ -224,10 +225,13 @@ def assign_targets(boxes, classes, box_valid, is_crowd, locations: Locations,
   _check_inputs(boxes, classes, box_valid, is_crowd, locations, cfg)
   boxes = jnp.asarray(boxes, jnp.float32)
   usable = jnp.asarray(box_valid, bool) & ~jnp.asarray(is_crowd, bool)
+  classes = jnp.asarray(classes, jnp.int32)
+  if cfg.class_agnostic:  # One 'object' class (FCOS as an RPN).
+    classes = jnp.zeros_like(classes)
   grids = [_level_grid(locations, level) for level in range(cfg.num_levels)]
 
   def one(b, c, u):
     return _assign_one(b, c, u, grids, float(cfg.center_sampling_radius),
                        bool(cfg.size_range_inclusive))
 
-  return jax.vmap(one)(boxes, jnp.asarray(classes, jnp.int32), usable)
+  return jax.vmap(one)(boxes, classes, usable)

@@ -29,21 +29,28 @@ def params():
       init_variables(CFG, jax.random.key(1))["params"])
 
 
-def inputs(canvas_index, seed=0):
-  """Synthetic shapes images, encoded as JPEG, decoded and resized the way
-  predict.py does it, for one canvas."""
+def raw_images(canvas_index, seed=0):
+  """Synthetic shapes images of two sizes that go to canvas `canvas_index`,
+  encoded as JPEG and decoded the way predict.py does it."""
   import io
   from PIL import Image
   rng = np.random.default_rng(seed)
-  resizer = images_lib.Resizer(64, 96, CANVASES)
   sizes = ((120, 170), (100, 130)) if canvas_index == 0 else ((170, 120),
                                                               (90, 60))
-  batch = {"images": [], "image_hw": [], "orig_hw": []}
+  out = []
   for h, w in sizes:
-    image = synthetic.make_image(rng, h, w)[0]
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=90)
-    image = images_lib.decode(buf.getvalue())
+    Image.fromarray(synthetic.make_image(rng, h, w)[0]).save(buf, "JPEG",
+                                                             quality=90)
+    out.append(images_lib.decode(buf.getvalue()))
+  return out
+
+
+def prepare(images, canvas_index):
+  """predict.py's resize onto the canvas: the three model inputs."""
+  resizer = images_lib.Resizer(64, 96, CANVASES)
+  batch = {"images": [], "image_hw": [], "orig_hw": []}
+  for image in images:
     index, canvas, image_hw = resizer(image)
     assert index == canvas_index
     batch["images"].append(canvas)
@@ -51,6 +58,10 @@ def inputs(canvas_index, seed=0):
     batch["orig_hw"].append(image.shape[:2])
   return (np.stack(batch["images"]), np.asarray(batch["image_hw"], np.int32),
           np.asarray(batch["orig_hw"], np.int32))
+
+
+def inputs(canvas_index, seed=0):
+  return prepare(raw_images(canvas_index, seed), canvas_index)
 
 
 def reference(cfg, params, args):
@@ -124,6 +135,31 @@ def test_saved_model_round_trip(tmp_path, params, dtype):
     assert_matching_detections(got, want, 0.5, 2e-3, 0.9)
 
 
+@pytest.mark.slow
+def test_saved_model_of_any_size_image(tmp_path, params):
+  """The image SavedModel resizes inside (the same TF ops as predict.py),
+  picks the canvas by the bucket rule and gives the jitted model's
+  detections on images of both orientations; an image no canvas holds is
+  refused with a message that names the canvases."""
+  path = str(tmp_path / "sm_images")
+  saved_model.export_images(CFG, params, CANVASES, path, min_size=64,
+                            max_size=96)
+  run = saved_model.load_images(path)  # A fresh tf.saved_model.load.
+  for i in range(len(CANVASES)):
+    images = raw_images(i, seed=7 + i)
+    want = reference(CFG, params, prepare(images, i))
+    got = [run(image) for image in images]
+    assert_same_detections({k: np.stack([g[k] for g in got]) for k in want},
+                           want)
+  # A portrait image against a landscape canvas alone: refused by name.
+  path = str(tmp_path / "sm_landscape")
+  saved_model.export_images(CFG, params, CANVASES[:1], path, min_size=64,
+                            max_size=96)
+  with pytest.raises(Exception, match="fits none of the exported canvases "
+                     "64x96"):
+    saved_model.load_images(path)(raw_images(1)[0])
+
+
 def test_onnx_round_trip(tmp_path):
   """Model + candidates from jax2onnx, NMS from ONNX's NonMaxSuppression
   (see fcos_jax/export/onnx_export.py for what differs): the same
@@ -137,16 +173,22 @@ def test_onnx_round_trip(tmp_path):
   cfg = CFG.replace(pre_nms_topk=20, freeze_at=2, backbone_norm="frozen_bn")
   params = serving.as_numpy_params(
       init_variables(cfg, jax.random.key(2))["params"])
-  for i, canvas in enumerate(CANVASES):
+  # Canvas 0 one image at a time; canvas 1 as one batch, with more
+  # detection slots (320) than candidates x classes (3 x 49), so the
+  # graph pads its top-K.
+  for i, (canvas, batch, max_dets) in enumerate(
+      [(CANVASES[0], 1, 100), (CANVASES[1], BATCH, 320)]):
+    cfg_i = cfg.replace(max_detections=max_dets)
     path = str(tmp_path / f"{i}.onnx")
-    onnx_export.export(cfg, params, canvas, path)
+    onnx_export.export(cfg_i, params, canvas, path, batch=batch)
     run = onnx_export.load(path)  # A fresh onnxruntime.InferenceSession.
     args = inputs(i, seed=5 + i)
-    for b in range(BATCH):  # Batch 1.
-      one = tuple(a[b:b + 1] for a in args)
-      want = reference(cfg, params, one)
-      got = run(*one)
-      assert want["valid"].sum() >= 10
+    for b in range(0, BATCH, batch):
+      part = tuple(a[b:b + batch] for a in args)
+      want = reference(cfg_i, params, part)
+      got = run(*part)
+      assert got["boxes"].shape == (batch, max_dets, 4)
+      assert want["valid"].sum() >= 10 * batch
       # Every detection has its twin (class, box within 1e-3 px, score
       # within 1e-5); equal scores may come in another order.
       assert_matching_detections(got, want, 1e-3, 1e-5, 1.0)
@@ -190,9 +232,12 @@ def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["step"] == 7 and manifest["categories"] == cats
   assert manifest["resize"]["canvases"] == [list(c) for c in CANVASES]
-  assert sorted((f["format"], tuple(f["canvas"])) for f in manifest["files"]
+  per_canvas = [f for f in manifest["files"] if isinstance(f["canvas"], list)]
+  assert sorted((f["format"], tuple(f["canvas"])) for f in per_canvas
                 ) == sorted((f, c) for f in ("saved_model", "stablehlo")
                             for c in CANVASES)
+  [any_size] = [f for f in manifest["files"] if f not in per_canvas]
+  assert any_size["format"] == "saved_model"
   # The artifact gives the Detector's detections (original pixels).
   det = Detector.from_workdir(str(workdir), config=ml_collections.ConfigDict(
       json.loads((workdir / "config.json").read_text())))
@@ -209,3 +254,13 @@ def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
     np.testing.assert_allclose(got["boxes"][i][:n], r["boxes"], atol=1e-3)
     np.testing.assert_allclose(got["scores"][i][:n], r["scores"], atol=1e-5)
     np.testing.assert_array_equal(got["classes"][i][:n], r["labels"])
+  # The any-size SavedModel on raw pixels equals the Python API's call.
+  run = saved_model.load_images(any_size["path"])
+  image = raw_images(1, seed=3)[0]
+  [r] = det([image])
+  got = run(image)
+  n = len(r["scores"])
+  assert got["valid"].sum() == n > 0
+  np.testing.assert_allclose(got["boxes"][:n], r["boxes"], atol=1e-3)
+  np.testing.assert_allclose(got["scores"][:n], r["scores"], atol=1e-5)
+  np.testing.assert_array_equal(got["classes"][:n], r["labels"])

@@ -1,10 +1,18 @@
-"""torchvision's COCO FCOS weights -> a workdir that evaluate.py and
-predict.py take like a trained run.
+"""torchvision's or the official FCOS's COCO weights -> a workdir that
+evaluate.py and predict.py take like a trained run.
 
   python -m fcos_jax.convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
       --workdir runs/torchvision_coco [--config.data.tfds.data_dir=...]
+  python -m fcos_jax.convert --official FCOS_imprv_R_50_FPN_1x.pth \
+      --config configs/official_fcos.py:FCOS_imprv_R_50_FPN_1x \
+      --workdir runs/official_r50 [--config.data.tfds.data_dir=...]
   python evaluate.py --workdir runs/torchvision_coco    # COCO val2017 AP
   python predict.py  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
+
+With --official or --adelaidet, --config names the released model
+(configs/official_fcos.py:MODEL_NAME; the PUBLISHED tables of
+fcos_jax.convert.official and .adelaidet list them) and only its inference
+fields may be changed.
 
 Writes WORKDIR/config.json (configs/torchvision_r50.py, or --config, with
 any --config.FIELD overrides: set the data fields evaluate.py should use),
@@ -32,18 +40,32 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", os.path.join(_ROOT, "configs", "torchvision_r50.py"),
     "Run config to record; its model must be the torchvision preset with 80 "
-    "classes (only the inference fields may differ).", lock_config=True)
+    "classes, or with --official configs/official_fcos.py:MODEL_NAME (only "
+    "the inference fields may differ).", lock_config=True)
 flags.DEFINE_string("torchvision", None,
                     "torchvision fcos_resnet50_fpn COCO state dict (.pth/.npz).")
+flags.DEFINE_string("official", None,
+                    "An official FCOS (tianzhi0549/FCOS) checkpoint (.pth, or "
+                    "its 'model' state dict as .npz).")
+flags.DEFINE_string("adelaidet", None,
+                    "An AdelaiDet FCOS checkpoint (.pth, or its 'model' state "
+                    "dict as .npz).")
 flags.DEFINE_string("workdir", None, "The workdir to write (local or URL).")
 flags.DEFINE_bool("overwrite", False, "Replace a workdir that has checkpoints.")
-flags.mark_flags_as_required(["torchvision", "workdir"])
+flags.mark_flags_as_required(["workdir"])
+flags.mark_flags_as_mutual_exclusive(["torchvision", "official", "adelaidet"],
+                                     required=True)
 
 STEP = 0  # The step number of the converted checkpoint.
 
 
-def convert_to_workdir(state_dict, workdir: str, config, overwrite=False):
-  """Writes the converted run into `workdir`; returns its ModelConfig."""
+def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
+                       source="torchvision"):
+  """Writes the converted run into `workdir`; returns its ModelConfig.
+
+  source: "torchvision" (its 91-slot COCO FCOS), "official" or "adelaidet"
+  (the released model of that zoo that config.model describes).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
   from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
@@ -61,8 +83,15 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False):
     storage.path(ckpt_dir).rmtree()
   inference_only = ("score_thresh", "score_thresh_on", "pre_nms_topk",
                     "nms_iou", "max_detections", "dtype")
-  tv_cfg, params, categories = tv.convert_coco_detector(
-      state_dict, **{k: getattr(cfg, k) for k in inference_only})
+  inference = {k: getattr(cfg, k) for k in inference_only}
+  if source in ("official", "adelaidet"):
+    import importlib  # pylint: disable=import-outside-toplevel
+    zoo = importlib.import_module(f"fcos_jax.convert.{source}")
+    tv_cfg, params, categories = zoo.convert_published(
+        state_dict, zoo.find_published(cfg), **inference)
+  else:
+    tv_cfg, params, categories = tv.convert_coco_detector(
+        state_dict, **inference)
   if cfg != tv_cfg:
     import dataclasses  # pylint: disable=import-outside-toplevel
     bad = [f"{f.name}={getattr(cfg, f.name)!r} (needs "
@@ -90,8 +119,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   cli.setup(config)
-  convert_to_workdir(FLAGS.torchvision, FLAGS.workdir, config,
-                     overwrite=FLAGS.overwrite)
+  source = next(s for s in ("official", "adelaidet", "torchvision")
+                if getattr(FLAGS, s))
+  convert_to_workdir(getattr(FLAGS, source), FLAGS.workdir, config,
+                     overwrite=FLAGS.overwrite, source=source)
   logging.info("Wrote %s: 80 COCO categories, checkpoint step %d. Evaluate "
                "with: python evaluate.py --workdir %s", FLAGS.workdir, STEP,
                FLAGS.workdir)

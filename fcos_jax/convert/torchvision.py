@@ -4,7 +4,8 @@
   (whole detector) -> {"params": ...} for `FCOS(cfg)` with the torchvision
   preset, `fcos_jax.model.config.torchvision(num_classes=...)`.
 - `convert_resnet_state_dict`: ImageNet `torchvision.models.resnet50` (or
-  18/34/101/152) -> the backbone subtree, variables["params"]["backbone"];
+  18/34/101/152, or a ResNeXt with cfg.groups / cfg.width_per_group set;
+  see also `fcos_jax.convert.imagenet`) -> the backbone subtree, variables["params"]["backbone"];
   put it into a fresh model with `merge_backbone`:
 
       variables = init_variables(cfg, jax.random.key(0))
@@ -35,13 +36,16 @@ from fcos_jax.model.fcos import MODEL_STRIDES, init_variables
 
 # Fields that change what the weights compute, and torchvision's values.
 _BACKBONE_REQUIRED = dict(
-    stride_in_1x1=False, bn_eps=1e-5, backbone_norm="frozen_bn",
+    backbone="resnet", stride_in_1x1=False, bn_eps=1e-5, backbone_norm="frozen_bn",
     input_bgr=False, input_range=1.0,
     pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD)
 _FCOS_REQUIRED = dict(
     _BACKBONE_REQUIRED, fpn_channels=256, p6_from="p5", head_norm="gn",
     gn_groups=32, centerness_on="reg", norm_reg_targets=True, use_scale=False,
     location_offset="zero", strides=MODEL_STRIDES)
+# torchvision's models have no deformable convs.
+_BACKBONE_REQUIRED["dcn_stages"] = ()
+_FCOS_REQUIRED.update(dcn_stages=(), head_dcn=False)
 
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
        "var": "running_var"}
@@ -163,9 +167,8 @@ def _convert(sd: dict[str, np.ndarray], targets: dict, what: str) -> dict:
     lines = [f"Cannot convert this state dict to {what}:"]
     for title, items in (("missing", missing), ("unexpected", unexpected),
                          ("mis-shaped", misshaped)):
-      if items:
-        lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) +
-                     (" ..." if len(items) > 20 else ""))
+      if items:  # The full list: the fix often needs all of it.
+        lines.append(f"  {len(items)} {title}: " + ", ".join(items))
     lines.append("Check that cfg.depth, cfg.width and cfg.num_classes match "
                  "the checkpoint.")
     raise ValueError("\n".join(lines))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fcos_jax import runtime, storage
 from fcos_jax.data import categories, global_batch, pipeline, sources
-from fcos_jax.evaluation import coco_eval, pictures
+from fcos_jax.evaluation import coco_eval, pictures, proposal_eval
 from fcos_jax.inference import step as inference_step
 from fcos_jax.train.config import model_config_from
 
@@ -79,7 +79,9 @@ def _pictures(config, ev, dets, expected_categories, out_dir, step, writer):
 def evaluate_params(config, params, mesh, workdir: str, step: int,
                     expected_categories, writer=None) -> dict:
   """COCO metrics of `params` on the evaluation split; files in workdir/eval
-  (detections, metrics, and the PR curves at IoU 0.5/0.75 as a PNG).
+  (detections, metrics, and the PR curves at IoU 0.5/0.75 as a PNG). A
+  class-agnostic model (`model.class_agnostic`, the `rpn` preset) gets the
+  proposal metrics instead (`proposal_eval.PROPOSAL_METRIC_NAMES`).
 
   writer: a clu metric writer that also gets the PR curves and a few
   validation images with ground truth and detections drawn (TensorBoard).
@@ -87,6 +89,9 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
   "name"}] in label order, or the training split's DatasetInfo); the
   evaluation split must list the same ones.
   """
+  # A class-agnostic model (FCOS as an RPN) is scored as proposals: AR at
+  # 100 / 300 / 1000 boxes per image, useCats=0 (proposal_eval.py).
+  proposals = model_config_from(config.model).class_agnostic
   if not isinstance(expected_categories, list):
     expected_categories = categories.as_records(expected_categories)
   t0 = time.time()
@@ -101,16 +106,25 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
     out_dir = storage.join(workdir, "eval")
     storage.write_json_atomic(
         storage.join(out_dir, f"detections_step{step}.json"), results)
-    metrics, ev = coco_eval.coco_evaluate(info.gt_json, results,
-                                          dets["image_id"], return_eval=True)
+    if proposals:  # FCOS as an RPN: average recall, class-agnostic.
+      metrics = proposal_eval.proposal_evaluate(info.gt_json, results,
+                                                dets["image_id"])
+      table, what = proposal_eval.format_proposal_table(metrics), "proposal"
+    else:
+      metrics, ev = coco_eval.coco_evaluate(info.gt_json, results,
+                                            dets["image_id"], return_eval=True)
+      table, what = coco_eval.format_table(metrics), "bbox"
     storage.write_json_atomic(
         storage.join(out_dir, f"metrics_step{step}.json"),
         dict(metrics, step=step, num_images=len(dets["image_id"])))
-    _pictures(config, ev, dets, expected_categories, out_dir, step, writer)
-    print(f"COCO bbox evaluation at step {step} on {len(dets['image_id'])} "
+    if not proposals:
+      _pictures(config, ev, dets, expected_categories, out_dir, step, writer)
+    print(f"COCO {what} evaluation at step {step} on {len(dets['image_id'])} "
           f"images ({t_pred:.1f} s inference, {time.time() - t0 - t_pred:.1f} s "
-          f"COCOeval):\n{coco_eval.format_table(metrics)}", flush=True)
+          f"COCOeval):\n{table}", flush=True)
   # Every host returns the chief's numbers, so callers on any host agree.
-  values = np.array([metrics.get(k, 0.0) for k in coco_eval.METRIC_NAMES])
+  names = (proposal_eval.PROPOSAL_METRIC_NAMES if proposals
+           else coco_eval.METRIC_NAMES)
+  values = np.array([metrics.get(k, 0.0) for k in names])
   values = multihost_utils.broadcast_one_to_all(values)
-  return dict(zip(coco_eval.METRIC_NAMES, map(float, values)))
+  return dict(zip(names, map(float, values)))

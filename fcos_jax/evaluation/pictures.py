@@ -16,7 +16,7 @@ from fcos_jax import storage
 from fcos_jax.inference.draw import draw_detections
 
 IOUS = (0.50, 0.75)
-_COLOURS = ((31, 119, 180), (214, 39, 40))
+_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44))
 
 
 def pr_curves(ev) -> dict[float, np.ndarray]:
@@ -50,10 +50,10 @@ def plot_pr_curves(curves: dict[float, np.ndarray], size: int = 320) -> np.ndarr
     recall = np.linspace(0, 1, len(p))
     points = [(lo + r * (hi - lo), hi - q * (hi - lo)) for r, q in
               zip(recall, np.clip(p, 0, 1))]
-    draw.line(points, fill=_COLOURS[k % 2], width=2)
+    draw.line(points, fill=_COLOURS[k % len(_COLOURS)], width=2)
     draw.text((hi - 110, lo + 8 + 14 * k),
               f"IoU {iou:.2f}: AP {float(np.mean(np.clip(p, 0, 1))):.3f}",
-              fill=_COLOURS[k % 2])
+              fill=_COLOURS[k % len(_COLOURS)])
   return np.asarray(img)
 
 

@@ -4,11 +4,12 @@ post-processing with NMS, for one fixed canvas, as
 - `jax.export` serialized StableHLO (`stablehlo.py`): re-loadable and
   callable from any JAX program without this project's model code;
 - a TF SavedModel (`saved_model.py`, jax2tf): TF Serving, TF Lite
-  converters, any TF program;
+  converters, any TF program; also one that takes a single image of any
+  size and does the resize inside (`saved_model.export_images`);
 - ONNX (`onnx_export.py`, jax2onnx + ONNX's NonMaxSuppression): ONNX
-  Runtime and TensorRT; float32, batch 1.
+  Runtime and TensorRT; float32, a fixed batch size.
 
-Every artifact has the signature of `serving.serving_function`:
+Every per-canvas artifact has the signature of `serving.serving_function`:
 
   images   uint8 [B, H, W, 3]  RGB, each image resized by the run's rule and
                                put at the top-left of the H x W canvas,

@@ -6,8 +6,9 @@
 
 For each canvas of the run's data.canvases (one per orientation) and each
 dtype, writes OUT/stablehlo/<H>x<W>_<dtype>.jax_export,
-OUT/saved_model/<H>x<W>_<dtype>/ and (float32) OUT/onnx/<H>x<W>_float32.onnx,
-and OUT/manifest.json: the inputs and
+OUT/saved_model/<H>x<W>_<dtype>/ and (float32) OUT/onnx/<H>x<W>_float32.onnx;
+for each dtype OUT/saved_model/images_<dtype>/ (one image of any size, the
+resize inside); and OUT/manifest.json: the inputs and
 outputs, the resize rule that makes the inputs (short side min_size, long
 side at most max_size, top-left on the canvas), the categories in label
 order, the checkpoint step and the files.
@@ -24,12 +25,12 @@ FLAGS = flags.FLAGS
 cli.define_trained_run_flags("Run directory (train.py or fcos_jax.convert).")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_list("formats", ["stablehlo", "saved_model", "onnx"],
-                  "stablehlo, saved_model, onnx (float32 only, batch 1).")
+                  "stablehlo, saved_model, onnx (float32 only).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
 flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                   "Platforms the StableHLO is lowered for (SavedModel too).")
-flags.DEFINE_integer("batch", 1, "Batch size of the SavedModel signature "
-                     "(the StableHLO takes any batch).")
+flags.DEFINE_integer("batch", 1, "Batch size of the per-canvas SavedModel "
+                     "and ONNX models (the StableHLO takes any batch).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 FORMATS = ("stablehlo", "saved_model", "onnx")
@@ -68,15 +69,28 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
         logging.info("Wrote %s", path)
       if "onnx" in formats and dtype == "float32":
         path = storage.join(out, "onnx", name + ".onnx")
-        onnx_export.export(cfg, params, canvas, path)
+        onnx_export.export(cfg, params, canvas, path, batch=batch)
         files.append({"format": "onnx", "canvas": list(canvas),
-                      "dtype": dtype, "batch": 1, "path": path,
+                      "dtype": dtype, "batch": batch, "path": path,
                       "nms": "ONNX NonMaxSuppression"})
         logging.info("Wrote %s", path)
       elif "onnx" in formats:
         logging.info("ONNX is exported in float32 only (ONNX Runtime's CPU "
                      "kernels have no bfloat16 convolutions); skipped %s.",
                      name)
+  if "saved_model" in formats:
+    canvases = detector.predictor.resizer.canvases
+    for dtype in dtypes:
+      path = storage.join(out, "saved_model", f"images_{dtype}")
+      saved_model.export_images(detector.cfg.replace(dtype=dtype), params,
+                                canvases, path, min_size=min_size,
+                                max_size=max_size, platforms=platforms)
+      files.append({"format": "saved_model", "canvas": "any image size",
+                    "canvases": [list(c) for c in canvases], "dtype": dtype,
+                    "batch": "one image", "platforms": list(platforms),
+                    "path": path, "signature": "serving_default",
+                    "inputs": {"image": "uint8 [h, w, 3] RGB, any size"}})
+      logging.info("Wrote %s", path)
   manifest = {
       "inputs": {"images": "uint8 [B, H, W, 3] RGB canvas, resized image "
                            "at the top-left, zeros elsewhere",

@@ -17,7 +17,10 @@ a batched scatter, which has no ONNX lowering there. So the artifact is
 What differs from the JAX model: ONNX's NMS decides `inter / union >
 t` where ours decides `inter > t * union` (the same except at float
 rounding on the threshold), and equal scores may be ordered differently by
-NonMaxSuppression / TopK than ours (lower index first). Batch size 1.
+TopK than ours. A fixed batch size: jax2onnx 0.13 cannot lower the top-k
+fast path's index arithmetic with a symbolic batch. Float32 only: ONNX
+Runtime's CPU kernels have no bfloat16 convolutions; TensorRT users build
+reduced-precision engines from the float32 graph (its --fp16/--bf16).
 The signature is the package's: images, image_hw, orig_hw -> boxes,
 scores, classes, valid.
 """
@@ -115,84 +118,101 @@ def _jax2onnx_compat():
       del batching.not_mapped
 
 
-def _nms_tail(cfg: ModelConfig, num_candidates: int):
-  """The ONNX nodes from (cand_boxes, cand_scores, scale, orig_hi) to the
-  fixed-size outputs (batch 1)."""
+def _nms_tail(cfg: ModelConfig, batch: int, num_candidates: int):
+  """The ONNX nodes from (cand_boxes [B, N, 4], cand_scores [B, C, N],
+  scale [B, 4], orig_hi [B, 4]) to the fixed-size outputs [B, K].
+
+  NonMaxSuppression gives the kept (image, class, candidate) triples; their
+  scores are scattered into a [B, C, N] grid of -1, whose top K per image
+  (over classes x candidates) are the detections: empty slots stay -1 and
+  become `valid = False`."""
   from onnx import TensorProto, helper  # pylint: disable=import-outside-toplevel
+  b, n_cand, c = int(batch), int(num_candidates), int(cfg.num_classes)
   k = int(cfg.max_detections)
-  c = lambda name, value, dtype=np.int64: helper.make_tensor(
+  top = min(k, c * n_cand)  # TopK needs K <= C * N; the rest is padding.
+  const = lambda name, value, dtype=np.int64: helper.make_tensor(
       name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
       np.shape(value), np.asarray(value, dtype).ravel().tolist())
   inits = [
-      c("t_max_per_class", [k]), c("t_iou", [float(cfg.nms_iou)], np.float32),
-      c("t_score_thresh", [-0.5], np.float32), c("t_K", [k]),
-      c("t_zero_i", [0]), c("t_one_i", [1]), c("t_two_i", [2]),
-      c("t_zero_f", 0.0, np.float32), c("t_K_scalar", k),
-      c("t_zero_scalar", 0),
-      c("t_one_scalar", 1),
+      const("t_max_per_class", [k]),
+      const("t_iou", [float(cfg.nms_iou)], np.float32),
+      const("t_score_thresh", [-0.5], np.float32),
+      const("t_minus_one", [-1.0], np.float32),
+      const("t_flat_shape", [b, c * n_cand]), const("t_top", [top]),
+      const("t_n", n_cand), const("t_gather_shape", [b, top, 4]),
+      const("t_last_axis", [-1]), const("t_one_axis", [1]),
+      const("t_zero_f", 0.0, np.float32), const("t_zero_i", 0, np.int32),
   ]
-  del num_candidates
-  n = helper.make_node
+  node = helper.make_node
   nodes = [
-      n("NonMaxSuppression", ["cand_boxes", "cand_scores", "t_max_per_class",
-                              "t_iou", "t_score_thresh"], ["sel"]),
-      # sel [S, 3] = (batch, class, box).
-      n("GatherND", ["cand_scores", "sel"], ["sel_scores"]),  # [S]
-      n("Gather", ["sel", "t_one_i"], ["sel_cls2"], axis=1),  # [S, 1]
-      n("Gather", ["sel", "t_two_i"], ["sel_box2"], axis=1),
-      n("Squeeze", ["sel_cls2", "t_one_i"], ["sel_cls"]),
-      n("Squeeze", ["sel_box2", "t_one_i"], ["sel_box"]),
-      n("Shape", ["sel_scores"], ["num_sel"]),  # [1]
-      n("Min", ["num_sel", "t_K"], ["kk"]),  # [1]
-      n("TopK", ["sel_scores", "kk"], ["top_scores", "top_i"], axis=0,
-        largest=1, sorted=1),
-      n("Gather", ["sel_cls", "top_i"], ["top_cls"]),
-      n("Gather", ["sel_box", "top_i"], ["top_box"]),
-      n("Squeeze", ["cand_boxes", "t_zero_i"], ["boxes0"]),  # [N, 4]
-      n("Gather", ["boxes0", "top_box"], ["kb"]),  # [k, 4]
-      n("Mul", ["kb", "scale"], ["kb_scaled"]),  # scale [1, 4] broadcasts
-      n("Max", ["kb_scaled", "t_zero_f"], ["kb_lo"]),
-      n("Min", ["kb_lo", "orig_hi"], ["kb_clip"]),
-      n("Sub", ["t_K", "kk"], ["pad_n"]),  # [1]
-      n("Concat", ["t_zero_i", "pad_n"], ["pads1"], axis=0),
-      n("Concat", ["t_zero_i", "t_zero_i", "pad_n", "t_zero_i"], ["pads2"],
-        axis=0),
-      n("Pad", ["top_scores", "pads1"], ["scores_k"]),
-      n("Pad", ["kb_clip", "pads2"], ["boxes_k"]),
-      n("Cast", ["top_cls"], ["cls32"], to=TensorProto.INT32),
-      n("Pad", ["cls32", "pads1"], ["classes_k"]),
-      n("Range", ["t_zero_scalar", "t_K_scalar", "t_one_scalar"], ["slots"]),
-      n("Less", ["slots", "kk"], ["valid_k"]),
-      n("Unsqueeze", ["boxes_k", "t_zero_i"], ["boxes"]),
-      n("Unsqueeze", ["scores_k", "t_zero_i"], ["scores"]),
-      n("Unsqueeze", ["classes_k", "t_zero_i"], ["classes"]),
-      n("Unsqueeze", ["valid_k", "t_zero_i"], ["valid"]),
+      node("NonMaxSuppression", ["cand_boxes", "cand_scores",
+                                 "t_max_per_class", "t_iou",
+                                 "t_score_thresh"], ["sel"]),  # [S, 3]
+      node("GatherND", ["cand_scores", "sel"], ["sel_scores"]),  # [S]
+      node("Shape", ["cand_scores"], ["grid_shape"]),
+      node("Expand", ["t_minus_one", "grid_shape"], ["empty_grid"]),
+      node("ScatterND", ["empty_grid", "sel", "sel_scores"], ["kept"]),
+      node("Reshape", ["kept", "t_flat_shape"], ["kept_flat"]),
+      node("TopK", ["kept_flat", "t_top"], ["top_scores", "top_i"], axis=1,
+           largest=1, sorted=1),  # [B, top]
+      node("Div", ["top_i", "t_n"], ["top_cls"]),  # Flat = class * N + box.
+      node("Mod", ["top_i", "t_n"], ["top_box"]),
+      node("Unsqueeze", ["top_box", "t_last_axis"], ["top_box3"]),
+      node("Expand", ["top_box3", "t_gather_shape"], ["gather_i"]),
+      node("GatherElements", ["cand_boxes", "gather_i"], ["kb"], axis=1),
+      node("Unsqueeze", ["scale", "t_one_axis"], ["scale3"]),  # [B, 1, 4]
+      node("Unsqueeze", ["orig_hi", "t_one_axis"], ["orig_hi3"]),
+      node("Mul", ["kb", "scale3"], ["kb_scaled"]),
+      node("Max", ["kb_scaled", "t_zero_f"], ["kb_lo"]),
+      node("Min", ["kb_lo", "orig_hi3"], ["kb_clip"]),
+  ]
+  if top < k:  # Fewer slots than K: pad with empty (-1) detections.
+    nodes += [node("Pad", ["top_scores", "t_pad2", "t_minus_one_s"],
+                   ["all_scores"]),
+              node("Pad", ["kb_clip", "t_pad3", "t_zero_fs"], ["all_boxes"]),
+              node("Pad", ["top_cls", "t_pad2", "t_zero_l"], ["all_cls"])]
+    inits += [const("t_pad2", [0, 0, 0, k - top]),
+              const("t_pad3", [0, 0, 0, 0, k - top, 0]),
+              const("t_zero_l", 0), const("t_zero_fs", 0.0, np.float32),
+              const("t_minus_one_s", -1.0, np.float32)]
+  else:
+    nodes += [node("Identity", ["top_scores"], ["all_scores"]),
+              node("Identity", ["kb_clip"], ["all_boxes"]),
+              node("Identity", ["top_cls"], ["all_cls"])]
+  nodes += [
+      node("Greater", ["all_scores", "t_score_thresh"], ["valid"]),
+      node("Unsqueeze", ["valid", "t_last_axis"], ["valid3"]),
+      node("Where", ["valid3", "all_boxes", "t_zero_f"], ["boxes"]),
+      node("Where", ["valid", "all_scores", "t_zero_f"], ["scores"]),
+      node("Cast", ["all_cls"], ["cls32"], to=TensorProto.INT32),
+      node("Where", ["valid", "cls32", "t_zero_i"], ["classes"]),
   ]
   outputs = [
-      helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, k, 4]),
-      helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, k]),
-      helper.make_tensor_value_info("classes", TensorProto.INT32, [1, k]),
-      helper.make_tensor_value_info("valid", TensorProto.BOOL, [1, k]),
+      helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [b, k, 4]),
+      helper.make_tensor_value_info("scores", TensorProto.FLOAT, [b, k]),
+      helper.make_tensor_value_info("classes", TensorProto.INT32, [b, k]),
+      helper.make_tensor_value_info("valid", TensorProto.BOOL, [b, k]),
   ]
   return nodes, inits, outputs
 
 
-def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None):
-  """The ONNX model (ModelProto) for one canvas, batch 1; written to
-  `path` when given."""
+def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None, *,
+           batch: int = 1):
+  """The ONNX model (ModelProto) for one canvas and a fixed batch size;
+  written to `path` when given."""
   import onnx  # pylint: disable=import-outside-toplevel
   from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
   from onnx import helper  # pylint: disable=import-outside-toplevel
   params = serving.as_numpy_params(params)
   fn = candidates_function(cfg, params, canvas_hw)
   with _jax2onnx_compat():
-    head = to_onnx(fn, serving.input_specs(canvas_hw, 1), opset=OPSET,
+    head = to_onnx(fn, serving.input_specs(canvas_hw, batch), opset=OPSET,
                    input_names=list(serving.INPUT_NAMES),
                    output_names=["cand_boxes", "cand_scores", "scale",
                                  "orig_hi"])
   num_candidates = [d.dim_value for d in head.graph.output[0].type.tensor_type
                     .shape.dim][1]
-  nodes, inits, outputs = _nms_tail(cfg, num_candidates)
+  nodes, inits, outputs = _nms_tail(cfg, batch, num_candidates)
   graph = head.graph
   graph.node.extend(nodes)
   graph.initializer.extend(inits)

@@ -12,17 +12,27 @@ import jax.numpy as jnp
 
 from fcos_jax import postprocess
 from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.batch_stats import BATCH_STATS
 from fcos_jax.model.fcos import FCOS
 from fcos_jax.model.locations import compute_locations
 from fcos_jax.model.preprocess import normalize_images
 
 
-def head_outputs(params, images_uint8, image_hw, cfg: ModelConfig):
+def head_outputs(params, images_uint8, image_hw, cfg: ModelConfig, *,
+                 batch_stats: bool = False):
   """uint8 RGB canvas [B, H, W, 3] + (h, w) of each image in it -> the head
   outputs of `FCOS` (cls_logits, box_regression, centerness; levels
-  concatenated)."""
+  concatenated).
+
+  batch_stats=True (training a backbone_norm="bn" model): its BatchNorms
+  normalise with the batch's statistics; returns (outputs, statistics) for
+  `fcos_jax.model.batch_stats.update_running_stats`."""
   images = normalize_images(images_uint8, image_hw, cfg)
-  return FCOS(cfg).apply({"params": params}, images)
+  if not batch_stats:
+    return FCOS(cfg).apply({"params": params}, images)
+  outputs, variables = FCOS(cfg).apply({"params": params}, images,
+                                       mutable=[BATCH_STATS])
+  return outputs, variables[BATCH_STATS]
 
 
 def forward(params, images_uint8, image_hw, orig_hw, cfg: ModelConfig):

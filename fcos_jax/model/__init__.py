@@ -1,6 +1,7 @@
-"""FCOS model: ResNet backbone, FPN P3-P7, shared head, presets."""
+"""FCOS model: ResNet / ResNeXt / MobileNetV2 backbone, FPN P3-P7, shared head,
+presets."""
 
-from fcos_jax.model.config import ModelConfig, PRESETS, official, paper, torchvision
+from fcos_jax.model.config import ModelConfig, PRESETS, official, paper, rpn, torchvision
 from fcos_jax.model.locations import Locations, compute_locations, level_sizes
 from fcos_jax.model.fcos import FCOS, init_variables
 from fcos_jax.model.param_groups import param_labels

@@ -29,18 +29,40 @@ class ModelConfig:
   """Every architectural, assignment, loss and inference choice of FCOS."""
 
   num_classes: int = 80
+  # One foreground class for every box (FCOS as a region proposal network,
+  # paper section 5): every box trains label 0, so NMS is class-agnostic,
+  # and num_classes must be 1 whatever the dataset's category count.
+  class_agnostic: bool = False
 
   # --- Backbone ---------------------------------------------------------
+  backbone: str = "resnet"  # "resnet" (ResNet / ResNeXt: depth, width,
+  # groups, width_per_group, stride_in_1x1) or "mobilenet_v2" (the official
+  # FCOS MNV2 body: fixed widths, C3-C5 of 32, 96, 320 channels; the ResNet
+  # fields are unused).
   depth: int = 50  # ResNet depth: 18, 34, 50, 101 or 152.
   width: int = 64  # Stem width; stages use width*(1,2,4,8). 64 is standard,
   # a small value (e.g. 8 or 16) gives a fast model for tests and CPU runs.
+  groups: int = 1  # ResNeXt cardinality: the bottleneck 3x3 is a grouped
+  # conv (32 for X-101-32x8d, 64 for X-101-64x4d); 1 is ResNet.
+  width_per_group: int = 64  # ResNeXt: channels per group at width 64
+  # (8 for 32x8d, 4 for 64x4d); 64 with groups=1 is ResNet.
   stride_in_1x1: bool = True  # caffe/MSRA: stride in the first 1x1 conv;
   # False: torchvision, stride in the 3x3 conv.
   freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ...
-  bn_eps: float = 0.0  # Frozen BatchNorm epsilon (torchvision uses 1e-5).
-  backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones) or
+  # (MobileNetV2: the first freeze_at of its 18 `features`, stem first.)
+  bn_eps: float = 0.0  # Frozen BatchNorm epsilon: 0 in maskrcnn-benchmark's
+  # FrozenBatchNorm2d (MSRA / FAIR weights), 1e-5 in torchvision and in
+  # MobileNetV2's BatchNorm2d.
+  backbone_norm: str = "frozen_bn"  # "frozen_bn" (pretrained backbones),
   # "gn": trainable GroupNorm (min(gn_groups, C) groups), for training from
-  # scratch, where an identity frozen BN would leave the ResNet unnormalised.
+  # scratch, where an identity frozen BN would leave the ResNet unnormalised,
+  # or "bn": BatchNorm trained with batch statistics over the global batch
+  # (SyncBN; the official MobileNetV2 models), running statistics moved by
+  # bn_momentum each step and used at evaluation.
+  bn_momentum: float = 0.1  # PyTorch's: running = (1 - m) running + m batch.
+  dcn_stages: tuple[int, ...] = ()  # ResNet stages (2..5 = res2..res5) whose
+  # bottleneck 3x3 convs are all modulated deformable convs (DCNv2), as the
+  # official STAGE_WITH_DCN: (3, 4, 5) for ResNet, (4, 5) for ResNeXt.
 
   # --- Input normalisation (applied on the device) ------------------------
   input_bgr: bool = True  # Feed channels as BGR (caffe weights) or RGB.
@@ -60,6 +82,8 @@ class ModelConfig:
   norm_reg_targets: bool = True  # relu(scale*x) in stride units; else exp.
   use_scale: bool = True  # Learnable per-level scalar (absent in torchvision).
   prior_prob: float = 0.01  # Initial foreground probability of class logits.
+  head_dcn: bool = False  # The last conv of each tower is a DCNv2 (official
+  # USE_DCN_IN_TOWER).
 
   # --- Locations and assignment ---------------------------------------
   strides: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -98,7 +122,7 @@ class ModelConfig:
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
     _check_choice(self, "head_norm", ("gn", "none"))
-    _check_choice(self, "backbone_norm", ("frozen_bn", "gn"))
+    _check_choice(self, "backbone_norm", ("frozen_bn", "gn", "bn"))
     _check_choice(self, "centerness_on", ("reg", "cls"))
     _check_choice(self, "location_offset", ("half", "zero"))
     _check_choice(self, "location_stride", ("nominal", "canvas"))
@@ -107,6 +131,32 @@ class ModelConfig:
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
     _check_choice(self, "dtype", ("float32", "bfloat16"))
     _check_choice(self, "depth", (18, 34, 50, 101, 152))
+    _check_choice(self, "backbone", ("resnet", "mobilenet_v2"))
+    if self.groups < 1 or self.width_per_group < 1:
+      raise ValueError(
+          f"ModelConfig: groups={self.groups} and width_per_group="
+          f"{self.width_per_group} must be positive.")
+    if self.groups > 1 and (self.backbone != "resnet" or self.depth < 50):
+      raise ValueError(
+          f"ModelConfig: groups={self.groups} (ResNeXt) needs backbone="
+          f"'resnet' with a bottleneck depth (50, 101, 152), got backbone="
+          f"{self.backbone!r}, depth={self.depth}.")
+    if self.backbone == "resnet" and self.depth >= 50 and int(
+        self.width * self.width_per_group / 64.0) < 1:
+      raise ValueError(
+          f"ModelConfig: width={self.width} with width_per_group="
+          f"{self.width_per_group} leaves the bottleneck no channels "
+          "(int(width * width_per_group / 64) must be >= 1).")
+    if self.dcn_stages and (
+        not set(self.dcn_stages) <= {2, 3, 4, 5} or self.depth < 50
+        or self.backbone != "resnet"):
+      raise ValueError(
+          f"ModelConfig.dcn_stages={self.dcn_stages}: give stages among "
+          "(2, 3, 4, 5) of a bottleneck ResNet (depth >= 50), e.g. (3, 4, 5).")
+    if self.class_agnostic and self.num_classes != 1:
+      raise ValueError(
+          f"ModelConfig: class_agnostic=True needs num_classes=1 (one "
+          f"'object' class), got num_classes={self.num_classes}.")
     if len(self.size_ranges) != len(self.strides):
       raise ValueError(
           f"ModelConfig: size_ranges has {len(self.size_ranges)} entries but "
@@ -184,4 +234,18 @@ def torchvision(**overrides) -> ModelConfig:
   return ModelConfig(**base)
 
 
-PRESETS = {"official": official, "paper": paper, "torchvision": torchvision}
+def rpn(**overrides) -> ModelConfig:
+  """FCOS as a region proposal network (paper section 5): the official
+  model with one class-agnostic 'object' class, and the proposal settings
+  of Faster R-CNN's FPN RPN at test time: the best 1000 candidates of each
+  level, NMS at IoU 0.7, 1000 proposals per image. The threshold on the
+  object probability stays the detector's 0.05 (score_thresh=0 keeps
+  every location as a candidate)."""
+  base = dict(num_classes=1, class_agnostic=True, pre_nms_topk=1000,
+              nms_iou=0.7, max_detections=1000)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
+           "rpn": rpn}

@@ -1,4 +1,4 @@
-"""FCOS: ResNet + FPN P3-P7 + shared head, outputs flattened over levels.
+"""FCOS: backbone (ResNet, ResNeXt or MobileNetV2) + FPN P3-P7 + shared head, outputs flattened over levels.
 
 Naming: B = batch, P = locations over all levels (P3 first, each level
 flattened row-major over (H_l, W_l), the order of
@@ -11,10 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcos_jax.model.backbones import build_backbone
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fpn import FPN
 from fcos_jax.model.head import FCOSHead
-from fcos_jax.model.resnet import ResNet
 
 MODEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, what this network produces.
 
@@ -43,7 +43,7 @@ class FCOS(nn.Module):
 
   def setup(self):
     check_config(self.cfg)
-    self.backbone = ResNet(self.cfg)
+    self.backbone = build_backbone(self.cfg)
     self.fpn = FPN(self.cfg)
     self.head = FCOSHead(self.cfg)
 

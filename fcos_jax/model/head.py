@@ -9,6 +9,9 @@ Init: convs N(0, 0.01), bias 0; class bias -log((1 - p) / p), p =
 `cfg.prior_prob`; one learnable scalar Scale per level, init 1
 (`cfg.use_scale`).
 
+With `cfg.head_dcn` the last conv of each tower is a DCNv2 (official
+USE_DCN_IN_TOWER): cls_tower_{n-1}/{conv, offset}/{kernel, bias}.
+
 Parameter tree: cls_tower_{i}, box_tower_{i} (kernel, bias),
 cls_norm_{i}, box_norm_{i} (GroupNorm scale, bias), cls_logits,
 box_regression, centerness (kernel, bias), scale_{l} (scalar).
@@ -22,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.deform_conv import ModulatedDeformConv
 from fcos_jax.model.resnet import compute_dtype
 
 # Matches PyTorch's GroupNorm default (Flax's default is 1e-6).
@@ -52,9 +56,20 @@ class FCOSHead(nn.Module):
                           use_fast_variance=False, dtype=dtype,
                           param_dtype=jnp.float32)
 
+    def tower_conv(i):
+      if cfg.head_dcn and i == n - 1:
+        # The official DFConv2d in a tower: the head's N(0, 0.01) init
+        # reaches its offset conv only; the deformable kernel keeps
+        # uniform(+-1/sqrt(fan_in)), the bias 0.
+        return ModulatedDeformConv(
+            f, use_bias=True, offset_init=normal, dtype=dtype,
+            kernel_init=nn.initializers.variance_scaling(
+                1 / 3, "fan_in", "uniform"))
+      return conv(f)
+
     n, f, gn = cfg.head_convs, cfg.fpn_channels, cfg.head_norm == "gn"
-    self.cls_tower = [conv(f) for _ in range(n)]
-    self.box_tower = [conv(f) for _ in range(n)]
+    self.cls_tower = [tower_conv(i) for i in range(n)]
+    self.box_tower = [tower_conv(i) for i in range(n)]
     if gn:
       self.cls_norm = [norm() for _ in range(n)]
       self.box_norm = [norm() for _ in range(n)]

@@ -2,9 +2,13 @@
 
   "frozen": frozen BatchNorm statistics and affine, and every parameter of a
             frozen backbone stage (stage k <= cfg.freeze_at; stem = 1,
-            res2 = 2, ...). No update and no optimizer state.
-  "bias":   conv biases and GroupNorm biases (official: LR x2, no decay).
-  "norm":   GroupNorm scales.
+            res2 = 2, ...; MobileNetV2 block{i} = i + 1). No update and no
+            optimizer state.
+  "bias":   conv biases (deformable convs' offset convs in the backbone too)
+            and GroupNorm / trainable BatchNorm biases (official: LR x2, no
+            decay).
+  "norm":   GroupNorm / trainable BatchNorm scales. (A trainable BatchNorm's
+            running mean and var are "frozen": the train step moves them.)
   "weight": conv kernels and the per-level Scale.
 """
 
@@ -18,7 +22,13 @@ LABELS = ("frozen", "bias", "norm", "weight")
 
 
 def _stage_index(name: str) -> int:
-  return 1 if name == "stem" else int(name[len("res"):])
+  """The `freeze_at` index of a backbone child: stem 1, ResNet res{k} k,
+  MobileNetV2 block{i} i + 1 (its i-th `features` entry, stem = 0)."""
+  if name == "stem":
+    return 1
+  if name.startswith("block"):
+    return int(name[len("block"):]) + 1
+  return int(name[len("res"):])
 
 
 def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
@@ -30,9 +40,12 @@ def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
       return "frozen"
     if leaf == "kernel":
       return "weight"
-    if cfg.backbone_norm == "gn":
+    if path[-2] == "offset":  # A deformable conv's offset/mask conv bias.
+      return "bias"
+    if cfg.backbone_norm == "gn" or (cfg.backbone_norm == "bn"
+                                     and leaf in ("scale", "bias")):
       return "norm" if leaf == "scale" else "bias"
-    return "frozen"
+    return "frozen"  # Frozen BN; a trainable BN's running statistics.
   if top in ("fpn", "head"):
     if leaf == "kernel" or leaf.startswith("scale_"):
       return "weight"

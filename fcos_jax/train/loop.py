@@ -130,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   train_split = sources.load_split(config.data, "train")  # Read once.
   info = train_split[1]
-  if info.num_classes != cfg.num_classes:
+  if info.num_classes != cfg.num_classes and not cfg.class_agnostic:
     raise ValueError(
         f"config.model.num_classes={cfg.num_classes} but the training data has "
         f"{info.num_classes} categories; set --config.model.num_classes="

@@ -7,35 +7,46 @@ the normalisers are global on any number of devices and hosts.
 
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from fcos_jax import losses, targets
 from fcos_jax.inference.step import head_outputs
+from fcos_jax.model import batch_stats
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import compute_locations
 from fcos_jax.train.state import TrainState
 
 
 def compute_loss(params, batch, cfg: ModelConfig):
-  """Loss and metrics of one batch (see `fcos_jax.batch` for the format)."""
+  """Loss and (metrics, BatchNorm batch statistics: empty unless
+  backbone_norm="bn") of one batch (see `fcos_jax.batch` for the format)."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
-  outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
+  if batch_stats.uses_batch_stats(cfg):
+    outputs, stats = head_outputs(params, batch["image"], batch["image_hw"],
+                                  cfg, batch_stats=True)
+  else:
+    outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
+    stats = {}
   tgt = targets.assign_targets(batch["boxes"], batch["classes"],
                                batch["box_valid"], batch["is_crowd"],
                                locations, cfg)
-  return losses.fcos_loss(outputs, tgt, locations, cfg)
+  loss, metrics = losses.fcos_loss(outputs, tgt, locations, cfg)
+  return loss, (metrics, stats)
 
 
 def train_step(state: TrainState, batch, *, cfg: ModelConfig,
                tx: optax.GradientTransformation, schedule):
   """One SGD update. Returns (new_state, metrics)."""
-  (loss, metrics), grads = jax.value_and_grad(
+  (loss, (metrics, stats)), grads = jax.value_and_grad(
       compute_loss, has_aux=True)(state.params, batch, cfg)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if stats:  # Trainable BatchNorm: move its running statistics.
+    params = batch_stats.update_running_stats(params, stats, cfg.bn_momentum)
 
   # A non-finite loss or gradient never reaches the parameters: keep the last
   # good state and remember the step, so the host can stop with a clear error.

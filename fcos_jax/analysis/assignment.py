@@ -1,0 +1,183 @@
+"""Best possible recall and ambiguous locations of FCOS's assignment rule.
+
+Naming: B = images, P = locations over all levels, M = padded boxes.
+
+- A non-crowd ground-truth box is *recalled* when at least one location is
+  assigned to it by the training assigner (`targets.assign_targets`: inside
+  test, size range, centre sampling, then the smallest area wins). Best
+  possible recall (BPR) = recalled boxes / non-crowd boxes.
+- A location is *positive* when at least one box passes the match test
+  (before the smallest-area rule picks one), *ambiguous* when two or more
+  do, and ambiguous *across classes* when those boxes are not all of one
+  class. The shares are over positive locations (paper Table 2).
+
+The per-(location, box) test is the assigner's own per-axis test
+(`targets._axis_tests`), expanded to a dense [M, H_l, W_l] per level: the
+assigner only needs the first match, this needs them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcos_jax import targets
+from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.locations import Locations
+
+# The paper's "without FPN" detector: P4 (stride 16) alone, every size.
+P4_ALONE = dict(strides=(16,), size_ranges=((-1.0, math.inf),))
+# The official centre-sampling radius, for configs that have it off.
+DEFAULT_CENTER_RADIUS = 1.5
+
+
+def fcos_settings(cfg: ModelConfig) -> dict[str, ModelConfig]:
+  """The assignment rules of Tables 1-2, from the run's model config:
+  its levels and size ranges (FPN) and P4 alone, each with and without
+  centre sampling (the config's radius, or 1.5 if it has none)."""
+  radius = cfg.center_sampling_radius or DEFAULT_CENTER_RADIUS
+  fpn = cfg.replace(center_sampling_radius=0.0)
+  p4 = fpn.replace(**P4_ALONE)
+  return {
+      "FCOS, FPN P3-P7 with size ranges": fpn,
+      f"FCOS, FPN P3-P7, centre sampling r={radius:g}":
+          fpn.replace(center_sampling_radius=radius),
+      "FCOS, P4 alone (no FPN), no size limit": p4,
+      f"FCOS, P4 alone, centre sampling r={radius:g}":
+          p4.replace(center_sampling_radius=radius),
+  }
+
+
+def _one_image_matches(boxes, classes, usable, grids, radius, inclusive):
+  """Dense match test of one image: (count [P] int32 boxes passing,
+  classes_differ [P] bool)."""
+  counts, differ = [], []
+  big = jnp.iinfo(jnp.int32).max
+  for xs, ys, stride, (lo, hi) in grids:
+    in_x, reach_x = targets._axis_tests(jnp.asarray(xs), boxes[:, 0:1],
+                                        boxes[:, 2:3], stride, radius, lo, hi,
+                                        inclusive)             # [M, W]
+    in_y, reach_y = targets._axis_tests(jnp.asarray(ys), boxes[:, 1:2],
+                                        boxes[:, 3:4], stride, radius, lo, hi,
+                                        inclusive)             # [M, H]
+    in_x = in_x & usable[:, None]
+    match = (in_y[:, :, None] & in_x[:, None, :]
+             & (reach_y[:, :, None] | reach_x[:, None, :]))  # [M, H, W]
+    c = classes[:, None, None]
+    cmin = jnp.min(jnp.where(match, c, big), axis=0)
+    cmax = jnp.max(jnp.where(match, c, -1), axis=0)
+    counts.append(jnp.sum(match, axis=0, dtype=jnp.int32).reshape(-1))
+    differ.append(((cmax >= 0) & (cmin != cmax)).reshape(-1))
+  return jnp.concatenate(counts), jnp.concatenate(differ)
+
+
+def location_matches(boxes, classes, box_valid, is_crowd,
+                     locations: Locations, cfg: ModelConfig):
+  """For every location, how many usable boxes pass the match test.
+
+  boxes [B, M, 4] canvas pixels, classes / box_valid / is_crowd [B, M].
+  Returns (count [B, P] int32, classes_differ [B, P] bool: the passing
+  boxes are of two or more classes).
+  """
+  grids = [targets._level_grid(locations, level)
+           for level in range(cfg.num_levels)]
+  usable = jnp.asarray(box_valid, bool) & ~jnp.asarray(is_crowd, bool)
+
+  def one(b, c, u):
+    return _one_image_matches(b, c, u, grids,
+                              float(cfg.center_sampling_radius),
+                              bool(cfg.size_range_inclusive))
+
+  return jax.vmap(one)(jnp.asarray(boxes, jnp.float32),
+                       jnp.asarray(classes, jnp.int32), usable)
+
+
+def recalled_boxes(boxes, classes, box_valid, is_crowd, locations: Locations,
+                   cfg: ModelConfig):
+  """[B, M] bool: a location is assigned to the box by `assign_targets`."""
+  tgt = targets.assign_targets(boxes, classes, box_valid, is_crowd,
+                               locations, cfg)
+  m = boxes.shape[1]
+  index = jnp.where(tgt.matched_index < 0, m, tgt.matched_index)  # [B, P]
+  hit = jax.vmap(lambda i: jnp.zeros((m + 1,), bool).at[i].set(True))(index)
+  return hit[:, :m]
+
+
+def assignment_counts(batch, locations: Locations, cfg: ModelConfig) -> dict:
+  """Sums over one batch (see `split_boxes.box_batches`): boxes (usable),
+  recalled, positive locations, ambiguous, ambiguous across classes."""
+  args = (batch["boxes"], batch["classes"], batch["box_valid"],
+          batch["is_crowd"], locations, cfg)
+  usable = batch["box_valid"] & ~batch["is_crowd"]
+  recalled = recalled_boxes(*args) & usable
+  count, differ = location_matches(*args)
+  return {
+      "boxes": jnp.sum(usable, dtype=jnp.int32),
+      "recalled": jnp.sum(recalled, dtype=jnp.int32),
+      "positive": jnp.sum(count >= 1, dtype=jnp.int32),
+      "ambiguous": jnp.sum(count >= 2, dtype=jnp.int32),
+      "ambiguous_classes": jnp.sum(differ, dtype=jnp.int32),
+  }
+
+
+@dataclasses.dataclass
+class Totals:
+  """Counts over a split, and the ratios the paper reports."""
+
+  boxes: int = 0
+  recalled: int = 0
+  positive: int = 0
+  ambiguous: int = 0
+  ambiguous_classes: int = 0
+
+  def add(self, counts: dict) -> None:
+    for k, v in counts.items():
+      setattr(self, k, getattr(self, k) + int(v))
+
+  def as_dict(self) -> dict:
+    ratio = lambda a, b: a / b if b else 0.0
+    return dict(dataclasses.asdict(self),
+                bpr=ratio(self.recalled, self.boxes),
+                ambiguous_share=ratio(self.ambiguous, self.positive),
+                ambiguous_classes_share=ratio(self.ambiguous_classes,
+                                              self.positive))
+
+
+def numpy_reference(boxes, classes, usable, points, strides, size_ranges,
+                    radius: float, inclusive: bool = True):
+  """A plain loop over locations and boxes of one image (for the tests and
+  for readers): (recalled [M] bool, count [P], classes_differ [P])."""
+  m, p = len(boxes), len(points)
+  recalled = np.zeros(m, bool)
+  count = np.zeros(p, np.int32)
+  differ = np.zeros(p, bool)
+  for i in range(p):
+    x, y = float(points[i, 0]), float(points[i, 1])
+    lo, hi = float(size_ranges[i, 0]), float(size_ranges[i, 1])
+    passing = []
+    for j in range(m):
+      if not usable[j]:
+        continue
+      x0, y0, x1, y1 = (float(v) for v in boxes[j])
+      l, t, r, b = x - x0, y - y0, x1 - x, y1 - y
+      if radius > 0:
+        cx, cy, rs = (x0 + x1) / 2, (y0 + y1) / 2, float(strides[i]) * radius
+        inside = (x > max(cx - rs, x0) and x < min(cx + rs, x1)
+                  and y > max(cy - rs, y0) and y < min(cy + rs, y1))
+      else:
+        inside = min(l, t, r, b) > 0
+      big = max(l, t, r, b)
+      in_range = lo <= big <= hi if inclusive else lo < big < hi
+      if inside and in_range:
+        passing.append(j)
+    count[i] = len(passing)
+    differ[i] = len({int(classes[j]) for j in passing}) > 1
+    if passing:
+      areas = [(boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1])
+               for j in passing]
+      recalled[passing[int(np.argmin(areas))]] = True
+  return recalled, count, differ
