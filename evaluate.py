@@ -15,18 +15,12 @@ used.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from fcos_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml-collections config file; default: the "
-    "run's recorded config.", lock_config=True)
-flags.DEFINE_string("workdir", None,
-                    "Run directory or gs:// URL (its checkpoints/ are used).")
-flags.DEFINE_string("checkpoint", None,
-                    "A step number or a checkpoint directory; default: latest.")
+cli.define_trained_run_flags(
+    "Run directory or gs:// URL (its checkpoints/ are used).")
 flags.mark_flags_as_required(["workdir"])
 
 

@@ -28,18 +28,12 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from fcos_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml-collections config file; default: the "
-    "run's recorded config.", lock_config=True)
-flags.DEFINE_string("workdir", None,
-                    "Run directory or URL (train.py or fcos_jax.convert).")
-flags.DEFINE_string("checkpoint", None,
-                    "A step number or a checkpoint directory; default: latest.")
+cli.define_trained_run_flags(
+    "Run directory or URL (train.py or fcos_jax.convert).")
 flags.DEFINE_string("torchvision", None,
                     "Instead of --workdir: torchvision's fcos_resnet50_fpn "
                     "COCO weights (.pth, needs torch; or .npz).")

@@ -10,6 +10,11 @@ them when the canvas is a multiple of 128. Ours is timed after compilation
 with `block_until_ready`; the two take turns in the timing loop, so that a
 busy machine slows both alike.
 
+A second table times the classification term alone, value and gradient of
+the focal loss summed over [B, P, C] with a one-hot target: ours (as
+`fcos_loss` computes it) against `optax.sigmoid_focal_loss`; the sums must
+agree.
+
   python benchmarks/bench_loss.py            # 8 x 800x1344, 50 boxes, 80 classes
   python benchmarks/bench_loss.py --smoke    # tiny, for the test
   python benchmarks/bench_loss.py --json out.json
@@ -30,10 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from fcos_jax.batch import dummy_batch  # noqa: E402
-from fcos_jax.losses import fcos_loss  # noqa: E402
+from fcos_jax.losses import fcos_loss, sigmoid_focal_loss  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
 from fcos_jax.model.locations import compute_locations  # noqa: E402
 from fcos_jax.targets import assign_targets  # noqa: E402
@@ -98,6 +104,41 @@ def make_torchvision(cfg):
   return lambda *args: tv_fcos.FCOS.compute_loss(model, *args)
 
 
+def focal_loss_fns(alpha=0.25, gamma=2.0):
+  """Jitted (logits [B, P, C], labels [B, P]) -> (sum, d sum / d logits) of
+  the focal loss with one-hot targets: ours as in `fcos_loss` (all negative
+  plus a correction at the true class) and optax's on the one-hot array."""
+
+  def ours(logits, labels):
+    x_true = jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
+    return (jnp.sum(sigmoid_focal_loss(logits, 0.0, alpha, gamma))
+            + jnp.sum(sigmoid_focal_loss(x_true, 1.0, alpha, gamma)
+                      - sigmoid_focal_loss(x_true, 0.0, alpha, gamma)))
+
+  def theirs(logits, labels):
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return jnp.sum(optax.sigmoid_focal_loss(logits, one_hot, alpha=alpha,
+                                            gamma=gamma))
+
+  return {"ours": jax.jit(jax.value_and_grad(ours)),
+          "optax": jax.jit(jax.value_and_grad(theirs))}
+
+
+def time_focal(logits, repeats, seed=0):
+  """Times both focal-loss forms; their ms and sums."""
+  labels = jnp.asarray(np.random.default_rng(seed).integers(
+      0, logits.shape[-1], logits.shape[:2]), jnp.int32)
+  logits = jnp.asarray(logits)
+  fns = focal_loss_fns()
+  sums = {k: float(jax.block_until_ready(f(logits, labels))[0])
+          for k, f in fns.items()}  # also compiles
+  timed = timing.time_interleaved(
+      {k: (lambda f=f: jax.block_until_ready(f(logits, labels)))
+       for k, f in fns.items()}, repeats, warmup=0)
+  return {"focal_ms": {k: _ms(timed[k]["s"]) for k in fns},
+          "focal_sum": sums}
+
+
 def _ms(stats):
   return {k: 1000 * stats[k] for k in ("min", "median", "max")}
 
@@ -141,6 +182,7 @@ def run(batch_size, canvas_hw, num_boxes, num_classes, repeats, seed=0):
       "loss_ours": {k: float(metrics[k]) for k in LOSS_KEYS},
       "loss_torchvision": tv_losses,
       "num_pos": float(metrics["num_pos"]),
+      **time_focal(outputs["cls_logits"], repeats, seed),
   }
 
 
@@ -160,6 +202,14 @@ def print_table(r):
   for name, key in (("ours", "loss_ours"), ("torchvision", "loss_torchvision")):
     print(f"{name:28s} " + " ".join(f"{r[key][k]:10.5f}" for k in LOSS_KEYS))
   print(f"positives: {r['num_pos']:.0f}")
+  print("\nfocal loss over [B, P, C], one-hot target, value + gradient (jit)")
+  print(f"{'':28s} {'min ms':>9s} {'median ms':>10s} {'max ms':>9s} "
+        f"{'sum':>12s}")
+  for name, key in (("ours (fcos_loss's form)", "ours"),
+                    ("optax.sigmoid_focal_loss", "optax")):
+    s = r["focal_ms"][key]
+    print(f"{name:28s} {s['min']:9.1f} {s['median']:10.1f} {s['max']:9.1f} "
+          f"{r['focal_sum'][key]:12.4f}")
 
 
 def main(argv=None):

@@ -74,6 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.heartbeat_timeout_s = 100  # A silent peer is dead after.
   config.distributed.shutdown_timeout_s = 100  # Wait for late peers at exit.
 
+  # A jax.profiler trace of `profile_steps` train steps after step
+  # `profile_first_step` (compilation is over by then), written to
+  # WORKDIR/tensorboard for TensorBoard's profile plugin; 0 = off.
+  config.profile_steps = 0
+  config.profile_first_step = 10
+
   # Persistent XLA compilation cache ("" disables it).
   config.compilation_cache_dir = "~/.cache/fcos_jax/jax_cache"
   return config

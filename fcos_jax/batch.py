@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-BATCH_KEYS = ("image", "image_hw", "orig_hw", "boxes", "classes", "box_valid",
-              "is_crowd", "image_id", "example_valid")
-
-
 def dummy_batch(batch_size: int, canvas_hw: tuple[int, int], max_boxes: int,
                 num_classes: int, seed: int = 0,
                 boxes_per_image: int | None = None) -> dict[str, np.ndarray]:

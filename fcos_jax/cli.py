@@ -9,17 +9,23 @@ import sys
 
 from absl import app, flags, logging
 
-# Libraries whose INFO chatter is not the user's business (warnings show).
+# Libraries whose INFO chatter is not the user's business (warnings show),
+# by the name of their Python logger.
 _QUIET_LOGGERS = ("jax", "orbax", "etils", "gcsfs", "fsspec", "google",
                   "urllib3")
 
 
 class _QuietPackages(py_logging.Filter):
-  """For records logged through absl by the packages of `modules` (orbax
-  logs through absl's logger, which clu's console writer uses too): drops
-  INFO, and keeps errors to their one-line message, since the loop re-raises
-  the cause as one clear error and a background thread's traceback would
-  bury it."""
+  """For records of the "absl" logger that come from the packages of
+  `modules`: drops INFO, and keeps errors to their one-line message (the
+  loop re-raises the cause as one clear error, and a background thread's
+  traceback would bury it).
+
+  Needed for orbax, which logs through absl's logger, as clu's metric
+  writer and our own lines do: the logger name cannot tell them apart, the
+  source file can (the installed package's folder, not a path pattern, so
+  a checkout under any folder name keeps its INFO lines).
+  """
 
   def __init__(self, modules):
     super().__init__()
@@ -34,19 +40,26 @@ class _QuietPackages(py_logging.Filter):
     return True
 
 
-def setup(config) -> None:
-  """Logging, TensorFlow kept off the GPUs, multi-process start, XLA cache."""
+def configure_logging() -> None:
+  """INFO for the run's own lines, WARNING and up for the libraries'."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.INFO)
   for name in _QUIET_LOGGERS:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
   import orbax.checkpoint
-  py_logging.getLogger("absl").addFilter(_QuietPackages([orbax.checkpoint]))
+  absl_logger = py_logging.getLogger("absl")
+  if not any(isinstance(f, _QuietPackages) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietPackages([orbax.checkpoint]))
   # Only orbax's background tasks run on asyncio here; a failed one is
   # re-raised by the loop as one error, not as "Task exception was never
   # retrieved" and its traceback.
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def setup(config) -> None:
+  """Logging, TensorFlow kept off the GPUs, multi-process start, XLA cache."""
+  configure_logging()
   from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
   from fcos_jax import runtime
   runtime.initialize_distributed(config.get("distributed"))
@@ -67,6 +80,21 @@ def _without_closed_loop_noise(hook):
     hook(unraisable)
 
   return quiet
+
+
+def define_trained_run_flags(workdir_help: str) -> None:
+  """--config (default: the run's recorded config), --workdir and
+  --checkpoint: the flags of the commands that read a trained run (listed
+  by --helpshort as the calling script's own)."""
+  from ml_collections import config_flags
+  flags.disclaim_key_flags()
+  config_flags.DEFINE_config_file(
+      "config", None, "Path to an ml-collections config file; default: the "
+      "run's recorded config.", lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.DEFINE_string(
+      "checkpoint", None,
+      "A step number or a checkpoint directory; default: latest.")
 
 
 def recorded_config(workdir: str):

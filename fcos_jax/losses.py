@@ -1,13 +1,14 @@
 """FCOS losses: focal classification, IoU-family regression, centerness BCE.
 
-Spec section 3. Shapes: B = images, P = locations over all levels,
+The terms and their normalisers: docs/algorithm.md, "Loss and its
+normalisation". Shapes: B = images, P = locations over all levels,
 C = classes. Elementwise losses take distances (l, t, r, b) [..., 4] of a
 prediction and its target from the same location, in the same unit (pixels
 here); both must be >= 0.
 
 `fcos_loss` sums over the whole [B, ...] arrays. Under `jax.jit` with the
 batch sharded over devices (and hosts), those sums are global sums, so
-num_pos and the centerness normaliser are the global ones the spec asks for:
+num_pos and the centerness normaliser are the global ones FCOS asks for:
 no axis_name or explicit all-reduce is needed.
 
 NaN safety: every division and log has a guarded operand, and background
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from fcos_jax import model_outputs
 from fcos_jax.model.box_coding import distances_to_pixels
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
@@ -47,6 +50,11 @@ def sigmoid_focal_loss(logits, targets, alpha: float = 0.25,
   but with 1 - p_t computed without cancellation (from sigmoid(x) and
   sigmoid(-x)), and no selects on the targets: XLA:CPU vectorises it, which
   matters over [B, P, C].
+
+  Equal to `optax.sigmoid_focal_loss` (tested), which we do not use because
+  it is slower here: its logsumexp over a stacked [..., 2] array made
+  value + gradient over [B, P, C] 4x-20x slower than ours on the CPU
+  (`python benchmarks/bench_loss.py`, second table).
   """
   x = jnp.asarray(logits, jnp.float32)
   # -log(1 - p) = softplus(x) and -log(p) = softplus(-x), each computed
@@ -117,43 +125,27 @@ def giou_loss(pred, target, smooth: float = 0.0):
 
 def centerness_loss(logits, targets):
   """Elementwise binary cross-entropy with logits [...] -> [...]."""
-  x = jnp.asarray(logits, jnp.float32)
-  t = jnp.asarray(targets, jnp.float32)
-  return jnp.maximum(x, 0.0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
+  return optax.sigmoid_binary_cross_entropy(
+      jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.float32))
 
 
 _REG_LOSSES = {"giou": giou_loss, "iou": iou_loss,
                "linear_iou": linear_iou_loss}
 
 
-def _check_outputs(outputs, targets, locations, cfg):
-  for key in ("cls_logits", "box_regression", "centerness"):
-    if key not in outputs:
-      raise KeyError(
-          f"fcos_loss: outputs has no {key!r} (keys: {sorted(outputs)}); pass "
-          f"the dict returned by the FCOS model.")
-  bp = tuple(targets.positive.shape)
-  num_p = locations.num_locations
-  expect = {"cls_logits": bp + (cfg.num_classes,), "box_regression": bp + (4,),
-            "centerness": bp}
-  for key, shape in expect.items():
-    got = tuple(outputs[key].shape)
-    if key == "centerness" and got == bp + (1,):
-      continue
-    if got != shape:
-      raise ValueError(
-          f"fcos_loss: outputs[{key!r}] has shape {got}, expected {shape} "
-          f"(B, P = {bp} from the targets, C = cfg.num_classes = "
-          f"{cfg.num_classes}).")
-  if bp[1] != num_p:
+def _check_inputs(outputs, targets, locations, cfg):
+  b, p = targets.positive.shape
+  if p != locations.num_locations:
     raise ValueError(
-        f"fcos_loss: targets have P = {bp[1]} locations but locations has "
-        f"{num_p}; use the same canvas size for both.")
+        f"fcos_loss: targets have P = {p} locations but locations has "
+        f"{locations.num_locations}; use the same canvas size for both.")
+  model_outputs.check(outputs, p, cfg.num_classes, "fcos_loss", batch=b)
 
 
 def fcos_loss(outputs, targets: Targets, locations: Locations,
               cfg: ModelConfig):
-  """The FCOS training loss of a batch, normalised as in spec section 3.
+  """The FCOS training loss of a batch (the paper's Eq. 2), normalised as
+  docs/algorithm.md says.
 
   Args:
     outputs: the model dict: cls_logits [B, P, C] logits, box_regression
@@ -170,7 +162,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     scalar; metrics has loss_cls, loss_reg, loss_ctr and num_pos (the raw
     positive count over the batch, float32).
   """
-  _check_outputs(outputs, targets, locations, cfg)
+  _check_inputs(outputs, targets, locations, cfg)
   positive = targets.positive
   pos = positive.astype(jnp.float32)                        # [B, P]
   num_pos_raw = jnp.sum(pos)
@@ -208,7 +200,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     weight, denom = pos, num_pos
   loss_reg = jnp.sum(jnp.where(positive, reg * weight, 0.0)) / denom
 
-  ctr_logits = outputs["centerness"].astype(jnp.float32).reshape(pos.shape)
+  ctr_logits = outputs["centerness"].astype(jnp.float32)
   ctr = centerness_loss(ctr_logits, targets.centerness)
   loss_ctr = jnp.sum(jnp.where(positive, ctr, 0.0)) / num_pos
 

@@ -1,9 +1,9 @@
 """Class-aware greedy non-maximum suppression on the device, fixed shapes.
 
 Greedy NMS that keeps only the best K boxes is exactly K rounds of "take the
-best remaining box, suppress its same-class overlaps" (spec section 4): O(K N)
-work and no N x N IoU matrix, which matters at N = 5000 candidates per image.
-The loop stops early once no candidate remains.
+best remaining box, suppress its same-class overlaps" (docs/algorithm.md,
+"Inference"): O(K N) work and no N x N IoU matrix, which matters at N = 5000
+candidates per image. The loop stops early once no candidate remains.
 
 Matches `torchvision.ops.batched_nms` (and the official FCOS `ml_nms` without
 its legacy +1 pixel convention): a box is suppressed when its IoU with a kept

@@ -1,6 +1,6 @@
 """From head outputs to detections in original image pixels, on the device.
 
-Official FCOS inference (spec section 4), with the torchvision variant chosen
+Official FCOS inference (docs/algorithm.md, "Inference"), with the torchvision variant chosen
 by `cfg.score_thresh_on`:
 
 1. Per level: prob = sigmoid(cls), ctr = sigmoid(centerness).
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcos_jax import model_outputs
 from fcos_jax.model import box_coding
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
@@ -40,22 +41,8 @@ from fcos_jax.nms import batched_nms
 def _check_inputs(outputs, locations: Locations, image_hw, orig_hw,
                   cfg: ModelConfig):
   """Static shape checks, with the field and the fix named."""
-  for key in ("cls_logits", "box_regression", "centerness"):
-    if key not in outputs:
-      raise KeyError(f"postprocess: outputs has no {key!r} (keys: "
-                     f"{sorted(outputs)}); pass the dict returned by FCOS.")
-  cls, reg, ctr = (outputs[k] for k in ("cls_logits", "box_regression",
-                                        "centerness"))
-  b, p = cls.shape[:2]
-  expected = {"cls_logits": (b, locations.num_locations, cfg.num_classes),
-              "box_regression": (b, locations.num_locations, 4),
-              "centerness": (b, locations.num_locations)}
-  for key, arr in zip(expected, (cls, reg, ctr)):
-    if tuple(arr.shape) != expected[key]:
-      raise ValueError(
-          f"postprocess: outputs[{key!r}] has shape {tuple(arr.shape)}, "
-          f"expected {expected[key]} (B, P from compute_locations of the same "
-          f"canvas, C = cfg.num_classes); check the canvas and the config.")
+  b = model_outputs.check(outputs, locations.num_locations, cfg.num_classes,
+                         "postprocess")
   for name, arr in (("image_hw", image_hw), ("orig_hw", orig_hw)):
     if tuple(arr.shape) != (b, 2):
       raise ValueError(f"postprocess: {name} has shape {tuple(arr.shape)}, "

@@ -8,7 +8,6 @@ import logging
 import os
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -46,9 +45,34 @@ def _launched_as_cluster() -> bool:
   """Whether a launcher jax knows (or JAX_COORDINATOR_ADDRESS) started us."""
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     return True
-  from jax._src import clusters  # jax's own launcher detection.
   return any(not env.opt_in_only_method and env.is_env_present()
-             for env in clusters.ClusterEnv._cluster_types)
+             for env in _private_jax("cluster_types"))
+
+
+def _private_jax(what: str):
+  """The two private jax objects this project needs, found in one place.
+
+  No public API does their job: "cluster_types" is jax.distributed's own
+  launcher detection (to call initialize() only under a launcher), and
+  "coordination_client" the client jax.distributed started, whose barrier
+  waits as long as we ask (a device collective, e.g.
+  multihost_utils.sync_global_devices, gives up after 30 s on CPU/gloo).
+  tests/test_runtime.py fails when a jax release moves either.
+  """
+  try:
+    if what == "cluster_types":
+      from jax._src import clusters
+      return clusters.ClusterEnv._cluster_types
+    from jax._src import distributed
+    client = distributed.global_state.client
+    if client is not None and not hasattr(client, "wait_at_barrier"):
+      raise AttributeError("the coordination client has no wait_at_barrier")
+    return client
+  except (ImportError, AttributeError) as e:
+    raise RuntimeError(
+        f"jax {jax.__version__} moved a private object fcos_jax.runtime uses "
+        f"({what}: {e}); pin the jax of requirements.txt or update "
+        "fcos_jax/runtime.py:_private_jax.") from e
 
 
 _barriers = itertools.count()
@@ -75,8 +99,7 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
   waits up to `timeout_s`, where CPU (gloo) collectives give up after 30 s.
   """
   if jax.process_count() > 1:
-    from jax._src import distributed  # The client jax.distributed started.
-    distributed.global_state.client.wait_at_barrier(
+    _private_jax("coordination_client").wait_at_barrier(
         f"fcos_jax_{name}_{next(_barriers)}", timeout_s * 1000)
 
 
@@ -102,11 +125,18 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D data-parallel mesh over all devices of all processes."""
+  """A 1-D data-parallel mesh over all devices of all processes (or the
+  first `num_devices`).
+
+  The axis is Auto: the steps' shardings are given at jit's boundary and
+  XLA propagates them inside.
+  """
   devices = jax.devices()
   if num_devices:
     devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,12 +1,13 @@
 """FCOS target assignment: which ground-truth box each location regresses.
 
-Spec section 2. Naming: B = images, P = locations over all levels
-(`Locations`), M = padded ground-truth boxes. Per image (vmapped over B)
-and per level, the match test splits into per-axis tests ([M, W] along x,
-[M, H] along y); boxes are ranked by area and those tests packed as bits, 32
-boxes to a uint32 word, so the only per-(location, box) work is three bitwise
-ops on [K, H, W] words (K = ceil(M / 32)) and a find-first-set. No
-[B, P, M] tensor, let alone [B, P, M, 4], is ever built.
+The rule is in docs/algorithm.md, "Assignment" (the paper's Eq. 1 and 3).
+Naming: B = images, P = locations over all levels (`Locations`), M = padded
+ground-truth boxes. Per image (vmapped over B) and per level, the match test
+splits into per-axis tests ([M, W] along x, [M, H] along y); boxes are
+ranked by area and those tests packed as bits, 32 boxes to a uint32 word, so
+the only per-(location, box) work is three bitwise ops on [K, H, W] words
+(K = ceil(M / 32)) and a find-first-set. No [B, P, M] tensor, let alone
+[B, P, M, 4], is ever built.
 
 Rules (official FCOS `compute_targets_for_locations`; torchvision and
 detectron2 `_match_anchors` state the same rule differently):
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcos_jax.model import box_coding
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.locations import Locations
 
@@ -154,9 +156,7 @@ def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
   positive = first < num_boxes
   index = order[jnp.minimum(first, num_boxes - 1)]     # [P]
   box = boxes[index]                                   # [P, 4]
-  x, y = points[:, 0], points[:, 1]
-  ltrb = jnp.stack([x - box[:, 0], y - box[:, 1], box[:, 2] - x,
-                    box[:, 3] - y], axis=-1)           # [P, 4]
+  ltrb = box_coding.encode_boxes(points, box)         # [P, 4]
   ltrb = jnp.where(positive[:, None], ltrb, 0.0)
   # Safe operands on background so that no 0/0 appears (not differentiated,
   # but NaNs in dead lanes are still worth avoiding).

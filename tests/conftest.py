@@ -21,8 +21,6 @@ try:
 except ImportError:
   pass
 
-import jax  # noqa: E402
+from fcos_jax import runtime  # noqa: E402  (imports jax: after the flags)
 
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+runtime.enable_compilation_cache(_CACHE)  # As the CLIs do.

@@ -67,16 +67,16 @@ def main(argv):
   build = pipeline.build_train_dataset
 
   def hooked(data_cfg, process_batch_size, process_index, process_count,
-             seed=None, start_step=0):
+             seed=None, start_step=0, split=None):
     k = FLAGS.emulate_processes
     if k > 1:
       assert process_count == 1, "emulation is for a single process"
-      its = [build(data_cfg, process_batch_size // k, p, k, seed, start_step)
-             for p in range(k)]
+      its = [build(data_cfg, process_batch_size // k, p, k, seed, start_step,
+                   split=split) for p in range(k)]
       it = _Concat(its)
     else:
       it = build(data_cfg, process_batch_size, process_index, process_count,
-                 seed, start_step)
+                 seed, start_step, split=split)
     if FLAGS.record_ids:
       path = os.path.join(FLAGS.workdir, f"train_ids_process{process_index}.json")
       it = _Recorder(iter(it), path)

@@ -155,7 +155,7 @@ def test_gpu_mode_smoke_runs_on_cpu_without_tensorflow(tmp_path, dtype):
 
 def test_gpu_mode_refuses_an_unknown_dtype():
   from benchmarks import gpu
-  with pytest.raises(ValueError, match="float16"):
+  with pytest.raises(ValueError, match="'float16' is not bfloat16 or float32"):
     gpu.run(smoke=True, dtype="float16")
 
 

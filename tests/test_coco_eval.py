@@ -25,7 +25,6 @@ def _gt(tmp_path):
 
 
 def _dets(boxes, classes):
-  n = len(boxes)
   return {"image_id": np.array([1, 2]),
           "boxes": np.array(boxes, np.float32).reshape(2, 1, 4),
           "scores": np.full((2, 1), 0.9, np.float32),

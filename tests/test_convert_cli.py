@@ -90,7 +90,7 @@ def test_converted_workdir_evaluates_and_predicts_like_a_run(tmp_path):
   gt_json, img_dir = testing.write_coco(str(tmp_path / "coco"), images,
                                         categories=cats, fmt="jpg")
   workdir = tmp_path / "converted"
-  data = [f"--config.data.source=coco_format",
+  data = ["--config.data.source=coco_format",
           f"--config.data.coco.val_json={gt_json}",
           f"--config.data.coco.val_images={img_dir}",
           "--config.data.min_size=128", "--config.data.max_size=192",

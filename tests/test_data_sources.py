@@ -153,19 +153,26 @@ def _mock_as_dataset(self, split, decoders=None, **kwargs):
   return tf.data.Dataset.from_generator(gen, output_signature=spec)
 
 
-def test_tfds_export_and_pipeline(tmp_path):
+def _mock_tfds_export(tmp_path):
+  """The validation split of TFDS_EXAMPLES exported: (json, images, a data
+  config reading the export)."""
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=len(TFDS_EXAMPLES),
                               policy=tfds.testing.MockPolicy.USE_CODE,
                               as_dataset_fn=_mock_as_dataset):
     js, im = export_tfds_split("coco/2017", "validation",
                                export_dir=str(tmp_path / "export"))
-    c = default_data_config()
-    c.source = "tfds"
-    c.tfds.export_dir = str(tmp_path / "export")
-    c.min_size, c.max_size, c.canvases = 40, 64, ((64, 64),)
-    ev = build_eval_dataset(c, 2, 0, 1)
-    batches = list(ev)
+  c = default_data_config()
+  c.source = "tfds"
+  c.tfds.export_dir = str(tmp_path / "export")
+  return js, im, c
+
+
+def test_tfds_export_and_pipeline(tmp_path):
+  js, im, c = _mock_tfds_export(tmp_path)
+  c.min_size, c.max_size, c.canvases = 40, 64, ((64, 64),)
+  ev = build_eval_dataset(c, 2, 0, 1)
+  batches = list(ev)
   data = json.load(open(js))
   assert [i["id"] for i in data["images"]] == [139, 285, 632]
   assert [(i["height"], i["width"]) for i in data["images"]] == [
@@ -400,15 +407,7 @@ def test_perfect_detections_score_ap_1(tmp_path):
 
 
 def test_tfds_val_ground_truth_must_list_the_80_categories(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=len(TFDS_EXAMPLES),
-                              policy=tfds.testing.MockPolicy.USE_CODE,
-                              as_dataset_fn=_mock_as_dataset):
-    js, _ = export_tfds_split("coco/2017", "validation",
-                              export_dir=str(tmp_path / "export"))
-  c = default_data_config()
-  c.source = "tfds"
-  c.tfds.export_dir = str(tmp_path / "export")
+  js, _, c = _mock_tfds_export(tmp_path)
   gt = json.load(open(js))
   c.tfds.val_gt_json = str(tmp_path / "instances_val2017.json")
   json.dump(gt, open(c.tfds.val_gt_json, "w"))

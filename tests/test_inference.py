@@ -14,14 +14,10 @@ from fcos_jax.data.config import default_data_config
 from fcos_jax.inference import images as images_lib
 from fcos_jax.inference import predictor as predictor_lib
 from fcos_jax.inference.detector import Detector
-from fcos_jax.model import config as model_presets
 from fcos_jax.model.fcos import init_variables
+from tiny_run import tiny_model
 
-CFG = model_presets.official(
-    num_classes=2, depth=18, width=8, freeze_at=0, backbone_norm="gn",
-    fpn_channels=32, head_convs=1, gn_groups=8, input_bgr=False,
-    input_range=1.0, pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.25, 0.25, 0.25),
-    bn_eps=1e-5, stride_in_1x1=False, score_thresh=0.001)
+CFG = tiny_model(num_classes=2)
 CANVASES = ((64, 128), (128, 64))
 # Landscape, portrait, capped by max_size, unchanged, enlarged.
 SIZES = ((90, 120), (120, 90), (77, 203), (64, 100), (40, 50))

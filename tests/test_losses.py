@@ -2,10 +2,8 @@
 normalised loss, and torchvision."""
 
 import functools
-import importlib.util
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +13,8 @@ import pytest
 from fcos_jax import losses
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.locations import compute_locations
-from fcos_jax.targets import Targets, assign_targets
+from fcos_jax.targets import assign_targets
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # --- Elementwise losses, by hand -------------------------------------------
@@ -73,6 +70,26 @@ def test_focal_and_bce_by_hand():
     assert np.isfinite(losses.sigmoid_focal_loss(big, t)).all()
     g = jax.grad(lambda x: losses.sigmoid_focal_loss(x, t).sum())(big)
     assert np.isfinite(g).all()
+
+
+def test_focal_loss_equals_optax():
+  import optax
+  rng = np.random.default_rng(3)
+  x = rng.normal(0, 6, (500,)).astype(np.float32)
+  hard = (rng.random(500) < 0.3).astype(np.float32)
+  soft = rng.random(500).astype(np.float32)
+  for t in (hard, soft):
+    for alpha, gamma in ((0.25, 2.0), (0.5, 1.5), (-1.0, 0.0)):
+      want = optax.sigmoid_focal_loss(x, t, alpha=None if alpha < 0 else alpha,
+                                      gamma=gamma)
+      np.testing.assert_allclose(losses.sigmoid_focal_loss(x, t, alpha, gamma),
+                                 want, rtol=2e-5, atol=1e-7)
+  # The constant-target fast paths fcos_loss takes.
+  for t in (0.0, 1.0):
+    np.testing.assert_allclose(
+        losses.sigmoid_focal_loss(x, t),
+        optax.sigmoid_focal_loss(x, np.full_like(x, t), alpha=0.25),
+        rtol=2e-5, atol=1e-7)
 
 
 # --- The full normalised loss against NumPy ----------------------------------
@@ -309,11 +326,8 @@ def test_elementwise_losses_match_torchvision():
 
 
 def _load_bench():
-  spec = importlib.util.spec_from_file_location(
-      "bench_loss", ROOT / "benchmarks" / "bench_loss.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from benchmarks import bench_loss  # torchvision's side, shared.
+  return bench_loss
 
 
 @pytest.mark.torch
@@ -349,7 +363,16 @@ def test_bench_loss_smoke(tmp_path, capsys):
   _load_bench().main(["--smoke", "--json", str(out)])
   assert "speed-up" in capsys.readouterr().out
   result = json.loads(out.read_text())
-  assert result["ours_ms"]["median"] > 0 and result["torchvision_ms"]["min"] > 0
+  for side in ("ours_ms", "torchvision_ms"):
+    s = result[side]
+    assert 0 < s["min"] <= s["median"] <= s["max"]
+  assert result["speedup_median"] == pytest.approx(
+      result["torchvision_ms"]["median"] / result["ours_ms"]["median"])
+  for side in ("ours", "optax"):
+    s = result["focal_ms"][side]
+    assert 0 < s["min"] <= s["median"] <= s["max"]
   for key in ("loss_cls", "loss_reg", "loss_ctr"):
     np.testing.assert_allclose(result["loss_ours"][key],
                                result["loss_torchvision"][key], rtol=1e-5)
+  np.testing.assert_allclose(result["focal_sum"]["ours"],
+                             result["focal_sum"]["optax"], rtol=1e-5)

@@ -32,6 +32,20 @@ def test_schedule_linear_warmup_and_batch_scaling():
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["constant", "linear"])
+def test_schedule_equals_optax_combinators(method):
+  import optax
+  optim = _optim(warmup_method=method, warmup_steps=40, warmup_factor=0.1,
+                 decay_steps=(70, 90))
+  base = opt.scaled_base_lr(optim, 32)
+  warm = (optax.linear_schedule(base * 0.1, base, 40) if method == "linear"
+          else optax.constant_schedule(base * 0.1))
+  steps = optax.piecewise_constant_schedule(base, {70 - 40: 0.1, 90 - 40: 0.1})
+  want = jax.vmap(optax.join_schedules([warm, steps], [40]))(jnp.arange(120))
+  got = jax.vmap(opt.lr_schedule(optim, 32))(jnp.arange(120))
+  np.testing.assert_allclose(got, want, rtol=5e-7)  # a few float32 ulps
+
+
 def test_schedule_rejects_unknown_warmup():
   with pytest.raises(ValueError, match="warmup_method"):
     opt.lr_schedule(_optim(warmup_method="cosine"), 16)

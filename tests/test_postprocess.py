@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -195,27 +194,6 @@ def test_bad_shapes_are_named():
                 locations, hw, hw, cfg)
 
 
-def torchvision_anchors(locations, strides):
-  """Boxes of side s centred on each location: torchvision's FCOS anchors."""
-  s = np.concatenate([np.full(h * w, st, np.float32)
-                      for (h, w), st in zip(locations.level_sizes, strides)])
-  return np.concatenate([locations.points - s[:, None] / 2,
-                         locations.points + s[:, None] / 2], 1)
-
-
-def torchvision_fcos(cfg):
-  """torchvision's FCOS with a stub backbone (32 channels): the weights play
-  no part in post-processing, and a ResNet-50 is slow to build."""
-  torch = pytest.importorskip("torch")
-  detection = pytest.importorskip("torchvision.models.detection")
-  backbone = torch.nn.Identity()
-  backbone.out_channels = 32
-  return detection.FCOS(
-      backbone, num_classes=cfg.num_classes, score_thresh=cfg.score_thresh,
-      nms_thresh=cfg.nms_iou, detections_per_img=cfg.max_detections,
-      topk_candidates=cfg.pre_nms_topk).eval()
-
-
 @pytest.mark.torch
 def test_matches_torchvision_fcos():
   torch = pytest.importorskip("torch")
@@ -229,26 +207,19 @@ def test_matches_torchvision_fcos():
   image_hw, orig_hw = image_sizes(batch, canvas, seed=8)
   got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
 
-  model = torchvision_fcos(cfg)
+  from benchmarks import bench_postprocess  # torchvision's side, shared.
+  model = bench_postprocess.build_torchvision(cfg)
   # Its own anchor generator for this canvas, checked against our geometry.
   images = detection.image_list.ImageList(
       torch.zeros(batch, 3, *canvas), [tuple(hw) for hw in image_hw.tolist()])
   feats = [torch.zeros(batch, 1, h, w) for h, w in locations.level_sizes]
   anchors = model.anchor_generator(images, feats)
-  np.testing.assert_array_equal(
-      anchors[0].numpy(), torchvision_anchors(locations, cfg.strides))
-
-  sizes = [h * w for h, w in locations.level_sizes]
-  t = {k: torch.from_numpy(v) for k, v in outputs.items()}
-  head = {"cls_logits": t["cls_logits"], "bbox_regression": t["box_regression"],
-          "bbox_ctrness": t["centerness"][..., None]}
-  split = {k: list(v.split(sizes, dim=1)) for k, v in head.items()}
-  anchors = [list(a.split(sizes)) for a in anchors]
-  image_sizes_list = [tuple(hw) for hw in image_hw.tolist()]
-  with torch.no_grad():
-    dets = model.postprocess_detections(split, anchors, image_sizes_list)
-    dets = model.transform.postprocess(dets, image_sizes_list,
-                                       [tuple(hw) for hw in orig_hw.tolist()])
+  for a in anchors:
+    np.testing.assert_array_equal(
+        a.numpy(), bench_postprocess.torchvision_anchors(locations, cfg.strides))
+  dets = bench_postprocess.torchvision_postprocess(
+      model, {k: torch.from_numpy(v) for k, v in outputs.items()}, locations,
+      anchors[0], image_hw, orig_hw)
   want = [{"boxes": d["boxes"].numpy(), "scores": d["scores"].numpy(),
            "classes": d["labels"].numpy()} for d in dets]
   assert_matches(got, want)

@@ -6,7 +6,6 @@ bounded in time; a killed run's process is ours and killed by pid.
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -18,22 +17,48 @@ import pytest
 from cli_runs import ROOT, TIMEOUT_S, final_params, run, tiny_args
 
 
+def _scalar_tags(logdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(logdir))
+  events.Reload()
+  return set(events.Tags()["scalars"]) | set(events.Tags()["tensors"])
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_through_the_clis(tmp_path):
   workdir = tmp_path / "run"
-  proc = run("train.py", workdir, tiny_args(tmp_path))
+  proc = run("train.py", workdir, tiny_args(
+      tmp_path, profile_steps=2, profile_first_step=2))
   log = proc.stderr
   assert "loss_cls" in log and "images_per_s" in log and "ETA" in log
+  assert "Parameters: backbone: " in log and " frozen" in log
   assert "Average Precision" in proc.stdout
-  assert list((workdir / "tensorboard").iterdir())
+  # clu's writer: the losses, LR and throughput as TensorBoard scalars.
+  assert _scalar_tags(workdir / "tensorboard") >= {
+      "loss", "loss_cls", "loss_reg", "loss_ctr", "lr", "images_per_s",
+      "eval/AP"}
+  # clu's Profile: a trace where TensorBoard's profile plugin looks.
+  traces = list((workdir / "tensorboard" / "plugins" / "profile").glob(
+      "*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
   assert (workdir / "checkpoints" / "6").is_dir()
 
-  proc = run("evaluate.py", workdir, tiny_args(tmp_path) + ["--checkpoint=4"])
+  # Every candidate kept, so that a 4-step model has detections to check.
+  proc = run("evaluate.py", workdir, tiny_args(tmp_path) + [
+      "--checkpoint=4", "--config.model.score_thresh=0.0"])
   assert "COCO bbox evaluation at step 4" in proc.stdout
   metrics = json.loads((workdir / "eval" / "metrics_step4.json").read_text())
   assert set(metrics) >= {"AP", "AP50", "ARl"} and metrics["num_images"] == 8
+  assert all(0 <= metrics[k] <= 1 for k in ("AP", "AP50"))
   detections = json.loads((workdir / "eval" / "detections_step4.json").read_text())
-  assert isinstance(detections, list)
+  val = json.loads((tmp_path.parent / "synthetic_tiny" / "val.json").read_text())
+  image_ids = {im["id"] for im in val["images"]}
+  category_ids = {c["id"] for c in val["categories"]}
+  assert len(detections) >= len(image_ids)
+  for d in detections:
+    assert d["image_id"] in image_ids and d["category_id"] in category_ids
+    assert len(d["bbox"]) == 4 and d["bbox"][2] >= 0 and d["bbox"][3] >= 0
+    assert 0 < d["score"] <= 1
 
 
 @pytest.mark.slow

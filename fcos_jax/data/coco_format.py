@@ -2,7 +2,7 @@
 
 The JSON is read and checked up front in Python (cheap, and bad annotations
 get errors that name the annotation id); the images are read and decoded
-later in the tf.data graph (`pipeline.py`).
+later in the tf.data graph (`example_graph.py`).
 
 Every field the pipeline or pycocotools relies on is checked here, with
 the JSON types COCO needs (integer ids, 4-number boxes, positive sizes): a
@@ -75,14 +75,6 @@ class ExampleTable:
   def __len__(self) -> int:
     return int(self.image_ids.shape[0])
 
-  def num_boxes(self, include_crowd: bool) -> np.ndarray:
-    """[N] boxes per image (crowd included or not)."""
-    counts = np.diff(self.box_splits)
-    if include_crowd:
-      return counts
-    crowd = np.concatenate([[0], np.cumsum(self.is_crowd, dtype=np.int64)])
-    return counts - np.diff(crowd[self.box_splits])
-
   def subset(self, keep: np.ndarray) -> "ExampleTable":
     """The images at `keep` (indices or bool mask), boxes following."""
     keep = np.arange(len(self))[keep]
@@ -138,8 +130,9 @@ def _meant_id(value) -> int | None:
   return None
 
 
-def read_coco_json(path: str) -> dict:
-  """Loads and shape-checks a COCO instances JSON; DataError on bad input.
+def read_coco_json(path: str) -> tuple[dict, "DatasetInfo"]:
+  """Loads and shape-checks a COCO instances JSON: (its data, its
+  DatasetInfo); DataError on bad input.
 
   Checks the structure (keys, lists) and the categories (integer, unique
   ids); the image and annotation records are checked by `load_coco_split`.
@@ -175,8 +168,9 @@ def read_coco_json(path: str) -> dict:
       raise DataError(f"{path}: category {cat['name']!r}: {problem}. Give "
                       "every category an integer id (and use the same "
                       "integers as the annotations' category_id).")
-  _remember_info(path, dataset_info_from_json(data, path))
-  return data
+  info = dataset_info_from_json(data, path)
+  _remember_info(path, info)
+  return data, info
 
 
 def dataset_info_from_json(data: dict, gt_json: str) -> DatasetInfo:
@@ -219,8 +213,7 @@ def dataset_info_of_file(path: str) -> DatasetInfo:
   key = _file_key(path)
   if key in _INFO_CACHE:
     return _INFO_CACHE[key]
-  data = read_coco_json(path)
-  return dataset_info_from_json(data, path)
+  return read_coco_json(path)[1]
 
 
 def _image_problem(im) -> str | None:
@@ -277,8 +270,7 @@ def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
   of a listed category; iscrowd 0 or 1). Boxes partly outside are clipped
   later, zero-size ones dropped later (`transforms.py`).
   """
-  data = read_coco_json(json_path)
-  own_info = dataset_info_from_json(data, json_path)
+  data, own_info = read_coco_json(json_path)
   info = info or own_info
   cat_to_label = info.category_id_to_label
   problems = Problems(skip_bad, json_path)

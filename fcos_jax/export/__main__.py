@@ -18,18 +18,11 @@ import dataclasses
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from fcos_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml-collections config file; default: the "
-    "run's recorded config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (train.py or "
-                    "fcos_jax.convert).")
-flags.DEFINE_string("checkpoint", None, "Step or checkpoint directory; "
-                    "default: latest.")
+cli.define_trained_run_flags("Run directory (train.py or fcos_jax.convert).")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_list("formats", ["stablehlo", "saved_model", "onnx"],
                   "stablehlo, saved_model, onnx (float32 only).")

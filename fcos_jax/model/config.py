@@ -2,7 +2,7 @@
 
 `ModelConfig` is a frozen dataclass: hashable, so it can be a static argument
 of `jax.jit`, and every variant of the algorithm is one field. The presets
-are the three published variants (see `../shared/reference/fcos-spec.md`):
+are the three published variants (see docs/algorithm.md):
 
 - `official`   : FCOS_imprv_R_50_FPN_1x (tianzhi0549/FCOS), 38.7 AP.
 - `paper`      : FCOS_R_50_FPN_1x as in the ICCV 2019 paper, 37.1 AP.

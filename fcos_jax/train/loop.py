@@ -20,7 +20,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from fcos_jax import runtime, storage
-from fcos_jax.data import categories, global_batch, pipeline
+from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import coco_eval, evaluator
 from fcos_jax.model import param_groups
 from fcos_jax.model.fcos import init_variables
@@ -28,7 +28,7 @@ from fcos_jax.train import checkpoint, optimizer, run_record, steps
 from fcos_jax.train.config import model_config_from
 from fcos_jax.train.initial_weights import load_initial_params
 from fcos_jax.train.state import TrainState
-from fcos_jax.train.writers import TrainProgress, create_writer
+from fcos_jax.train.writers import StepTrace, TrainProgress, create_writer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -129,7 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   coco_eval.check_backend(config.eval_backend)  # Fail now, not after training.
   global_bs = config.global_batch_size
   is_chief = jax.process_index() == 0
-  info = pipeline.dataset_info(config.data, split="train")
+  train_split = sources.load_split(config.data, "train")  # Read once.
+  info = train_split[1]
   if info.num_classes != cfg.num_classes and not cfg.class_agnostic:
     raise ValueError(
         f"config.model.num_classes={cfg.num_classes} but the training data has "
@@ -150,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       best_metric=config.best_checkpoint_metric,
       async_save=config.async_checkpointing)
   try:
-    return _run(config, workdir, cfg, mesh, info, tx, schedule, state,
+    return _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
                 manager, is_chief)
   except BaseException:
     _abandon(manager)
@@ -195,8 +196,9 @@ def _restore_or_init(config, workdir, cfg, mesh, info, tx, state, manager):
   return state, meta
 
 
-def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
-         is_chief) -> dict:
+def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
+         manager, is_chief) -> dict:
+  info = train_split[1]
   state, meta = _restore_or_init(config, workdir, cfg, mesh, info, tx, state,
                                  manager)
   start_step = int(state.step)
@@ -215,7 +217,7 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
   train_iter = pipeline.build_train_dataset(
       config.data, process_batch_size=global_bs // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      seed=config.seed, start_step=start_step)
+      seed=config.seed, start_step=start_step, split=train_split)
 
   # --- Compiled step ------------------------------------------------------
   rep, data = runtime.replicated(mesh), runtime.batch_sharded(mesh)
@@ -228,6 +230,12 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
   progress = TrainProgress(num_train_steps=total, global_batch_size=global_bs,
                            every_steps=config.log_every_steps, writer=writer,
                            start_step=start_step)
+  trace = None
+  if config.profile_steps and is_chief:
+    trace = StepTrace(storage.join(workdir, "tensorboard"),
+                      first_step=max(config.profile_first_step, start_step + 1),
+                      num_steps=config.profile_steps)
+    trace(start_step)
   stop = StopRequest(config.stop_check_every_steps)
   compiled_canvases = set()
   pending, last_eval, stopped = [], {}, None
@@ -253,6 +261,8 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
         summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         writer.write_scalars(step, summary)
       progress(step)
+      if trace:
+        trace(step)
 
       reason = stop.should_stop(step, manager)
       evaluate_now = (config.eval_every_steps and not reason and step != total
@@ -279,6 +289,8 @@ def _run(config, workdir, cfg, mesh, info, tx, schedule, state, manager,
                                             workdir, total, info, writer)
       writer.write_scalars(total, {f"eval/{k}": v for k, v in last_eval.items()})
   finally:
+    if trace:
+      trace.close()
     writer.close()
   return last_eval
 

@@ -51,7 +51,7 @@ def train_step(state: TrainState, batch, *, cfg: ModelConfig,
 
   # A non-finite loss or gradient never reaches the parameters: keep the last
   # good state and remember the step, so the host can stop with a clear error.
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.first_bad_step < 0)
   keep = lambda new, old: jax.tree.map(
       lambda n, o: jnp.where(ok, n, o), new, old)

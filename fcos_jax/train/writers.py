@@ -11,6 +11,10 @@ GCS client would re-upload them.
 `TrainProgress`: clu's ReportProgress, with images/s and the ETA computed
 over train steps only: the time of its `timed(...)` sections (compile,
 evaluation, checkpointing) is left out.
+
+`StepTrace`: clu's Profile, once: a jax.profiler trace of a few train steps
+in WORKDIR/tensorboard/plugins/profile/<run>/, where TensorBoard's profile
+plugin lists it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import shutil
 import tempfile
 
+import jax
 from clu import metric_writers, periodic_actions
 
 from fcos_jax import storage
@@ -92,3 +97,24 @@ class TrainProgress(periodic_actions.ReportProgress):
                  datetime.timedelta(seconds=int(eta)),
                  f" (outside train steps so far: {breakdown})" if breakdown
                  else "")
+
+
+class StepTrace(periodic_actions.Profile):
+  """Traces train steps first_step + 1 .. first_step + num_steps, once."""
+
+  def __init__(self, logdir: str, first_step: int, num_steps: int):
+    super().__init__(logdir=logdir, num_profile_steps=num_steps,
+                     profile_duration_ms=0, first_profile=first_step,
+                     every_steps=None, every_secs=None)
+
+  def _start_session(self):
+    super()._start_session()
+    if self._session_running:
+      logging.info("Profiling %d train steps into %s.",
+                   self._num_profile_steps, self._logdir)
+
+  def close(self):
+    """Ends a trace the run outlived (it stopped before the last step)."""
+    if self._session_running:
+      jax.profiler.stop_trace()
+      self._session_running = False
