@@ -8,8 +8,9 @@ import pytest
 from fcos_jax.evaluation import coco_eval
 
 
-def _gt(tmp_path):
-  gt = {
+def _gt(tmp_path, gt=None):
+  """Writes `gt` (default: two images, two categories) as gt.json."""
+  gt = gt or {
       "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"},
                  {"id": 2, "width": 100, "height": 80, "file_name": "b.jpg"}],
       "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],

@@ -1,11 +1,11 @@
 """faster-coco-eval gives pycocotools' 12 numbers (and PR arrays)."""
 
-import json
 
 import numpy as np
 import pytest
 
 from fcos_jax.evaluation import coco_eval
+from test_coco_eval import _gt  # The same two-image ground truth.
 
 pytest.importorskip("faster_coco_eval")
 
@@ -17,22 +17,6 @@ CASES = {
     "wrong_class": ([[10, 10, 40, 30], [50, 30, 90, 70]], [1, 0], [True, True]),
     "shifted": ([[10, 10, 40, 30], [55, 35, 95, 75]], [0, 1], [True, True]),
 }
-
-
-def _gt(tmp_path, gt=None):
-  gt = gt or {
-      "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"},
-                 {"id": 2, "width": 100, "height": 80, "file_name": "b.jpg"}],
-      "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
-      "annotations": [
-          {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 20],
-           "area": 600, "iscrowd": 0},
-          {"id": 2, "image_id": 2, "category_id": 7, "bbox": [50, 30, 40, 40],
-           "area": 1600, "iscrowd": 0}],
-  }
-  path = tmp_path / "gt.json"
-  path.write_text(json.dumps(gt))
-  return str(path)
 
 
 def _both(gt_json, results, ids):

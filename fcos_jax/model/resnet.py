@@ -64,6 +64,14 @@ def _pad(k: int):
   return ((k // 2, k // 2), (k // 2, k // 2))
 
 
+def _normalise(x, scale, bias, mean, var, eps, dtype):
+  """(x - mean) / sqrt(var + eps) * scale + bias as one multiply-add,
+  its factors computed in float32 then cast."""
+  mult = scale * jax.lax.rsqrt(var + eps)
+  add = bias - mean * mult
+  return x * mult.astype(dtype) + add.astype(dtype)
+
+
 class FrozenBatchNorm(nn.Module):
   """y = (x - mean) / sqrt(var + eps) * scale + bias, with fixed statistics.
 
@@ -82,10 +90,7 @@ class FrozenBatchNorm(nn.Module):
     bias = sg(self.param("bias", nn.initializers.zeros, (c,)))
     mean = sg(self.param("mean", nn.initializers.zeros, (c,)))
     var = sg(self.param("var", nn.initializers.ones, (c,)))
-    # Fold into one multiply-add, computed in float32 then cast.
-    mult = scale * jax.lax.rsqrt(var + self.eps)
-    add = bias - mean * mult
-    return x * mult.astype(self.dtype) + add.astype(self.dtype)
+    return _normalise(x, scale, bias, mean, var, self.eps, self.dtype)
 
 
 # The collection a trainable BatchNorm writes its batch statistics to when
@@ -128,9 +133,7 @@ class BatchNorm(nn.Module):
       self.put_variable(BATCH_STATS, "count",
                         jnp.asarray(x.shape[0] * x.shape[1] * x.shape[2],
                                     jnp.float32))
-    mult = scale * jax.lax.rsqrt(var + self.eps)
-    add = bias - mean * mult
-    return x * mult.astype(self.dtype) + add.astype(self.dtype)
+    return _normalise(x, scale, bias, mean, var, self.eps, self.dtype)
 
 
 def backbone_norm(cfg: ModelConfig, dtype, name: str) -> nn.Module:
