@@ -1,6 +1,5 @@
 """faster-coco-eval gives pycocotools' 12 numbers (and PR arrays)."""
 
-
 import numpy as np
 import pytest
 
