@@ -67,7 +67,8 @@ def _out_dir() -> str:
   if FLAGS.out:
     return FLAGS.out
   if FLAGS.workdir:
-    return storage.join(FLAGS.workdir, "analysis")
+    from fcos_jax.run import Run
+    return Run(FLAGS.workdir).analysis_dir
   raise app.UsageError("Pass --out (or --workdir, to write in "
                        "WORKDIR/analysis).")
 
@@ -81,26 +82,23 @@ def _need_workdir(what: str) -> str:
 
 def _restore(config):
   """(params, step, the run's categories) of --workdir / --checkpoint."""
-  from fcos_jax import runtime, storage
-  from fcos_jax.evaluation import evaluate_checkpoint as ec
-  from fcos_jax.train import checkpoint
-  from fcos_jax.train.config import model_config_from
+  from fcos_jax import runtime
+  from fcos_jax.model.config_dict import model_config_from
+  from fcos_jax.run import Run
   import jax
-  workdir = _need_workdir("this analysis")
-  directory, step = ec.locate(workdir, FLAGS.checkpoint)
-  saved = ec.run_categories(str(storage.path(directory).parent))
-  mesh = runtime.make_mesh(jax.local_device_count())
-  params, step = checkpoint.restore_params(
-      directory, step, ec.abstract_params(model_config_from(config.model),
-                                          tuple(config.data.canvases[0]), mesh))
-  return params, step, saved
+  run = Run(_need_workdir("this analysis"))
+  return run.restore_params(
+      model_config_from(config.model), FLAGS.checkpoint,
+      canvas_hw=config.data.canvases[0],
+      mesh=runtime.make_mesh(jax.local_device_count()))
 
 
 def _detections_json() -> str:
   from fcos_jax import storage
   if FLAGS.detections:
     return FLAGS.detections
-  eval_dir = storage.join(_need_workdir("Without --detections, this"), "eval")
+  from fcos_jax.run import Run
+  eval_dir = Run(_need_workdir("Without --detections, this")).eval_dir
   found = sorted(
       (int(p.name[len("detections_step"):-len(".json")]), str(p))
       for p in storage.path(eval_dir).glob("detections_step*.json")
@@ -190,7 +188,7 @@ def run_recall(config) -> None:
 def run_centerness(config) -> None:
   from fcos_jax.analysis import centerness_maps
   from fcos_jax.data import sources
-  from fcos_jax.train.config import model_config_from
+  from fcos_jax.model.config_dict import model_config_from
   params, _, saved = _restore(config)
   table, _ = sources.load_split(config.data, FLAGS.split, saved,
                                 "the run's categories.json")

@@ -118,8 +118,8 @@ def model_section(label, cfg, canvas_hw, train_batch, infer_batches,
 
 def small_config():
   """The model of configs/synthetic_cpu.py at its 256x256 canvas."""
-  from configs import synthetic_cpu  # pylint: disable=import-outside-toplevel
-  from fcos_jax.train.config import model_config_from  # pylint: disable=import-outside-toplevel
+  from fcos_jax.configs import synthetic_cpu  # pylint: disable=import-outside-toplevel
+  from fcos_jax.model.config_dict import model_config_from  # pylint: disable=import-outside-toplevel
   config = synthetic_cpu.get_config()
   return model_config_from(config.model), tuple(config.data.canvases[0])
 

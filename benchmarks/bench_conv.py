@@ -2,7 +2,7 @@
 on P3 of an 800x1344 image by default) in JAX and in PyTorch, forward,
 gradient with respect to the input (dgrad) and to the kernel (wgrad),
 float32, achieved GFLOP/s; and the kernel gradient as one GEMM per tap
-(`fcos_jax.model.cpu_conv`, what training uses on the CPU). Each of the
+(`fcos_jax.train.cpu_conv`, what training uses on the CPU). Each of the
 three costs the same FLOPs, so the backward should take about twice the
 forward.
 
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from fcos_jax.model import cpu_conv
+from fcos_jax.train import cpu_conv
 
 
 def run(hw=(100, 168), channels=256, batch=1, repeats=5) -> dict:

@@ -38,11 +38,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
-from fcos_jax.batch import dummy_batch  # noqa: E402
-from fcos_jax.losses import fcos_loss, sigmoid_focal_loss  # noqa: E402
+from tests.batches import dummy_batch  # noqa: E402
+from fcos_jax.core.losses import fcos_loss, sigmoid_focal_loss  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
-from fcos_jax.model.locations import compute_locations  # noqa: E402
-from fcos_jax.targets import assign_targets  # noqa: E402
+from fcos_jax.core.locations import compute_locations  # noqa: E402
+from fcos_jax.core.targets import assign_targets  # noqa: E402
 
 LOSS_KEYS = ("loss_cls", "loss_reg", "loss_ctr")
 

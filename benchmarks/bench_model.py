@@ -1,7 +1,7 @@
 """Whole-model speed: our jitted train and eval steps against torchvision's
 FCOS, on the same architecture, batch, canvas and boxes.
 
-Ours (`fcos_jax.train.steps`, `fcos_jax.inference.step`):
+Ours (`fcos_jax.train.steps`, `fcos_jax.core.detect`):
   train: `train_step` with the official SGD (momentum, coupled L2, bias
          groups), state donated, as the training loop runs it: image
          normalisation, model, target assignment, loss, backward, update.
@@ -32,13 +32,13 @@ import jax
 import numpy as np
 
 from benchmarks import timing
-from fcos_jax.batch import dummy_batch
+from tests.batches import dummy_batch
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fcos import init_variables
-from fcos_jax.model.param_groups import param_labels
+from fcos_jax.train.param_groups import param_labels
 from fcos_jax.train import optimizer as optimizer_lib
 from fcos_jax.train.state import TrainState
-from fcos_jax.inference.step import eval_step
+from fcos_jax.core.detect import eval_step
 from fcos_jax.train.steps import train_step
 
 

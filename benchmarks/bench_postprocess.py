@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import timing  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
-from fcos_jax.model.locations import compute_locations  # noqa: E402
-from fcos_jax.postprocess import make_postprocess_fn  # noqa: E402
+from fcos_jax.core.locations import compute_locations  # noqa: E402
+from fcos_jax.core.postprocess import make_postprocess_fn  # noqa: E402
 
 
 def realistic_outputs(batch, num_locations, num_classes, seed=0,

@@ -99,24 +99,15 @@ def define_trained_run_flags(workdir_help: str) -> None:
 
 def recorded_config(workdir: str):
   """The run's recorded config (latest config*.json in the workdir)."""
-  from fcos_jax.train import run_record
-  config = run_record.read_config(workdir)
-  if config is None:
-    raise app.UsageError(
-        f"{workdir} has no config.json (not a train.py workdir?): pass "
-        "--config.")
-  return config
+  from fcos_jax.run import Run
+  return Run(workdir).recorded_config()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
   """Errors whose message says what is wrong and how to fix it: printed as
   one line, without a traceback."""
-  from fcos_jax.data.errors import DataError
-  from fcos_jax.train import run_record
-  from fcos_jax.train.loop import (CheckpointWriteError, NonFiniteLossError,
-                                   WorkdirError)
-  return (DataError, run_record.ConfigChangeError, CheckpointWriteError,
-          WorkdirError, NonFiniteLossError, FileNotFoundError, ValueError)
+  from fcos_jax.errors import UserError
+  return (UserError, FileNotFoundError, ValueError)
 
 
 def _parse_flags(argv):

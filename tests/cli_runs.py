@@ -83,7 +83,7 @@ def checkpoint_steps(workdir):
   orbax sees them (a step still being written, or left half-written by a
   killed run, is not one)."""
   from fcos_jax import storage
-  from fcos_jax.train import checkpoint
+  from fcos_jax.run import checkpoint
   if storage.is_url(workdir):  # Other processes wrote: drop gcsfs's listings.
     from etils.epath import backend
     backend.fsspec_backend.fs(str(workdir)).invalidate_cache()

@@ -6,7 +6,7 @@ checkpoint's names and shapes. Any width; eval mode only.
 
 Two conventions of the original are not restated: boxes are clipped to
 [0, w] x [0, h] (not w - 1, h - 1) and NMS uses continuous areas (not
-+1-pixel widths), which is what fcos_jax does (see fcos_jax/postprocess.py).
++1-pixel widths), which is what fcos_jax does (see fcos_jax/core/postprocess.py).
 """
 
 import torch

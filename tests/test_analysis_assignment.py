@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+import assignment_reference
 from fcos_jax.analysis import assignment
 from fcos_jax.model.config import official
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 CANVAS = (128, 128)
 CFG = official(num_classes=3, center_sampling_radius=0.0)
@@ -122,7 +123,7 @@ def test_agrees_with_a_plain_loop(cfg):
       lambda *a: assignment.location_matches(*a, loc, cfg))(
           boxes, classes, valid, crowd)
   for i, (b, c, v, cr) in enumerate(images):
-    want = assignment.numpy_reference(
+    want = assignment_reference.numpy_reference(
         b, c, v & ~cr, loc.points, loc.strides, loc.size_ranges,
         cfg.center_sampling_radius, cfg.size_range_inclusive)
     np.testing.assert_array_equal(np.asarray(recalled[i]), want[0])
@@ -138,7 +139,7 @@ def test_split_boxes_are_the_evaluation_pipelines(tmp_path):
   from fcos_jax.data.config import default_data_config
   from fcos_jax.data.coco_format import load_coco_split
   from fcos_jax.data.pipeline import build_eval_dataset
-  from fcos_jax.data.testing import random_images, write_coco
+  from coco_files import random_images, write_coco
   images = random_images(10, seed=2, sizes=((48, 64), (64, 48), (50, 61)),
                          categories=(1, 2), empty_every=4)
   images[1][2].append((2, 2, 6, 6, 2, 1))  # A crowd box.

@@ -5,9 +5,9 @@ own prediction decoded by hand."""
 import jax
 import numpy as np
 
-from fcos_jax import postprocess
+from fcos_jax.core import postprocess
 from fcos_jax.model.config import official
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 CFG = official(num_classes=3, pre_nms_topk=40, max_detections=25)
 CANVAS = (64, 96)

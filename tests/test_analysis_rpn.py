@@ -5,10 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from fcos_jax import batch as batch_lib
-from fcos_jax import targets
+import batches as batch_lib
+from fcos_jax.core import targets
 from fcos_jax.model.config import ModelConfig, official, rpn
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 
 def test_rpn_preset():

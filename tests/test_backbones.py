@@ -14,8 +14,8 @@ from fcos_jax.convert import imagenet
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.backbones import build_backbone, c3_c5_channels
 from fcos_jax.model.fcos import init_variables
-from fcos_jax.model.locations import level_sizes
-from fcos_jax.model.param_groups import param_labels
+from fcos_jax.core.locations import level_sizes
+from fcos_jax.train.param_groups import param_labels
 
 SMALL_HEAD = dict(fpn_channels=32, gn_groups=8, head_convs=1)
 MNV2 = config_lib.official(backbone="mobilenet_v2", bn_eps=1e-5, **SMALL_HEAD)
@@ -189,7 +189,7 @@ def test_mobilenet_v2_fcos_train_step():
   trained kernels move, the frozen stem and block 1 and every frozen BN
   stay as they were."""
   import functools
-  from fcos_jax.batch import dummy_batch
+  from batches import dummy_batch
   from fcos_jax.train import optimizer as optimizer_lib
   from fcos_jax.train.state import TrainState
   from fcos_jax.train.steps import train_step

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from fcos_jax.batch import dummy_batch
+from batches import dummy_batch
 from fcos_jax.model import batch_stats
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.fcos import init_variables
-from fcos_jax.model.param_groups import param_labels
+from fcos_jax.train.param_groups import param_labels
 from fcos_jax.model.resnet import BATCH_STATS, BatchNorm, FrozenBatchNorm
 from fcos_jax.train import optimizer as optimizer_lib
 from fcos_jax.train.state import TrainState

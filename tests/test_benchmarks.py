@@ -72,10 +72,10 @@ def test_analytic_flops_agree_with_xla():
 
   from benchmarks import bench_model
   from benchmarks.flops import analytic_forward_flops
-  from fcos_jax.batch import dummy_batch
+  from batches import dummy_batch
   from fcos_jax.model import config as config_lib
   from fcos_jax.model.fcos import init_variables
-  from fcos_jax.inference.step import eval_step
+  from fcos_jax.core.detect import eval_step
   cfg = config_lib.torchvision(num_classes=8, width=8, fpn_channels=32,
                                gn_groups=8)
   params = init_variables(cfg, jax.random.key(0))["params"]

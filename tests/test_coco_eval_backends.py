@@ -85,7 +85,7 @@ def test_5000_synthetic_images_match_pycocotools(tmp_path):
 
 
 def test_unknown_backend_stops_training_before_any_work(tmp_path):
-  from configs import synthetic_cpu
+  from fcos_jax.configs import synthetic_cpu
   from fcos_jax.train import loop
   config = synthetic_cpu.get_config()
   config.eval_backend = "cocoapi"

@@ -81,7 +81,7 @@ def _run(args, check=True):
 
 @pytest.mark.slow
 def test_converted_workdir_evaluates_and_predicts_like_a_run(tmp_path):
-  from fcos_jax.data import testing
+  import coco_files as testing
   sd_path = tmp_path / "fcos_coco.npz"
   np.savez(sd_path, **random_torchvision_state_dict())
   cats = [(c["id"], c["name"]) for c in tv.coco_categories()]

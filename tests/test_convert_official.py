@@ -11,8 +11,8 @@ import pytest
 
 from fcos_jax.convert import official
 from fcos_jax.model.fcos import FCOS, init_variables
-from fcos_jax.model.locations import compute_locations
-from fcos_jax.postprocess import make_postprocess_fn
+from fcos_jax.core.locations import compute_locations
+from fcos_jax.core.postprocess import make_postprocess_fn
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_zoo_configs_are_the_published_models():
   PUBLISHED[NAME] (what its checkpoint computes) agree, AP included."""
   import importlib
   import pathlib
-  from fcos_jax.train.config import model_config_from
+  from fcos_jax.model.config_dict import model_config_from
   zoo = pathlib.Path(__file__).resolve().parents[1] / "configs" / "zoo"
   names = sorted(p.stem for p in zoo.glob("FCOS_*.py"))
   assert names == sorted(official.PUBLISHED)
@@ -314,7 +314,7 @@ def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
   import pathlib
   import subprocess
   import sys
-  from fcos_jax.train import checkpoint
+  from fcos_jax.run import checkpoint
 
   name = "FCOS_imprv_dcnv2_R_50_FPN_1x"
   sd = random_official_state_dict(name)

@@ -11,7 +11,7 @@ import pytest
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.fcos import FCOS
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 from fcos_jax.model.resnet import ResNet
 
 torch = pytest.importorskip("torch")
@@ -189,7 +189,7 @@ def test_detections_match_torchvision_end_to_end(canvas):
   called on the same pre-normalised, zero-padded batch), on a canvas that
   is a multiple of 128 and on one that is not."""
   from torchvision.models.detection.image_list import ImageList
-  from fcos_jax.postprocess import make_postprocess_fn
+  from fcos_jax.core.postprocess import make_postprocess_fn
 
   thresh = 0.05  # Random heads score ~0.07: many candidates on every image.
   cfg = CFG.replace(score_thresh=thresh)

@@ -1,4 +1,4 @@
-"""Conv kernel gradients as GEMMs (fcos_jax/model/cpu_conv.py)
+"""Conv kernel gradients as GEMMs (fcos_jax/train/cpu_conv.py)
 against jax.grad of XLA's convolution and a NumPy brute force."""
 
 import dataclasses
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fcos_jax.batch import dummy_batch
+from batches import dummy_batch
 from fcos_jax.model import config as config_lib
-from fcos_jax.model import cpu_conv
+from fcos_jax.train import cpu_conv
 from fcos_jax.model.fcos import init_variables
 from fcos_jax.train.steps import compute_loss
 

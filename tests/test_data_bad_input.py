@@ -11,9 +11,9 @@ import pytest
 
 from fcos_jax.data.coco_format import load_coco_split
 from fcos_jax.data.config import default_data_config
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 from fcos_jax.data.pipeline import build_eval_dataset, build_train_dataset
-from fcos_jax.data.testing import write_coco
+from coco_files import write_coco
 
 BOX = (4, 4, 20, 12, 1, 0)
 

@@ -11,7 +11,7 @@ from fcos_jax.data.config import default_data_config
 from fcos_jax.data.global_batch import to_global_batch
 from fcos_jax.data.pipeline import (bucket_choices, build_eval_dataset,
                                     build_train_dataset)
-from fcos_jax.data.testing import random_images, write_coco
+from coco_files import random_images, write_coco
 
 CANVASES = ((64, 96), (96, 64))
 

@@ -11,11 +11,11 @@ from PIL import Image
 
 from fcos_jax.data import synthetic
 from fcos_jax.data.config import default_data_config
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 from fcos_jax.data.pipeline import (build_eval_dataset, build_train_dataset,
                                     dataset_info)
 from fcos_jax.data.sources import load_split
-from fcos_jax.data.testing import write_coco
+from coco_files import write_coco
 from fcos_jax.data.tfds_coco import (COCO_CATEGORY_IDS,
                                      category_id_to_tfds_label,
                                      export_tfds_split,

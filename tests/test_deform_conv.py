@@ -192,7 +192,7 @@ def test_model_config_wiring_and_optimizer_groups():
   from fcos_jax.convert import torchvision as tv
   from fcos_jax.model import config as config_lib
   from fcos_jax.model.fcos import init_variables
-  from fcos_jax.model.param_groups import param_labels
+  from fcos_jax.train.param_groups import param_labels
   cfg = config_lib.official(width=8, fpn_channels=32, gn_groups=8,
                             num_classes=3, dcn_stages=(4, 5), head_dcn=True)
   shapes = jax.eval_shape(lambda r: init_variables(cfg, r), jax.random.key(0))

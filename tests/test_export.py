@@ -199,19 +199,19 @@ def test_onnx_round_trip(tmp_path):
 @pytest.mark.slow
 def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
   import ml_collections
-  from fcos_jax.data import categories as categories_lib
+  from fcos_jax.run import categories as categories_lib
   from fcos_jax.inference.detector import Detector
-  from fcos_jax.train import checkpoint, run_record
-  from fcos_jax.train.config import model_config_dict
+  from fcos_jax.run import checkpoint, record
+  from fcos_jax.model.config_dict import model_config_dict
   sys.path.insert(0, str(ROOT))
-  from configs import synthetic_cpu
+  from fcos_jax.configs import synthetic_cpu
   config = synthetic_cpu.get_config()
   config.model = model_config_dict(CFG)
   config.data.min_size, config.data.max_size = 64, 96
   config.data.canvases = CANVASES
   config.compilation_cache_dir = ""
   workdir = tmp_path / "run"
-  run_record.write(str(workdir), config)
+  record.write(str(workdir), config)
   cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 5, "name": "c"}]
   (workdir / categories_lib.FILE).write_text(json.dumps({"categories": cats}))
   manager = checkpoint.make_manager(str(workdir / "checkpoints"), keep=1,

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fcos_jax.data import testing
+import coco_files as testing
 from fcos_jax.data.config import default_data_config
+from fcos_jax import errors
 from fcos_jax.inference import images as images_lib
 from fcos_jax.inference import predictor as predictor_lib
 from fcos_jax.inference.detector import Detector
@@ -68,9 +69,9 @@ def test_formats_grayscale_cmyk_and_garbage(tmp_path):
   g = images_lib.read_image(str(tmp_path / "g.png"))
   assert g.shape == (9, 11, 3) and (g == gray[..., None]).all()
   assert images_lib.read_image(str(tmp_path / "c.jpg")).shape == (9, 11, 3)
-  with pytest.raises(images_lib.UnreadableImage, match="bad.jpg"):
+  with pytest.raises(errors.UnreadableImage, match="bad.jpg"):
     images_lib.read_image(str(tmp_path / "bad.jpg"))
-  with pytest.raises(images_lib.UnreadableImage, match="missing.png"):
+  with pytest.raises(errors.UnreadableImage, match="missing.png"):
     images_lib.read_image(str(tmp_path / "missing.png"))
 
 
@@ -98,7 +99,7 @@ def _eval_detections(gt_json, img_dir, params):
   """The evaluation pipeline + eval_step on the same files."""
   from fcos_jax import runtime
   from fcos_jax.data import global_batch, pipeline
-  from fcos_jax.inference.step import eval_step
+  from fcos_jax.core.detect import eval_step
   data = _data_config(gt_json, img_dir)
   mesh = runtime.make_mesh()
   fn = jax.jit(lambda p, b: eval_step(p, b, cfg=CFG))

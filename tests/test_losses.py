@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcos_jax import losses
+from fcos_jax.core import losses
 from fcos_jax.model import config as config_lib
-from fcos_jax.model.locations import compute_locations
-from fcos_jax.targets import assign_targets
+from fcos_jax.core.locations import compute_locations
+from fcos_jax.core.targets import assign_targets
 
 
 
@@ -335,7 +335,7 @@ def test_assign_and_loss_match_torchvision_compute_loss():
   """Matching and loss end to end against torchvision's FCOS.compute_loss."""
   torch = pytest.importorskip("torch")
   bench = _load_bench()
-  from fcos_jax.batch import dummy_batch
+  from batches import dummy_batch
   cfg = config_lib.torchvision(num_classes=6)
   canvas_hw = (256, 384)
   locations = compute_locations(canvas_hw, cfg)

@@ -14,8 +14,8 @@ from flax import traverse_util
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.fcos import FCOS, init_variables
 from fcos_jax.model.fpn import upsample_to
-from fcos_jax.model.locations import compute_locations
-from fcos_jax.model.param_groups import param_labels
+from fcos_jax.core.locations import compute_locations
+from fcos_jax.train.param_groups import param_labels
 from fcos_jax.model.preprocess import normalize_images
 
 
@@ -282,7 +282,8 @@ def test_groupnorm_backbone_trains_every_norm_parameter():
   """backbone_norm="gn": trainable GroupNorm, labelled norm/bias, with grads."""
   import jax
   import jax.numpy as jnp
-  from fcos_jax.model import FCOS, init_variables, param_labels
+  from fcos_jax.model import FCOS, init_variables
+  from fcos_jax.train.param_groups import param_labels
   from fcos_jax.model.config import official
   from flax import traverse_util
   cfg = official(num_classes=3, depth=18, width=8, fpn_channels=16,

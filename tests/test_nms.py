@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcos_jax.nms import batched_nms
+from fcos_jax.core.nms import batched_nms
 
 
 def numpy_greedy_nms(boxes, scores, classes, valid, iou_threshold, max_output):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fcos_jax.model import config as config_lib
-from fcos_jax.model.locations import compute_locations
-from fcos_jax.postprocess import make_postprocess_fn, postprocess
+from fcos_jax.core.locations import compute_locations
+from fcos_jax.core.postprocess import make_postprocess_fn, postprocess
 from test_nms import numpy_greedy_nms
 
 CANVAS = (128, 256)  # Levels 16x32, 8x16, 4x8, 2x4, 1x2.
@@ -132,7 +132,7 @@ def test_matches_numpy_reference(preset, topk, max_det):
 def test_fast_and_full_paths_agree(monkeypatch, factor):
   """Level 0 (512 locations) holds about 80 candidate locations: cap = 60
   sends it down the full path, cap = 180 down the gathered fast path."""
-  from fcos_jax import postprocess as module
+  from fcos_jax.core import postprocess as module
   monkeypatch.setattr(module, "CANDIDATE_LOCATIONS_PER_TOPK", factor)
   cfg = config_lib.official(num_classes=NUM_CLASSES, pre_nms_topk=60,
                             max_detections=40)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cli_runs import checkpoint_steps, run, tiny_args
 
-from fcos_jax.data.testing import write_coco
+from coco_files import write_coco
 
 
 def _one_error_line(proc):
@@ -154,7 +154,7 @@ def test_full_disk_is_one_clear_error(tmp_path, tiny_disk):
 
 
 def test_best_checkpoints_are_kept_beside_the_latest(tmp_path):
-  from fcos_jax.train import checkpoint
+  from fcos_jax.run import checkpoint
   manager = checkpoint.make_manager(str(tmp_path / "ckpt"), keep=1,
                                     keep_best=1, async_save=False)
   state = {"w": jnp.zeros(3)}
@@ -168,16 +168,17 @@ def test_best_checkpoints_are_kept_beside_the_latest(tmp_path):
 
 def test_config_record_appends(tmp_path):
   import ml_collections
-  from fcos_jax.train import run_record
+  from fcos_jax import errors
+  from fcos_jax.run import record
   c = ml_collections.ConfigDict({"num_train_steps": 4, "model": {"depth": 18}})
-  first = run_record.write(str(tmp_path), c)
+  first = record.write(str(tmp_path), c)
   c.num_train_steps = 8
-  second = run_record.write(str(tmp_path), c)
+  second = record.write(str(tmp_path), c)
   assert first.endswith("config.json") and second != first
-  assert run_record.records(str(tmp_path)) == [first, second]
-  assert run_record.read_latest(str(tmp_path))["num_train_steps"] == 8
-  with pytest.raises(run_record.ConfigChangeError, match="model.depth: 18 -> 50"):
-    run_record.check_resume({"num_train_steps": 8, "model": {"depth": 18}},
+  assert record.records(str(tmp_path)) == [first, second]
+  assert record.read_latest(str(tmp_path))["num_train_steps"] == 8
+  with pytest.raises(errors.ConfigChangeError, match="model.depth: 18 -> 50"):
+    record.check_resume({"num_train_steps": 8, "model": {"depth": 18}},
                             ml_collections.ConfigDict(
                                 {"num_train_steps": 8, "model": {"depth": 50}}),
                             first)

@@ -30,10 +30,11 @@ if str(ROOT) not in sys.path:  # For `configs` (the CLIs load it by path).
   sys.path.insert(0, str(ROOT))
 
 from fcos_jax import runtime  # noqa: E402
-from fcos_jax.batch import dummy_batch  # noqa: E402
-from fcos_jax.model import param_groups  # noqa: E402
-from fcos_jax.train import checkpoint, optimizer, steps  # noqa: E402
-from fcos_jax.train.config import model_config_from  # noqa: E402
+from batches import dummy_batch  # noqa: E402
+from fcos_jax.train import param_groups  # noqa: E402
+from fcos_jax.run import checkpoint
+from fcos_jax.train import optimizer, steps
+from fcos_jax.model.config_dict import model_config_from  # noqa: E402
 from fcos_jax.train.loop import create_train_state  # noqa: E402
 
 TIMEOUT_S = 480  # Per group of subprocesses; a hung collective fails the test.
@@ -50,7 +51,7 @@ BOXES_PER_IMAGE = (0, 1, 5, 0, 2, 12, 0, 3)
 
 def tiny_config():
   """configs/synthetic_cpu.py shrunk as in tests/test_train_cli.py."""
-  from configs import synthetic_cpu
+  from fcos_jax.configs import synthetic_cpu
   config = synthetic_cpu.get_config()
   config.model.width = 8
   config.model.fpn_channels = 32

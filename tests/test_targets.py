@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fcos_jax.model import config as config_lib
-from fcos_jax.model.locations import compute_locations
-from fcos_jax.targets import Targets, assign_targets
+from fcos_jax.core.locations import compute_locations
+from fcos_jax.core.targets import Targets, assign_targets
 
 F32 = np.float32
 

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from fcos_jax.convert import official
-from fcos_jax.train.config import model_config_from
+from fcos_jax.model.config_dict import model_config_from
 
 ZOO = pathlib.Path(__file__).resolve().parents[1] / "configs" / "zoo"
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax.model.locations import level_sizes
+from fcos_jax.core.locations import level_sizes
 
 STRIDES = (8, 16, 32, 64, 128)
 SIZES = (32, 64, 128, 256, 512)

@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fcos_jax import storage, targets
+from fcos_jax import storage
+from fcos_jax.core import targets
 from fcos_jax.analysis import split_boxes
 from fcos_jax.data.coco_format import ExampleTable
-from fcos_jax.inference import draw, images, step
+from fcos_jax.inference import draw, images
+from fcos_jax.core import detect
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 
 def level_maps(flat, locations, image_hw) -> list[np.ndarray]:
@@ -44,7 +46,7 @@ def _maps_fn(cfg: ModelConfig, canvas_hw):
 
   @jax.jit
   def fn(params, image, image_hw, boxes, classes, box_valid, is_crowd):
-    outputs = step.head_outputs(params, image, image_hw, cfg)
+    outputs = detect.head_outputs(params, image, image_hw, cfg)
     predicted = jax.nn.sigmoid(outputs["centerness"].astype(jnp.float32))
     tgt = targets.assign_targets(boxes, classes, box_valid, is_crowd,
                                  locations, cfg)

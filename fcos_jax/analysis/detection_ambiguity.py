@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from fcos_jax import postprocess
+from fcos_jax.core import postprocess
 from fcos_jax.analysis import assignment
-from fcos_jax.inference import step
+from fcos_jax.core import detect
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 
 def detection_counts(params, batch, cfg: ModelConfig, min_score: float = 0.0):
-  """Sums over one batch (`fcos_jax.batch` format): detections (valid,
+  """Sums over one batch (`fcos_jax.core.batch` format): detections (valid,
   score >= min_score), those whose location is ambiguous, and ambiguous
   across classes."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
-  outputs = step.head_outputs(params, batch["image"], batch["image_hw"], cfg)
+  outputs = detect.head_outputs(params, batch["image"], batch["image_hw"], cfg)
   dets = postprocess.postprocess(outputs, locations, batch["image_hw"],
                                  batch["orig_hw"], cfg, with_locations=True)
   count, differ = assignment.location_matches(

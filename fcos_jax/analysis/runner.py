@@ -19,7 +19,7 @@ from fcos_jax.analysis import anchors, assignment, detection_ambiguity
 from fcos_jax.analysis import split_boxes
 from fcos_jax.data import global_batch, pipeline, sources
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 RETINANET = "RetinaNet anchors (9 per location), IoU >= 0.4"
 RETINANET_LOW = "RetinaNet anchors, IoU >= 0.4 + low-quality matches"

@@ -67,20 +67,19 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
   (the released model of that zoo that config.model describes).
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
   from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
-  from fcos_jax.data import categories as categories_lib  # pylint: disable=import-outside-toplevel
-  from fcos_jax.train import checkpoint, run_record  # pylint: disable=import-outside-toplevel
-  from fcos_jax.train.config import model_config_from  # pylint: disable=import-outside-toplevel
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  from fcos_jax.run import Run, checkpoint  # pylint: disable=import-outside-toplevel
+  from fcos_jax.model.config_dict import model_config_from  # pylint: disable=import-outside-toplevel
 
   cfg = model_config_from(config.model)
-  ckpt_dir = storage.join(workdir, "checkpoints")
-  if storage.exists(ckpt_dir) and any(storage.path(ckpt_dir).iterdir()):
+  run = Run(workdir)
+  if run.has_checkpoints():
     if not overwrite:
       raise ValueError(
-          f"{ckpt_dir} already has checkpoints; pass --overwrite to replace "
-          "them, or another --workdir.")
-    storage.path(ckpt_dir).rmtree()
+          f"{run.checkpoints} already has checkpoints; pass --overwrite to "
+          "replace them, or another --workdir.")
+    storage.path(run.checkpoints).rmtree()
   inference_only = ("score_thresh", "score_thresh_on", "pre_nms_topk",
                     "nms_iou", "max_detections", "dtype")
   inference = {k: getattr(cfg, k) for k in inference_only}
@@ -102,10 +101,9 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
         "; ".join(bad) + ". Use configs/torchvision_r50.py (only the "
         "inference fields may change).")
   storage.makedirs(workdir)
-  run_record.write(workdir, config)
-  storage.write_json_atomic(storage.join(workdir, categories_lib.FILE),
-                            {"categories": categories}, indent=1)
-  manager = checkpoint.make_manager(ckpt_dir, keep=1, async_save=False)
+  run.write_config(config)
+  run.write_categories(categories)
+  manager = run.checkpoint_manager(keep=1, async_save=False)
   params = jax.tree.map(jax.numpy.asarray, params)
   checkpoint.save(manager, STEP, {"params": params, "step": STEP},
                   {"step": STEP})

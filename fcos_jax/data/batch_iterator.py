@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from fcos_jax.data.coco_format import DatasetInfo, ExampleTable
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 from fcos_jax.data.example_graph import check_image
 from fcos_jax.data.tf_setup import tf
 
@@ -32,7 +32,7 @@ class Stream:
 
 
 class BatchIterator:
-  """Iterates NumPy batches (`fcos_jax/batch.py` format) from a tf.data
+  """Iterates NumPy batches (`fcos_jax/core/batch.py` format) from a tf.data
   pipeline; maps decode failures to the file, counts skips and truncations.
 
   Attributes: info (DatasetInfo), num_steps (eval: steps per process; train:

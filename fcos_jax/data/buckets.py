@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 from fcos_jax.data.coco_format import ExampleTable
 from fcos_jax.data.tf_setup import tf
 

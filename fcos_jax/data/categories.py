@@ -1,38 +1,21 @@
-"""The category list of a run, kept in its workdir.
+"""A dataset's categories as label-ordered records, and the check that two
+splits agree.
 
 The training split fixes the labels: label i is the i-th category in
-increasing id order. That list (ids, names, label order) is written to
-WORKDIR/categories.json with the first checkpoint; evaluation, prediction
-and resuming use it, and refuse a dataset whose categories differ, since a
-silent remap would score the wrong classes.
+increasing id order. The run keeps that list (fcos_jax/run/categories.py);
+evaluation, prediction and resuming refuse a dataset whose categories
+differ, since a silent remap would score the wrong classes.
 """
 
 from __future__ import annotations
 
-from fcos_jax import storage
 from fcos_jax.data.coco_format import DatasetInfo
-from fcos_jax.data.errors import DataError
-
-FILE = "categories.json"
-
+from fcos_jax.errors import DataError
 
 def as_records(info: DatasetInfo) -> list[dict]:
   """[{"id", "name"}] in label order."""
   return [{"id": int(i), "name": str(n)} for i, n in
           zip(info.label_to_category_id, info.category_names)]
-
-
-def write_categories(workdir: str, info: DatasetInfo) -> None:
-  storage.write_json_atomic(storage.join(workdir, FILE),
-                            {"categories": as_records(info)}, indent=1)
-
-
-def read_categories(workdir: str) -> list[dict] | None:
-  """The saved [{"id", "name"}] in label order, or None if there is none."""
-  p = storage.join(workdir, FILE)
-  if not storage.exists(p):
-    return None
-  return list(storage.read_json(p)["categories"])
 
 
 def check_categories(expected: list[dict], info: DatasetInfo, what: str,

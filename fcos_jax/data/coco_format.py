@@ -24,7 +24,8 @@ import math
 import numpy as np
 
 from fcos_jax import storage
-from fcos_jax.data.errors import DataError, Problems
+from fcos_jax.data.problems import Problems
+from fcos_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from fcos_jax import storage
 from fcos_jax.data import transforms
 from fcos_jax.data.coco_format import ExampleTable
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 from fcos_jax.data.tf_setup import tf
 
 

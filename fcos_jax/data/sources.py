@@ -16,7 +16,7 @@ from fcos_jax import runtime
 from fcos_jax.data import categories as categories_lib
 from fcos_jax.data.coco_format import (DatasetInfo, ExampleTable,
                                        dataset_info_of_file, load_coco_split)
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 
 SOURCES = ("synthetic", "coco_format", "tfds")
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from fcos_jax import storage
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
 MIN_VISIBLE = 0.6  # Fraction of a shape that must stay visible.

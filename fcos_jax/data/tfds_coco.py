@@ -26,7 +26,7 @@ import numpy as np
 from fcos_jax.data.tf_setup import tf
 
 from fcos_jax import storage
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 
 # COCO 2017 category id of each TFDS label 0..79, and the names.
 COCO_CATEGORY_IDS = (

@@ -18,7 +18,7 @@ from fcos_jax.data.buckets import (CHOICE_BLOCK, assign_buckets,
                                    bucket_choices, choice_cdf, choices_tf,
                                    process_slices)
 from fcos_jax.data.coco_format import DatasetInfo, ExampleTable
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError
 from fcos_jax.data.example_graph import (TableConstants, dataset_options,
                                          example_fn, padding_example,
                                          parallel_calls)
@@ -57,7 +57,7 @@ def build_train_dataset(data_cfg, process_batch_size: int, process_index: int,
   process_batch_size: B, images per process and step. seed: order, flips,
   scales and buckets (default data.shuffle_seed). Each batch: uint8 image
   [B, H, W, 3] on one canvas (H, W), the same canvas on all processes at a
-  step; boxes [B, M, 4] in canvas pixels (see fcos_jax/batch.py).
+  step; boxes [B, M, 4] in canvas pixels (see fcos_jax/core/batch.py).
   Resuming at start_step yields exactly the batches an uninterrupted run
   yields from that step on. categories (e.g. the run's categories.json,
   named categories_from in errors): the split must have exactly these (see

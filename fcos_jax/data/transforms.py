@@ -129,7 +129,7 @@ def transform_example(encoded, boxes, classes, is_crowd, image_id, json_hw,
   boxes [n, 4] float32 original pixels, classes [n] int32, is_crowd [n] bool,
   json_hw [2] the size the annotations claim, canvas_hw [2] the bucket,
   seed [2] int64 for the stateless draws. min_size: int or (lo, hi).
-  Returns a dict of the `fcos_jax/batch.py` entries (no batch axis) plus
+  Returns a dict of the `fcos_jax/core/batch.py` entries (no batch axis) plus
   "num_boxes" (boxes before truncation to max_boxes).
   """
   image = decode_image(encoded)

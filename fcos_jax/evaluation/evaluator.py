@@ -19,8 +19,9 @@ from PIL import Image
 from fcos_jax import runtime, storage
 from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import coco_eval, pictures, proposal_eval
-from fcos_jax.inference import step as inference_step
-from fcos_jax.train.config import model_config_from
+from fcos_jax.core import detect
+from fcos_jax.run import Run
+from fcos_jax.model.config_dict import model_config_from
 
 
 def predict(config, params, mesh, categories: list[dict] | None = None,
@@ -42,7 +43,7 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
       process_index=jax.process_index(), process_count=jax.process_count(),
       categories=categories, categories_from=categories_from)
   rep, data = runtime.replicated(mesh), runtime.batch_sharded(mesh)
-  step_fn = jax.jit(functools.partial(inference_step.eval_step, cfg=cfg),
+  step_fn = jax.jit(functools.partial(detect.eval_step, cfg=cfg),
                     in_shardings=(rep, data), out_shardings=data)
   chunks = []
   for i, local in enumerate(ds):
@@ -97,13 +98,13 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
   t0 = time.time()
   dets, info = predict(
       config, params, mesh, expected_categories, categories_from="the "
-      f"categories the model was trained on ({storage.join(workdir, categories.FILE)})")
+      f"categories the model was trained on ({Run(workdir).categories_file})")
   t_pred = time.time() - t0
   metrics = {}
   if jax.process_index() == 0:
     label_to_id = [int(c["id"]) for c in expected_categories]
     results = coco_eval.detections_to_coco(dets, label_to_id)
-    out_dir = storage.join(workdir, "eval")
+    out_dir = Run(workdir).eval_dir
     storage.write_json_atomic(
         storage.join(out_dir, f"detections_step{step}.json"), results)
     if proposals:  # FCOS as an RPN: average recall, class-agnostic.

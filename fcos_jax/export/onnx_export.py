@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax import postprocess
+from fcos_jax.core import postprocess
 from fcos_jax.export import serving
-from fcos_jax.inference import step
+from fcos_jax.core import detect
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 
 OPSET = 23
 
@@ -45,11 +45,11 @@ OPSET = 23
 def candidates_function(cfg: ModelConfig, params, canvas_hw):
   """fn(images, image_hw, orig_hw) -> (boxes [B, N, 4] canvas pixels,
   class-masked scores [B, C, N], scale [B, 4], orig_hi [B, 4]): the
-  post-processing of `fcos_jax.postprocess.postprocess` before its NMS."""
+  post-processing of `fcos_jax.core.postprocess.postprocess` before its NMS."""
   locations = compute_locations(tuple(canvas_hw), cfg)
 
   def fn(images, image_hw, orig_hw):
-    outputs = step.head_outputs(params, images, image_hw, cfg)
+    outputs = detect.head_outputs(params, images, image_hw, cfg)
     cls, reg, ctr = (outputs[k] for k in ("cls_logits", "box_regression",
                                           "centerness"))
     loc_max = cls.max(axis=-1)

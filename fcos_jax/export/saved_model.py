@@ -27,7 +27,7 @@ from jax.experimental import jax2tf
 from fcos_jax.data import transforms
 from fcos_jax.data.tf_setup import tf
 from fcos_jax.export import serving
-from fcos_jax.inference import step
+from fcos_jax.core import detect
 from fcos_jax.model.config import ModelConfig
 
 
@@ -59,7 +59,7 @@ def _converted(cfg: ModelConfig, platforms):
   orig_hw), one XlaCallModule per input shape it is traced with."""
 
   def fn(p, images, image_hw, orig_hw):
-    dets = step.forward(p, images, image_hw, orig_hw, cfg)
+    dets = detect.forward(p, images, image_hw, orig_hw, cfg)
     return {k: dets[k] for k in serving.OUTPUT_KEYS}
 
   kwargs = {"native_serialization_platforms": tuple(platforms)} \

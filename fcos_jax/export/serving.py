@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fcos_jax.inference import step
+from fcos_jax.core import detect
 from fcos_jax.model.config import ModelConfig
 
 OUTPUT_KEYS = ("boxes", "scores", "classes", "valid")
@@ -17,7 +17,7 @@ def serving_function(cfg: ModelConfig, params):
   parameters closed over (they become constants of the exported program)."""
 
   def fn(images, image_hw, orig_hw):
-    dets = step.forward(params, images, image_hw, orig_hw, cfg)
+    dets = detect.forward(params, images, image_hw, orig_hw, cfg)
     return {k: dets[k] for k in OUTPUT_KEYS}
 
   return fn

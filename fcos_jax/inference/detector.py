@@ -22,6 +22,8 @@ import numpy as np
 from fcos_jax.inference import images as images_lib
 from fcos_jax.inference.predictor import Predictor
 from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.config_dict import model_config_from
+from fcos_jax.run import Run
 
 # torchvision's COCO transform: short side 800, long side <= 1333, padded to
 # multiples of 32; our canvases hold every such image in either orientation.
@@ -62,33 +64,22 @@ class Detector:
   def from_workdir(cls, workdir: str, step=None, *, config=None,
                    score_thresh: float | None = None,
                    batch_size: int | None = None) -> "Detector":
-    """A train.py (or `python -m fcos_jax.convert`) workdir's checkpoint.
+    """A train.py (or fcos-convert) workdir's checkpoint.
 
     step: a step number, a checkpoint directory, or None for the latest.
     config: the run config (default: the run's recorded config.json).
     score_thresh: overrides model.score_thresh (the candidate threshold).
     batch_size: images per device call (default: config.eval_batch_size).
     """
-    from fcos_jax.evaluation import evaluate_checkpoint as ec  # pylint: disable=import-outside-toplevel
-    from fcos_jax.storage import path as storage_path  # pylint: disable=import-outside-toplevel
-    from fcos_jax.train import checkpoint, run_record  # pylint: disable=import-outside-toplevel
-    from fcos_jax.train.config import model_config_from  # pylint: disable=import-outside-toplevel
-    if config is None:
-      config = run_record.read_config(workdir)
-      if config is None:
-        raise FileNotFoundError(
-            f"{workdir} has no config.json (not a train.py or "
-            "fcos_jax.convert workdir?): pass the run's config.")
+    run = Run(workdir)
+    config = config or run.recorded_config()
     cfg = model_config_from(config.model)
     if score_thresh is not None:
       cfg = cfg.replace(score_thresh=float(score_thresh))
-    directory, which = ec.locate(workdir, None if step is None else str(step))
-    categories = ec.run_categories(str(storage_path(directory).parent))
     mesh = _local_mesh()
     data = config.data
-    params, restored_step = checkpoint.restore_params(
-        directory, which, ec.abstract_params(cfg, tuple(data.canvases[0]),
-                                             mesh))
+    params, restored_step, categories = run.restore_params(
+        cfg, step, canvas_hw=data.canvases[0], mesh=mesh)
     n = jax.local_device_count()
     bs = batch_size or max(int(config.get("eval_batch_size", n)) //
                            max(jax.process_count(), 1), 1)

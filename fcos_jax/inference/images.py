@@ -23,16 +23,12 @@ import numpy as np
 
 from fcos_jax import storage
 from fcos_jax.data import pipeline, transforms
-from fcos_jax.data.errors import DataError
+from fcos_jax.errors import DataError, UnreadableImage
 from fcos_jax.data.tf_setup import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _WILDCARDS = "*?["
 _EXIF_ORIENTATION = 0x0112
-
-
-class UnreadableImage(Exception):
-  """A file that is no image TF can decode (named in the message)."""
 
 
 def list_images(spec: str) -> list[str]:

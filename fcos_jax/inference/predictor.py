@@ -3,7 +3,7 @@
 Images of any size are resized by the config's rule onto the smallest canvas
 that holds them (`images.Resizer`, the evaluation pipeline's rule and ops),
 gathered per canvas into batches of `batch_size` (a multiple of the device
-count, sharded over them) and run through `inference.step.forward`. Each
+count, sharded over them) and run through `inference.detect.forward`. Each
 (canvas, heatmaps on/off) is compiled once, on first use, and reused.
 
 Single process: with several processes (a pod slice), run one predictor per
@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from fcos_jax import runtime
+from fcos_jax import errors, runtime
 from fcos_jax.inference import images as images_lib
-from fcos_jax.inference import step
+from fcos_jax.core import detect
 from fcos_jax.model.config import ModelConfig
 
 
@@ -54,7 +54,7 @@ class Predictor:
     boxes  float32 [k, 4] (x0, y0, x1, y1) original pixels, by score;
     scores float32 [k]; labels int32 [k] contiguous class labels;
     maps   (with heatmaps=True) tuple over levels of float32 [h_l, w_l],
-           `step.score_maps` over the resized image's cells.
+           `detect.score_maps` over the resized image's cells.
   """
 
   def __init__(self, cfg: ModelConfig, params, resizer: images_lib.Resizer, *,
@@ -79,7 +79,7 @@ class Predictor:
   def _program(self, canvas_hw, heatmaps: bool) -> Callable:
     key = (tuple(canvas_hw), bool(heatmaps))
     if key not in self._compiled:
-      fn = step.forward_with_maps if heatmaps else step.forward
+      fn = detect.forward_with_maps if heatmaps else detect.forward
       jitted = jax.jit(functools.partial(fn, cfg=self.cfg),
                        in_shardings=(self._rep, self._data, self._data,
                                      self._data), out_shardings=self._data)
@@ -178,7 +178,7 @@ def load_prepared(predictor: Predictor, paths: Iterable[str], *,
       if keep_original:
         p.original = image
       return p
-    except (images_lib.UnreadableImage, images_lib.DataError,
+    except (errors.UnreadableImage, errors.DataError,
             ValueError) as e:
       return Failed(i, str(e))
 

@@ -2,7 +2,5 @@
 presets."""
 
 from fcos_jax.model.config import ModelConfig, PRESETS, official, paper, rpn, torchvision
-from fcos_jax.model.locations import Locations, compute_locations, level_sizes
 from fcos_jax.model.fcos import FCOS, init_variables
-from fcos_jax.model.param_groups import param_labels
 from fcos_jax.model.preprocess import normalize_images

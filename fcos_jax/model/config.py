@@ -119,7 +119,7 @@ class ModelConfig:
   # --- Numerics -----------------------------------------------------------
   dtype: str = "float32"  # Compute dtype: "float32" or "bfloat16".
   # Training's conv kernel gradients: "auto" = as GEMMs for wide convs on
-  # the CPU backend (XLA:CPU's own is slow, fcos_jax/model/cpu_conv.py),
+  # the CPU backend (XLA:CPU's own is slow, fcos_jax/train/cpu_conv.py),
   # XLA's elsewhere; "gemm" (every conv) / "xla" force one. Same result to
   # float32 rounding.
   conv_kernel_grad: str = "auto"

@@ -2,7 +2,7 @@
 
 Naming: B = batch, P = locations over all levels (P3 first, each level
 flattened row-major over (H_l, W_l), the order of
-`fcos_jax.model.locations.compute_locations`), C = classes.
+`fcos_jax.core.locations.compute_locations`), C = classes.
 """
 
 from __future__ import annotations

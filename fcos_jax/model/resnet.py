@@ -2,7 +2,7 @@
 
 Padding is explicit and symmetric, as in PyTorch, so every stride-2 conv and
 the stem's max pool give ceil(n / 2) cells: C3, C4, C5 have strides 8, 16, 32
-and the sizes `fcos_jax.model.locations.level_sizes` predicts.
+and the sizes `fcos_jax.core.locations.level_sizes` predicts.
 
 Parameter tree (the converters and `param_groups` rely on these names):
   stem/{conv, bn}

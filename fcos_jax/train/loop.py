@@ -19,37 +19,27 @@ import numpy as np
 from clu import parameter_overview
 from jax.experimental import multihost_utils
 
-from fcos_jax import runtime, storage
+from fcos_jax import errors, runtime, storage
+from fcos_jax.errors import CheckpointWriteError, NonFiniteLossError, WorkdirError
 from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import coco_eval, evaluator
-from fcos_jax.model import param_groups
+from fcos_jax.train import param_groups
 from fcos_jax.model.fcos import init_variables
-from fcos_jax.train import checkpoint, optimizer, run_record, steps
-from fcos_jax.train.config import model_config_from
+from fcos_jax.run import Run, checkpoint
+from fcos_jax.train import optimizer, steps
+from fcos_jax.model.config_dict import model_config_from
 from fcos_jax.train.initial_weights import load_initial_params
 from fcos_jax.train.state import TrainState
 from fcos_jax.train.writers import StepTrace, TrainProgress, create_writer
 
 
-class NonFiniteLossError(RuntimeError):
-  """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
-
-
-class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (full disk, no permission, ...)."""
-
-
-class WorkdirError(OSError):
-  """The workdir cannot be made or written."""
-
-
-def _require_workdir(workdir: str) -> None:
+def _require_workdir(run: Run) -> None:
   """Makes the workdir now, so a bad one fails before any work."""
   try:
-    storage.makedirs(storage.join(workdir, "checkpoints"))
+    storage.makedirs(run.checkpoints)
   except OSError as e:
     raise WorkdirError(
-        f"Cannot make or write --workdir {workdir}: "
+        f"Cannot make or write --workdir {run.workdir}: "
         f"{type(e).__name__}: {e.strerror or e}. Choose a folder (or gs:// "
         "URL) this process can write.") from None
 
@@ -144,21 +134,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = create_train_state(config, cfg, tx, mesh)
 
   # --- Checkpoint: resume by itself from the latest one ----------------
-  _require_workdir(workdir)
-  manager = checkpoint.make_manager(
-      storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+  run = Run(workdir)
+  _require_workdir(run)
+  manager = run.checkpoint_manager(
+      keep=config.keep_checkpoints,
       keep_best=config.keep_best_checkpoints,
       best_metric=config.best_checkpoint_metric,
       async_save=config.async_checkpointing)
   try:
-    return _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
+    return _run(config, run, cfg, mesh, train_split, tx, schedule, state,
                 manager, is_chief)
   except BaseException:
     _abandon(manager)
     raise
 
 
-def _restore_or_init(config, workdir, cfg, mesh, info, tx, state, manager):
+def _restore_or_init(config, run, cfg, mesh, info, tx, state, manager):
   latest = manager.latest_step()
   if latest is None:
     if config.init_backbone:
@@ -171,22 +162,17 @@ def _restore_or_init(config, workdir, cfg, mesh, info, tx, state, manager):
       logging.info("Backbone initialised from %s.", config.init_backbone)
     return state, None
   # Resuming: the same categories, a compatible config, the same shapes.
-  saved = categories.read_categories(workdir)
+  saved = run.read_categories()
   if saved is not None:
     categories.check_categories(
         saved, info, what=f"the training split ({info.gt_json})",
-        expected_from=storage.join(workdir, categories.FILE))
-  record = run_record.records(workdir)
-  if record:
-    changed = run_record.check_resume(storage.read_json(record[-1]), config,
-                                      record[-1])
-    for line in changed:
-      logging.warning("Config changed on resume (allow_config_change): %s",
-                      line)
+        expected_from=run.categories_file)
+  for line in run.check_resume(config):
+    logging.warning("Config changed on resume (allow_config_change): %s", line)
   abstract = checkpoint.abstract_like(state, runtime.replicated(mesh))
   bad = checkpoint.shape_mismatches(manager, latest, abstract)
   if bad:
-    raise run_record.ConfigChangeError(
+    raise errors.ConfigChangeError(
         f"The checkpoint at step {latest} in {manager.directory} does not fit "
         f"this config ({len(bad)} array(s) differ): " + "; ".join(bad[:8]) +
         ". Resume with the config the run was started with (its config.json) "
@@ -196,10 +182,10 @@ def _restore_or_init(config, workdir, cfg, mesh, info, tx, state, manager):
   return state, meta
 
 
-def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
+def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
          manager, is_chief) -> dict:
   info = train_split[1]
-  state, meta = _restore_or_init(config, workdir, cfg, mesh, info, tx, state,
+  state, meta = _restore_or_init(config, run, cfg, mesh, info, tx, state,
                                  manager)
   start_step = int(state.step)
   total = config.num_train_steps
@@ -207,10 +193,10 @@ def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
 
   # --- The run's record: config of this start, the categories ------------
   if is_chief:
-    storage.makedirs(workdir)
-    logging.info("Config recorded in %s.", run_record.write(workdir, config))
+    storage.makedirs(run.workdir)
+    logging.info("Config recorded in %s.", run.write_config(config))
     if meta is None:
-      categories.write_categories(workdir, info)
+      run.write_categories(info)
     _log_parameter_counts(state.params, cfg)
 
   # --- Input ------------------------------------------------------------
@@ -226,13 +212,13 @@ def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
       in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
   # --- Loop -------------------------------------------------------------
-  writer = create_writer(workdir, is_chief)
+  writer = create_writer(run.tensorboard, is_chief)
   progress = TrainProgress(num_train_steps=total, global_batch_size=global_bs,
                            every_steps=config.log_every_steps, writer=writer,
                            start_step=start_step)
   trace = None
   if config.profile_steps and is_chief:
-    trace = StepTrace(storage.join(workdir, "tensorboard"),
+    trace = StepTrace(run.tensorboard,
                       first_step=max(config.profile_first_step, start_step + 1),
                       num_steps=config.profile_steps)
     trace(start_step)
@@ -270,7 +256,7 @@ def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
       if evaluate_now:
         with progress.timed("eval"):
           last_eval = evaluator.evaluate_params(config, state.params, mesh,
-                                                workdir, step, info, writer)
+                                                run.workdir, step, info, writer)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
       if step % config.checkpoint_every_steps == 0 or step == total or reason:
         _check_finite(state, manager)
@@ -286,7 +272,7 @@ def _run(config, workdir, cfg, mesh, train_split, tx, schedule, state,
       _finish_saves(manager)
     if config.eval_at_end and not stopped:
       last_eval = evaluator.evaluate_params(config, state.params, mesh,
-                                            workdir, total, info, writer)
+                                            run.workdir, total, info, writer)
       writer.write_scalars(total, {f"eval/{k}": v for k, v in last_eval.items()})
   finally:
     if trace:

@@ -4,7 +4,7 @@ Matches PyTorch's `torch.optim.SGD` as used by the official recipe:
   g <- g + wd * p          (coupled L2, per parameter group)
   v <- momentum * v + g
   p <- p - lr * v
-Parameter groups come from `fcos_jax.model.param_groups.param_labels`:
+Parameter groups come from `fcos_jax.train.param_groups.param_labels`:
   "weight": base LR, `weight_decay`
   "norm":   base LR, `weight_decay_norm` (GroupNorm scales)
   "bias":   base LR x `bias_lr_factor`, `weight_decay_bias`

@@ -12,17 +12,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcos_jax import losses, targets
-from fcos_jax.inference.step import head_outputs
-from fcos_jax.model import batch_stats, cpu_conv
+from fcos_jax.core import losses, targets
+from fcos_jax.core.detect import head_outputs
+from fcos_jax.model import batch_stats
+from fcos_jax.train import cpu_conv
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.locations import compute_locations
+from fcos_jax.core.locations import compute_locations
 from fcos_jax.train.state import TrainState
 
 
 def compute_loss(params, batch, cfg: ModelConfig):
   """Loss and (metrics, BatchNorm batch statistics: empty unless
-  backbone_norm="bn") of one batch (see `fcos_jax.batch` for the format)."""
+  backbone_norm="bn") of one batch (see `fcos_jax.core.batch` for the format)."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
   with cpu_conv.kernel_gradients_as_gemm(cfg.conv_kernel_grad):

@@ -50,8 +50,7 @@ class _MirroredWriter(metric_writers.MultiWriter):
     shutil.rmtree(self._local, ignore_errors=True)
 
 
-def create_writer(workdir: str, is_chief: bool) -> metric_writers.MetricWriter:
-  logdir = storage.join(workdir, "tensorboard")
+def create_writer(logdir: str, is_chief: bool) -> metric_writers.MetricWriter:
   if not is_chief:
     return metric_writers.create_default_writer(just_logging=True,
                                                 asynchronous=False)

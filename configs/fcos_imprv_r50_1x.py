@@ -1,7 +1,0 @@
-"""Official FCOS_imprv_R_50_FPN_1x (38.7 AP): the defaults."""
-
-from configs import default
-
-
-def get_config():
-  return default.get_config()

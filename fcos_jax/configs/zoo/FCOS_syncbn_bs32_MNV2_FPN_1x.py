@@ -1,0 +1,25 @@
+"""FCOS_syncbn_bs32_MNV2_FPN_1x: MobileNetV2 body (C3-C5 of 32, 96, 320
+channels), all of it trained (FREEZE_CONV_BODY_AT: 0). Its config has no
+FCOS section, so the defaults of the official code apply: the paper's head
+and losses with P6 from P5. The backbone's BatchNorm trains with batch
+statistics, SyncBN over the batch of 32, as in the official run
+(backbone_norm='bn'). 1x schedule, batch 32, single-scale
+training (short side 800). The backbone starts from the official MobileNetV2
+ImageNet weights (mobilenet_v2-ecbe2b5.pth, tonylins/pytorch-mobilenet-v2
+names): --config.init_backbone=PATH/mobilenet_v2-ecbe2b5.pth.
+"""
+
+from fcos_jax.configs.zoo import common
+from fcos_jax.model import config as presets
+
+# COCO minival AP of the released model: published, not measured here.
+PUBLISHED_AP = 33.1
+
+
+def get_config():
+  model = presets.paper(
+      num_classes=80, backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0,
+      backbone_norm="bn",
+      p6_from="p5")
+  return common.zoo_config(model, "1x", multi_scale=False, batch=32,
+                           init_format="mobilenet_v2_official")

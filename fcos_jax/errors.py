@@ -1,0 +1,47 @@
+"""The project's error types, in one place.
+
+Every `UserError` says what is wrong, where (file, field or path) and the
+fix in its message: the command-line tools print it as one line and exit
+1. Any other exception is a programming error and keeps its traceback.
+The subclasses also derive from the built-in type they refine (ValueError,
+OSError, ...), so callers that catch those keep working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+  """An error whose message names the problem and the fix (one line)."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that cannot work (field, value and a valid example)."""
+
+
+class ConfigChangeError(ConfigError):
+  """A resumed run's config differs from the checkpoints' in a field that
+  must not change (or may only with allow_config_change)."""
+
+
+class DataError(UserError, ValueError):
+  """Bad input data: the message names the file or annotation and the fix."""
+
+
+class UnreadableImage(UserError):
+  """A file that is no image TF can decode (named in the message)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder the command needs is not there (named, with the fix)."""
+
+
+class WorkdirError(UserError, OSError):
+  """The workdir cannot be made or written."""
+
+
+class CheckpointWriteError(UserError, OSError):
+  """A checkpoint could not be written (full disk, no permission, ...)."""
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+  """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
