@@ -43,7 +43,7 @@ flags.DEFINE_bool("draw", False, "Write OUT/draw/<name>.png with the boxes.")
 flags.DEFINE_bool("heatmaps", False,
                   "Write OUT/heatmaps/<name>.png, per-level score maps.")
 flags.DEFINE_float("score_thresh", None,
-                   "Candidate score threshold (model.score_thresh; on the "
+                   "Candidate score threshold (model.inference.score_thresh; on the "
                    "class probability, or on sqrt(prob * ctr) for the "
                    "torchvision preset); default: the config's.")
 flags.DEFINE_float("draw_min_score", 0.3,

@@ -100,7 +100,7 @@ def make_torchvision(cfg):
   from torchvision.models.detection import fcos as tv_fcos  # pylint: disable=import-outside-toplevel
   head = tv_fcos.FCOSHead(32, 1, cfg.num_classes, num_convs=0)
   model = types.SimpleNamespace(
-      center_sampling_radius=cfg.center_sampling_radius, head=head)
+      center_sampling_radius=cfg.assign.center_sampling_radius, head=head)
   return lambda *args: tv_fcos.FCOS.compute_loss(model, *args)
 
 

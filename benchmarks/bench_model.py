@@ -156,9 +156,9 @@ def build_torchvision_fcos(cfg: ModelConfig, canvas_hw):
                                    returned_layers=[2, 3, 4],
                                    extra_blocks=LastLevelP6P7(256, 256))
   return FCOS(backbone, cfg.num_classes, min_size=min(canvas_hw),
-              max_size=max(canvas_hw), score_thresh=cfg.score_thresh,
-              nms_thresh=cfg.nms_iou, detections_per_img=cfg.max_detections,
-              topk_candidates=cfg.pre_nms_topk)
+              max_size=max(canvas_hw), score_thresh=cfg.inference.score_thresh,
+              nms_thresh=cfg.inference.nms_iou, detections_per_img=cfg.inference.max_detections,
+              topk_candidates=cfg.inference.pre_nms_topk)
 
 
 class Torchvision:

@@ -71,9 +71,9 @@ def build_torchvision(cfg):
   backbone = torch.nn.Identity()
   backbone.out_channels = 32
   return FCOS(backbone, num_classes=cfg.num_classes,
-              score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_iou,
-              detections_per_img=cfg.max_detections,
-              topk_candidates=cfg.pre_nms_topk).eval()
+              score_thresh=cfg.inference.score_thresh, nms_thresh=cfg.inference.nms_iou,
+              detections_per_img=cfg.inference.max_detections,
+              topk_candidates=cfg.inference.pre_nms_topk).eval()
 
 
 def torchvision_postprocess(model, outputs, locations, anchors, image_hw,

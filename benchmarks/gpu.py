@@ -5,7 +5,7 @@ and without internet: input is synthetic and made on the device, and
 TensorFlow is blocked (`block_tensorflow`) so that an import of it anywhere
 on this path fails loudly instead of grabbing GPU memory.
 
-Ours: `cfg.dtype = "bfloat16"` (bf16 convs, float32 params, loss and
+Ours: `cfg.numerics.dtype = "bfloat16"` (bf16 convs, float32 params, loss and
 post-processing). torchvision: forward under
 `torch.autocast("cuda", dtype=torch.bfloat16)`, float32 master weights,
 cudnn.benchmark on. Both: same architecture, batch, canvas, boxes.

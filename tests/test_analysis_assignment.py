@@ -83,10 +83,10 @@ def test_crowd_box_is_neither_counted_nor_matched():
 def test_settings_cover_fpn_p4_and_centre_sampling():
   settings = assignment.fcos_settings(CFG)
   assert len(settings) == 4
-  radii = sorted(c.center_sampling_radius for c in settings.values())
+  radii = sorted(c.assign.center_sampling_radius for c in settings.values())
   assert radii == [0.0, 0.0, 1.5, 1.5]
   p4 = [c for c in settings.values() if c.strides == (16,)]
-  assert len(p4) == 2 and all(c.size_ranges == ((-1.0, math.inf),) for c in p4)
+  assert len(p4) == 2 and all(c.assign.size_ranges == ((-1.0, math.inf),) for c in p4)
 
 
 def _random_image(rng, m=10):
@@ -125,7 +125,7 @@ def test_agrees_with_a_plain_loop(cfg):
   for i, (b, c, v, cr) in enumerate(images):
     want = assignment_reference.numpy_reference(
         b, c, v & ~cr, loc.points, loc.strides, loc.size_ranges,
-        cfg.center_sampling_radius, cfg.size_range_inclusive)
+        cfg.assign.center_sampling_radius, cfg.assign.size_range_inclusive)
     np.testing.assert_array_equal(np.asarray(recalled[i]), want[0])
     np.testing.assert_array_equal(np.asarray(count[i]), want[1])
     np.testing.assert_array_equal(np.asarray(differ[i]), want[2])

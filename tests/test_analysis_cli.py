@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("analyze_run")
   workdir = tmp / "run"
   run("train.py", workdir, tiny_args(tmp, steps=2, **{
-      "model.score_thresh": 0.0}))
+      "model.inference.score_thresh": 0.0}))
   return workdir
 
 
@@ -72,7 +72,7 @@ def test_every_analysis_of_a_run(trained):
 def test_rpn_trains_and_is_evaluated_by_average_recall(tmp_path):
   workdir = tmp_path / "rpn"
   proc = run("train.py", workdir, tiny_args(tmp_path, steps=2, **{
-      "model.score_thresh": 0.0}), config="configs/synthetic_rpn_cpu.py")
+      "model.inference.score_thresh": 0.0}), config="configs/synthetic_rpn_cpu.py")
   assert "COCO proposal evaluation at step 2" in proc.stdout
   metrics = json.loads((workdir / "eval" / "metrics_step2.json").read_text())
   assert set(metrics) >= {"AR100", "AR300", "AR1000", "ARs1000", "ARm1000",

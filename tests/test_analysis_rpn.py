@@ -13,8 +13,8 @@ from fcos_jax.core.locations import compute_locations
 
 def test_rpn_preset():
   cfg = rpn()
-  assert (cfg.num_classes, cfg.class_agnostic, cfg.pre_nms_topk, cfg.nms_iou,
-          cfg.max_detections) == (1, True, 1000, 0.7, 1000)
+  assert (cfg.num_classes, cfg.class_agnostic, cfg.inference.pre_nms_topk, cfg.inference.nms_iou,
+          cfg.inference.max_detections) == (1, True, 1000, 0.7, 1000)
   assert ModelConfig.from_dict({"preset": "rpn"}) == cfg
   with pytest.raises(ValueError, match="class_agnostic=True needs num_classes=1"):
     official(num_classes=3, class_agnostic=True)

@@ -50,7 +50,7 @@ def random_torchvision_state_dict(seed=0):
 def test_slots_are_mapped_by_coco_category_id():
   sd = random_torchvision_state_dict()
   cfg, params, cats = tv.convert_coco_detector(sd, score_thresh=0.1)
-  assert cfg.num_classes == len(cats) == 80 and cfg.score_thresh == 0.1
+  assert cfg.num_classes == len(cats) == 80 and cfg.inference.score_thresh == 0.1
   assert cfg.location_stride == "canvas"
   assert cats[0] == {"id": 1, "name": "person"}
   assert cats[11] == {"id": 13, "name": "stop sign"}  # id 12 is unused.
@@ -95,7 +95,7 @@ def test_converted_workdir_evaluates_and_predicts_like_a_run(tmp_path):
           f"--config.data.coco.val_images={img_dir}",
           "--config.data.min_size=128", "--config.data.max_size=192",
           "--config.data.canvases=((128,192),(192,128))",
-          "--config.eval_batch_size=1", "--config.model.score_thresh=0.05",
+          "--config.eval_batch_size=1", "--config.model.inference.score_thresh=0.05",
           "--config.compilation_cache_dir="]
   _run(["-m", "fcos_jax.convert", f"--torchvision={sd_path}",
         f"--workdir={workdir}"] + data)

@@ -137,7 +137,7 @@ def torch_model(name, seed, cfg=None):
       backbone=cfg.backbone,
       dcn_stages=cfg.dcn_stages, head_dcn=cfg.head_dcn,
       p6_from_c5=cfg.p6_from == "c5", norm_reg_targets=cfg.norm_reg_targets,
-      centerness_on_reg=cfg.centerness_on == "reg", bn_eps=cfg.bn_eps)
+      centerness_on_reg=cfg.quality.on == "reg", bn_eps=cfg.bn_eps)
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in model.modules():
@@ -236,7 +236,7 @@ def test_detections_match_official_postprocessing(name):
   for b, (boxes, scores, labels) in enumerate(dets):
     boxes, scores, labels = boxes.numpy(), scores.numpy(), labels.numpy()
     n = int(ours["valid"][b].sum())
-    assert len(scores) >= 50 and n == min(len(scores), cfg.max_detections)
+    assert len(scores) >= 50 and n == min(len(scores), cfg.inference.max_detections)
     cutoff = np.sort(scores)[::-1][n - 1]
     used = np.zeros(len(scores), bool)
     unmatched = []
@@ -328,7 +328,7 @@ def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
 
   workdir = tmp_path / "run"
   proc = run(f"--config=configs/official_fcos.py:{name}",
-             f"--workdir={workdir}", "--config.model.score_thresh=0.1")
+             f"--workdir={workdir}", "--config.model.inference.score_thresh=0.1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   model = json.loads((workdir / "config.json").read_text())["model"]
   assert model["dcn_stages"] == [3, 4, 5] and model["head_dcn"] is True

@@ -104,7 +104,7 @@ def numpy_fcos_loss(outputs, targets, strides, cfg):
   onehot = (labels[..., None] == np.arange(x.shape[-1])) & pos[..., None]
   # p, 1 - p, -log p and -log(1 - p) each without cancellation in float64.
   p, q = 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(x))
-  a, g = cfg.focal_alpha, cfg.focal_gamma
+  a, g = cfg.loss.focal_alpha, cfg.loss.focal_gamma
   focal = np.where(onehot, a * q ** g * np.logaddexp(0, -x),
                    (1 - a) * p ** g * np.logaddexp(0, x))
   cls = focal.sum() / num_pos
@@ -121,15 +121,15 @@ def numpy_fcos_loss(outputs, targets, strides, cfg):
   union = (pl + pr) * (pt + pb) + (tl + tr) * (tt + tb) - inter
   enclose = (np.maximum(pl, tl) + np.maximum(pr, tr)) * (
       np.maximum(pt, tt) + np.maximum(pb, tb))
-  s = cfg.iou_smooth
+  s = cfg.loss.iou_smooth
   iou = (inter + s) / (union + s)
-  if cfg.reg_loss == "iou":
+  if cfg.loss.reg_loss == "iou":
     per_box = -np.log(iou)
-  elif cfg.reg_loss == "linear_iou":
+  elif cfg.loss.reg_loss == "linear_iou":
     per_box = 1 - iou
   else:
     per_box = 1 - (iou - (enclose - union) / enclose)
-  if cfg.reg_weighting == "centerness":
+  if cfg.loss.reg_weighting == "centerness":
     reg = (per_box * ctr_t).sum() / ctr_t.sum() if pos.any() else 0.0
   else:
     reg = per_box.sum() / num_pos

@@ -61,14 +61,14 @@ def reference_postprocess(outputs, locations, image_hw, orig_hw, cfg):
       sl = locations.level_slice(level)
       prob = sigmoid32(outputs["cls_logits"][b, sl])
       ctr = sigmoid32(outputs["centerness"][b, sl])[:, None]
-      if cfg.score_thresh_on == "prob":
-        cand, rank = prob > cfg.score_thresh, prob * ctr
+      if cfg.inference.score_thresh_on == "prob":
+        cand, rank = prob > cfg.inference.score_thresh, prob * ctr
       else:
         rank = np.sqrt(prob * ctr)
-        cand = rank > cfg.score_thresh
+        cand = rank > cfg.inference.score_thresh
       flat = np.flatnonzero(cand.ravel())
       order = np.argsort(-rank.ravel()[flat], kind="stable")
-      idx = flat[order[:cfg.pre_nms_topk]]
+      idx = flat[order[:cfg.inference.pre_nms_topk]]
       loc, cl = idx // c, idx % c
       d = outputs["box_regression"][b, sl][loc]
       if cfg.norm_reg_targets:
@@ -83,7 +83,7 @@ def reference_postprocess(outputs, locations, image_hw, orig_hw, cfg):
     boxes, scores, classes = (np.concatenate(x) for x in (boxes, scores,
                                                           classes))
     keep = numpy_greedy_nms(boxes, scores, classes, np.ones(len(scores), bool),
-                            cfg.nms_iou, cfg.max_detections)
+                            cfg.inference.nms_iou, cfg.inference.max_detections)
     ratio = orig_hw[b].astype(np.float32) / image_hw[b].astype(np.float32)
     scale = np.array([ratio[1], ratio[0], ratio[1], ratio[0]], np.float32)
     results.append({"boxes": boxes[keep] * scale, "scores": scores[keep],
@@ -141,8 +141,8 @@ def test_fast_and_full_paths_agree(monkeypatch, factor):
   image_hw, orig_hw = image_sizes(3, CANVAS, seed=10)
   sl = locations.level_slice(0)
   prob = sigmoid32(outputs["cls_logits"][:, sl])
-  n_loc = (prob > cfg.score_thresh).any(-1).sum(-1)
-  cap = factor * cfg.pre_nms_topk
+  n_loc = (prob > cfg.inference.score_thresh).any(-1).sum(-1)
+  cap = factor * cfg.inference.pre_nms_topk
   assert (n_loc.max() > cap) == (factor == 1), n_loc
   got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
   want = reference_postprocess(outputs, locations, image_hw, orig_hw, cfg)

@@ -47,7 +47,7 @@ def _val(tmp):
 def test_predict_equals_evaluate_on_the_val_images(trained):
   tmp, workdir = trained
   run("evaluate.py", workdir, tiny_args(tmp, steps=4) + [
-      "--checkpoint=4", f"--config.model.score_thresh={THRESH}"])
+      "--checkpoint=4", f"--config.model.inference.score_thresh={THRESH}"])
   want = json.loads((workdir / "eval" / "detections_step4.json").read_text())
 
   out = tmp / "pred"

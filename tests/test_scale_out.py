@@ -245,7 +245,7 @@ def cli_args(synthetic_dir, steps, **extra):
       "data.num_parallel_calls": 1,
       # Untrained scores are ~0.01: keep every candidate, so the evaluation
       # compares real detection lists (AP itself is ~0 after a few steps).
-      "model.score_thresh": 0.0,
+      "model.inference.score_thresh": 0.0,
       "num_train_steps": steps,
       "checkpoint_every_steps": 1000,  # Only the final, forced one.
       "optim.warmup_steps": 1,

@@ -17,7 +17,7 @@ def reference_assign(boxes, classes, box_valid, is_crowd, locations, cfg):
   """Spec section 2, one (image, location, box) at a time, in float32."""
   num_images, num_boxes = classes.shape
   num_points = locations.num_locations
-  radius = F32(cfg.center_sampling_radius)
+  radius = F32(cfg.assign.center_sampling_radius)
   out = dict(labels=np.zeros((num_images, num_points), np.int32),
              positive=np.zeros((num_images, num_points), bool),
              reg_targets=np.zeros((num_images, num_points, 4), F32),
@@ -43,7 +43,7 @@ def reference_assign(boxes, classes, box_valid, is_crowd, locations, cfg):
         else:
           inside = min(l, t, r, b) > 0
         m = max(l, t, r, b)
-        if cfg.size_range_inclusive:
+        if cfg.assign.size_range_inclusive:
           in_range = lo <= m <= hi
         else:
           in_range = lo < m < hi

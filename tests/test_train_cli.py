@@ -45,7 +45,7 @@ def test_train_then_evaluate_through_the_clis(tmp_path):
 
   # Every candidate kept, so that a 4-step model has detections to check.
   proc = run("evaluate.py", workdir, tiny_args(tmp_path) + [
-      "--checkpoint=4", "--config.model.score_thresh=0.0"])
+      "--checkpoint=4", "--config.model.inference.score_thresh=0.0"])
   assert "COCO bbox evaluation at step 4" in proc.stdout
   metrics = json.loads((workdir / "eval" / "metrics_step4.json").read_text())
   assert set(metrics) >= {"AP", "AP50", "ARl"} and metrics["num_images"] == 8
@@ -130,4 +130,4 @@ def test_model_config_refuses_unknown_and_bad_values():
     ModelConfig.from_dict({"centreness_on": "reg"})
   with pytest.raises(ValueError, match="reg_loss"):
     ModelConfig.from_dict({"reg_loss": "smooth_l1"})
-  assert ModelConfig.from_dict({"preset": "paper"}).reg_loss == "iou"
+  assert ModelConfig.from_dict({"preset": "paper"}).loss.reg_loss == "iou"

@@ -56,7 +56,7 @@ def test_zoo_config(name):
   assert config.optim.base_lr == 0.01
   # Architecture, from the name.
   assert cfg.num_classes == 80 and cfg.p6_from == "p5"
-  assert (cfg.centerness_on == "reg") == ("imprv" in name)
+  assert (cfg.quality.on == "reg") == ("imprv" in name)
   assert bool(cfg.dcn_stages) == cfg.head_dcn == ("dcnv2" in name)
   if "MNV2" in name:
     assert (cfg.backbone, cfg.freeze_at, cfg.bn_eps) == ("mobilenet_v2", 0, 1e-5)

@@ -39,7 +39,7 @@ def fcos_settings(cfg: ModelConfig) -> dict[str, ModelConfig]:
   """The assignment rules of Tables 1-2, from the run's model config:
   its levels and size ranges (FPN) and P4 alone, each with and without
   centre sampling (the config's radius, or 1.5 if it has none)."""
-  radius = cfg.center_sampling_radius or DEFAULT_CENTER_RADIUS
+  radius = cfg.assign.center_sampling_radius or DEFAULT_CENTER_RADIUS
   fpn = cfg.replace(center_sampling_radius=0.0)
   p4 = fpn.replace(**P4_ALONE)
   return {
@@ -89,8 +89,8 @@ def location_matches(boxes, classes, box_valid, is_crowd,
 
   def one(b, c, u):
     return _one_image_matches(b, c, u, grids,
-                              float(cfg.center_sampling_radius),
-                              bool(cfg.size_range_inclusive))
+                              float(cfg.assign.center_sampling_radius),
+                              bool(cfg.assign.size_range_inclusive))
 
   return jax.vmap(one)(jnp.asarray(boxes, jnp.float32),
                        jnp.asarray(classes, jnp.int32), usable)

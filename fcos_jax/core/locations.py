@@ -72,7 +72,7 @@ def compute_locations(canvas_hw: tuple[int, int], cfg: ModelConfig) -> Locations
   sizes = level_sizes(canvas_hw, cfg.strides)
   points, strides, ranges, starts = [], [], [], []
   start = 0
-  for (h, w), s, rng in zip(sizes, cfg.strides, cfg.size_ranges):
+  for (h, w), s, rng in zip(sizes, cfg.strides, cfg.assign.size_ranges):
     offset = s // 2 if cfg.location_offset == "half" else 0
     sy, sx = ((canvas_hw[0] // h, canvas_hw[1] // w)
               if cfg.location_stride == "canvas" else (s, s))

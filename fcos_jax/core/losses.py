@@ -173,7 +173,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   # location ([B, P]): the same sum as with a one-hot target, without
   # building the one-hot (which costs XLA:CPU 7x the focal loss itself).
   logits = outputs["cls_logits"].astype(jnp.float32)        # [B, P, C]
-  alpha, gamma = cfg.focal_alpha, cfg.focal_gamma
+  alpha, gamma = cfg.loss.focal_alpha, cfg.loss.focal_gamma
   # Per location first, then over locations: shorter float32 sums.
   all_negative = jnp.sum(jnp.sum(
       sigmoid_focal_loss(logits, 0.0, alpha, gamma), axis=-1))
@@ -190,8 +190,8 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   mask4 = positive[..., None]
   pred = jnp.where(mask4, pred, 1.0)
   target = jnp.where(mask4, targets.reg_targets.astype(jnp.float32), 1.0)
-  reg = _REG_LOSSES[cfg.reg_loss](pred, target, cfg.iou_smooth)  # [B, P]
-  if cfg.reg_weighting == "centerness":
+  reg = _REG_LOSSES[cfg.loss.reg_loss](pred, target, cfg.loss.iou_smooth)  # [B, P]
+  if cfg.loss.reg_weighting == "centerness":
     weight = jnp.where(positive, targets.centerness, 0.0)
     total_weight = jnp.sum(weight)
     # No positives: the sum is 0 and so is the loss (not 0/0).

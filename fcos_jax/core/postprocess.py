@@ -1,7 +1,7 @@
 """From head outputs to detections in original image pixels, on the device.
 
 Official FCOS inference (docs/algorithm.md, "Inference"), with the torchvision variant chosen
-by `cfg.score_thresh_on`:
+by `cfg.inference.score_thresh_on`:
 
 1. Per level: prob = sigmoid(cls), ctr = sigmoid(centerness).
    Candidates are the (location, class) pairs with
@@ -61,19 +61,19 @@ def _rank(cls, ctr, cfg: ModelConfig):
   prob = jax.nn.sigmoid(cls.astype(jnp.float32))
   ctr_prob = jax.nn.sigmoid(ctr.astype(jnp.float32))[..., None]
   neg_inf = jnp.float32(-jnp.inf)
-  if cfg.score_thresh_on == "prob":
+  if cfg.inference.score_thresh_on == "prob":
     # Official: threshold on prob, rank by prob * ctr, sqrt after top-k.
-    return jnp.where(prob > cfg.score_thresh, prob * ctr_prob, neg_inf)
+    return jnp.where(prob > cfg.inference.score_thresh, prob * ctr_prob, neg_inf)
   # torchvision: threshold and rank on sqrt(prob * ctr).
   score = jnp.sqrt(prob * ctr_prob)
-  return jnp.where(score > cfg.score_thresh, score, neg_inf)
+  return jnp.where(score > cfg.inference.score_thresh, score, neg_inf)
 
 
 def _logit_lower_bound(cfg: ModelConfig) -> float:
   """A logit below which no (location, class) pair can be a candidate:
   prob > t (official) or sqrt(prob * ctr) > t, hence prob > t^2 (ctr <= 1).
   The margin absorbs float32 rounding; the exact test follows anyway."""
-  t = cfg.score_thresh if cfg.score_thresh_on == "prob" else cfg.score_thresh**2
+  t = cfg.inference.score_thresh if cfg.inference.score_thresh_on == "prob" else cfg.inference.score_thresh**2
   if t <= 0.0:
     return -math.inf
   if t >= 1.0:
@@ -137,10 +137,10 @@ def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
   `with_loc`, loc [B, k] int32 location index in [0, P)); k =
   min(pre_nms_topk, L * C).
   """
-  k = min(cfg.pre_nms_topk, (sl.stop - sl.start) * cls.shape[-1])
+  k = min(cfg.inference.pre_nms_topk, (sl.stop - sl.start) * cls.shape[-1])
   top, loc, classes = _level_top_k(cls, ctr, loc_max, sl, k, cfg)
   valid = top > -jnp.inf
-  scores = jnp.sqrt(top) if cfg.score_thresh_on == "prob" else top
+  scores = jnp.sqrt(top) if cfg.inference.score_thresh_on == "prob" else top
 
   reg = jnp.take_along_axis(reg, loc[..., None], axis=1).astype(jnp.float32)
   ltrb = box_coding.distances_to_pixels(
@@ -152,7 +152,7 @@ def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
 
 def postprocess(outputs, locations: Locations, image_hw, orig_hw,
                 cfg: ModelConfig, with_locations: bool = False):
-  """Head outputs -> at most K = cfg.max_detections detections per image.
+  """Head outputs -> at most K = cfg.inference.max_detections detections per image.
 
   Args:
     outputs: dict of the FCOS head, levels concatenated (P3 first):
@@ -192,8 +192,8 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
   boxes = jnp.clip(boxes, 0.0, hi)
 
-  nms = functools.partial(batched_nms, iou_threshold=float(cfg.nms_iou),
-                          max_output=int(cfg.max_detections))
+  nms = functools.partial(batched_nms, iou_threshold=float(cfg.inference.nms_iou),
+                          max_output=int(cfg.inference.max_detections))
   keep, keep_valid = jax.vmap(nms)(boxes, scores, classes, valid)
 
   boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)

@@ -193,9 +193,9 @@ def _check_inputs(boxes, classes, box_valid, is_crowd, locations, cfg):
       raise ValueError(
           f"assign_targets: {name} must be [B, M] = {bm} like boxes, got "
           f"shape {tuple(value.shape)}.")
-  if cfg.center_sampling_radius < 0:
+  if cfg.assign.center_sampling_radius < 0:
     raise ValueError(
-        f"ModelConfig.center_sampling_radius={cfg.center_sampling_radius}: "
+        f"ModelConfig.center_sampling_radius={cfg.assign.center_sampling_radius}: "
         f"must be >= 0 (0 disables centre sampling).")
   if len(locations.level_sizes) != cfg.num_levels:
     raise ValueError(
@@ -231,7 +231,7 @@ def assign_targets(boxes, classes, box_valid, is_crowd, locations: Locations,
   grids = [_level_grid(locations, level) for level in range(cfg.num_levels)]
 
   def one(b, c, u):
-    return _assign_one(b, c, u, grids, float(cfg.center_sampling_radius),
-                       bool(cfg.size_range_inclusive))
+    return _assign_one(b, c, u, grids, float(cfg.assign.center_sampling_radius),
+                       bool(cfg.assign.size_range_inclusive))
 
   return jax.vmap(one)(boxes, classes, usable)

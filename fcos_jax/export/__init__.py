@@ -20,7 +20,7 @@ Every per-canvas artifact has the signature of `serving.serving_function`:
 ->
   boxes    float32 [B, K, 4]   (x0, y0, x1, y1) in original pixels;
   scores   float32 [B, K];  classes int32 [B, K];  valid bool [B, K]
-                               (K = model.max_detections, best first).
+                               (K = model.inference.max_detections, best first).
 
 `python -m fcos_jax.export --workdir DIR --out OUT` writes every format
 for each of the run's canvases, in float32 and bfloat16.

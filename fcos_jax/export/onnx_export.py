@@ -9,7 +9,7 @@ a batched scatter, which has no ONNX lowering there. So the artifact is
      the same functions), giving boxes [1, N, 4] in canvas pixels and the
      class-masked scores [1, C, N] (-1 off a box's class and for empty
      slots), plus the rescale factors to original pixels;
-  2. ONNX's own NonMaxSuppression (per class, IoU threshold cfg.nms_iou,
+  2. ONNX's own NonMaxSuppression (per class, IoU threshold cfg.inference.nms_iou,
      up to K per class), then TopK of the kept scores over all classes (K =
      max_detections), Gather, rescale and clip to the original image, and
      padding to the fixed [1, K] outputs with `valid`.
@@ -128,14 +128,14 @@ def _nms_tail(cfg: ModelConfig, batch: int, num_candidates: int):
   become `valid = False`."""
   from onnx import TensorProto, helper  # pylint: disable=import-outside-toplevel
   b, n_cand, c = int(batch), int(num_candidates), int(cfg.num_classes)
-  k = int(cfg.max_detections)
+  k = int(cfg.inference.max_detections)
   top = min(k, c * n_cand)  # TopK needs K <= C * N; the rest is padding.
   const = lambda name, value, dtype=np.int64: helper.make_tensor(
       name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
       np.shape(value), np.asarray(value, dtype).ravel().tolist())
   inits = [
       const("t_max_per_class", [k]),
-      const("t_iou", [float(cfg.nms_iou)], np.float32),
+      const("t_iou", [float(cfg.inference.nms_iou)], np.float32),
       const("t_score_thresh", [-0.5], np.float32),
       const("t_minus_one", [-1.0], np.float32),
       const("t_flat_shape", [b, c * n_cand]), const("t_top", [top]),

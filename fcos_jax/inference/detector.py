@@ -68,7 +68,7 @@ class Detector:
 
     step: a step number, a checkpoint directory, or None for the latest.
     config: the run config (default: the run's recorded config.json).
-    score_thresh: overrides model.score_thresh (the candidate threshold).
+    score_thresh: overrides model.inference.score_thresh (the candidate threshold).
     batch_size: images per device call (default: config.eval_batch_size).
     """
     run = Run(workdir)

@@ -1,8 +1,23 @@
-"""FCOS model configuration and the named presets.
+"""FCOS model configuration, composed of parts, and the named presets.
 
-`ModelConfig` is a frozen dataclass: hashable, so it can be a static argument
-of `jax.jit`, and every variant of the algorithm is one field. The presets
-are the three published variants (see docs/algorithm.md):
+`ModelConfig` is a frozen dataclass (hashable: a static argument of
+`jax.jit`). Its own fields are the architecture: what the parameters are and
+what they compute. The other choices are parts, each a small frozen config
+that the functions reading it take:
+
+  quality    the quality branch (centre-ness), a named choice (`QUALITY`);
+  assign     the assignment rule (targets.py), a named choice (`ASSIGNERS`);
+  loss       the training loss (losses.py), a named choice (`LOSSES`);
+  inference  candidate threshold, top-k, NMS, detections (postprocess.py);
+  numerics   compute dtype and how training computes kernel gradients.
+
+A new assigner, quality branch or loss is a new small class registered by
+its `name` beside the FCOS one; nothing else here changes. On resume the
+part decides what may change (fcos_jax/run/record.py): the architecture and
+the quality branch never, `assign` and `loss` with allow_config_change,
+`inference` and `numerics` freely.
+
+The presets are the published variants (see docs/algorithm.md):
 
 - `official`   : FCOS_imprv_R_50_FPN_1x (tianzhi0549/FCOS), 38.7 AP.
 - `paper`      : FCOS_R_50_FPN_1x as in the ICCV 2019 paper, 37.1 AP.
@@ -15,6 +30,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from fcos_jax.errors import ConfigError
+
 INF = math.inf
 
 # Per-preset input normalisation: caffe/MSRA weights take BGR in 0..255 minus
@@ -24,9 +41,121 @@ IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
 
 
+def _as_tuple(value):
+  """ConfigDict and JSON give lists; the frozen config wants tuples."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuple(v) for v in value)
+  return value
+
+
+def _check_choice(cfg, name, choices):
+  value = getattr(cfg, name)
+  if value not in choices:
+    raise ConfigError(
+        f"{type(cfg).__name__}.{name}={value!r}: must be one of {choices}.")
+
+
+# --- Parts: each a named choice or a group of settings ---------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CenternessQuality:
+  """FCOS's centre-ness branch: one logit per location, trained with BCE
+  against sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)), multiplied into the
+  class score at inference."""
+
+  name: str = "centerness"
+  on: str = "reg"  # The tower it sits on: "reg" (imprv) or "cls" (paper).
+
+  def __post_init__(self):
+    _check_choice(self, "on", ("reg", "cls"))
+
+
+@dataclasses.dataclass(frozen=True)
+class FCOSAssign:
+  """FCOS's assignment (core/targets.py): a location inside a box (or its
+  centre region) whose largest distance lies in its level's size range;
+  the smallest such box wins."""
+
+  name: str = "fcos"
+  # Regression range of each level, on m = max(l*, t*, r*, b*) in pixels.
+  size_ranges: tuple[tuple[float, float], ...] = (
+      (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
+  size_range_inclusive: bool = True  # lo <= m <= hi (official) or lo < m < hi.
+  center_sampling_radius: float = 1.5  # In strides; 0 disables it.
+
+  def __post_init__(self):
+    if self.center_sampling_radius < 0:
+      raise ConfigError(
+          f"model.assign.center_sampling_radius={self.center_sampling_radius}:"
+          " must be >= 0 (0 disables centre sampling; official: 1.5).")
+
+
+@dataclasses.dataclass(frozen=True)
+class FCOSLoss:
+  """FCOS's loss (core/losses.py): sigmoid focal loss, an IoU-family box
+  loss and the quality branch's BCE."""
+
+  name: str = "fcos"
+  focal_alpha: float = 0.25
+  focal_gamma: float = 2.0
+  reg_loss: str = "giou"  # "giou", "iou" (-log IoU) or "linear_iou".
+  reg_weighting: str = "centerness"  # "centerness" or "none" (/ num_pos).
+  iou_smooth: float = 1.0  # IoU = (I + s) / (U + s) in the reg loss: 1 in the
+  # official code (keeps -log IoU finite), 0 in torchvision.
+
+  def __post_init__(self):
+    _check_choice(self, "reg_loss", ("giou", "iou", "linear_iou"))
+    _check_choice(self, "reg_weighting", ("centerness", "none"))
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+  """Candidates, NMS and detections (core/postprocess.py)."""
+
+  score_thresh: float = 0.05
+  score_thresh_on: str = "prob"  # "prob": on sigmoid(cls) (official);
+  # "sqrt": on sqrt(prob * ctr) (torchvision).
+  pre_nms_topk: int = 1000  # Per level.
+  nms_iou: float = 0.6
+  max_detections: int = 100
+
+  def __post_init__(self):
+    _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+  """How the same model is computed (same values to rounding)."""
+
+  dtype: str = "float32"  # Compute dtype: "float32" or "bfloat16".
+  # Training's conv kernel gradients: "auto" = as GEMMs for wide convs on
+  # the CPU backend (XLA:CPU's own is slow, fcos_jax/train/cpu_conv.py),
+  # XLA's elsewhere; "gemm" (every conv) / "xla" force one. Same result to
+  # float32 rounding.
+  conv_kernel_grad: str = "auto"
+
+  def __post_init__(self):
+    _check_choice(self, "dtype", ("float32", "bfloat16"))
+    _check_choice(self, "conv_kernel_grad", ("auto", "gemm", "xla"))
+
+
+# The named choices: a new one is a class above, registered here by name.
+QUALITY = {"centerness": CenternessQuality}
+ASSIGNERS = {"fcos": FCOSAssign}
+LOSSES = {"fcos": FCOSLoss}
+# Each part: its field in ModelConfig, its choices (by `name`) or its class.
+PARTS = {"quality": QUALITY, "assign": ASSIGNERS, "loss": LOSSES,
+         "inference": InferenceConfig, "numerics": Numerics}
+# What may change when a run resumes, by part (fcos_jax/run/record.py);
+# every field of ModelConfig itself is architecture and may not.
+RESUME_POLICY = {"quality": "architecture", "assign": "training",
+                 "loss": "training", "inference": "free", "numerics": "free"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Every architectural, assignment, loss and inference choice of FCOS."""
+  """The architecture of an FCOS model, and its parts (see the module doc)."""
 
   num_classes: int = 80
   # One foreground class for every box (FCOS as a region proposal network,
@@ -78,19 +207,14 @@ class ModelConfig:
   head_convs: int = 4  # Convs in each of the class and box towers.
   head_norm: str = "gn"  # "gn" or "none".
   gn_groups: int = 32
-  centerness_on: str = "reg"  # "reg": box tower (imprv); "cls": class tower.
   norm_reg_targets: bool = True  # relu(scale*x) in stride units; else exp.
   use_scale: bool = True  # Learnable per-level scalar (absent in torchvision).
   prior_prob: float = 0.01  # Initial foreground probability of class logits.
   head_dcn: bool = False  # The last conv of each tower is a DCNv2 (official
   # USE_DCN_IN_TOWER).
 
-  # --- Locations and assignment ---------------------------------------
+  # --- Locations ----------------------------------------------------------
   strides: tuple[int, ...] = (8, 16, 32, 64, 128)
-  # Regression range of each level, on m = max(l*, t*, r*, b*) in pixels.
-  size_ranges: tuple[tuple[float, float], ...] = (
-      (-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
-  size_range_inclusive: bool = True  # lo <= m <= hi (official) or lo < m < hi.
   location_offset: str = "half"  # "half": (j*s + s//2); "zero": (j*s) (tv).
   # The spacing of a level's locations: "nominal": its stride s (official);
   # "canvas": canvas // cells per axis, as torchvision's AnchorGenerator
@@ -98,77 +222,54 @@ class ModelConfig:
   # 112 for P7 of a 448-px side). Box decoding and the size ranges always
   # use the nominal stride (torchvision's anchor sizes).
   location_stride: str = "nominal"
-  center_sampling_radius: float = 1.5  # In strides; 0 disables it.
 
-  # --- Loss -------------------------------------------------------------
-  focal_alpha: float = 0.25
-  focal_gamma: float = 2.0
-  reg_loss: str = "giou"  # "giou", "iou" (-log IoU) or "linear_iou".
-  reg_weighting: str = "centerness"  # "centerness" or "none" (/ num_pos).
-  iou_smooth: float = 1.0  # IoU = (I + s) / (U + s) in the reg loss: 1 in the
-  # official code (keeps -log IoU finite), 0 in torchvision.
-
-  # --- Inference ----------------------------------------------------------
-  score_thresh: float = 0.05
-  score_thresh_on: str = "prob"  # "prob": on sigmoid(cls) (official);
-  # "sqrt": on sqrt(prob * ctr) (torchvision).
-  pre_nms_topk: int = 1000  # Per level.
-  nms_iou: float = 0.6
-  max_detections: int = 100
-
-  # --- Numerics -----------------------------------------------------------
-  dtype: str = "float32"  # Compute dtype: "float32" or "bfloat16".
-  # Training's conv kernel gradients: "auto" = as GEMMs for wide convs on
-  # the CPU backend (XLA:CPU's own is slow, fcos_jax/train/cpu_conv.py),
-  # XLA's elsewhere; "gemm" (every conv) / "xla" force one. Same result to
-  # float32 rounding.
-  conv_kernel_grad: str = "auto"
+  # --- Parts ----------------------------------------------------------------
+  quality: CenternessQuality = CenternessQuality()
+  assign: FCOSAssign = FCOSAssign()
+  loss: FCOSLoss = FCOSLoss()
+  inference: InferenceConfig = InferenceConfig()
+  numerics: Numerics = Numerics()
 
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
     _check_choice(self, "head_norm", ("gn", "none"))
     _check_choice(self, "backbone_norm", ("frozen_bn", "gn", "bn"))
-    _check_choice(self, "centerness_on", ("reg", "cls"))
     _check_choice(self, "location_offset", ("half", "zero"))
     _check_choice(self, "location_stride", ("nominal", "canvas"))
-    _check_choice(self, "reg_loss", ("giou", "iou", "linear_iou"))
-    _check_choice(self, "reg_weighting", ("centerness", "none"))
-    _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
-    _check_choice(self, "dtype", ("float32", "bfloat16"))
-    _check_choice(self, "conv_kernel_grad", ("auto", "gemm", "xla"))
     _check_choice(self, "depth", (18, 34, 50, 101, 152))
     _check_choice(self, "backbone", ("resnet", "mobilenet_v2"))
     if self.groups < 1 or self.width_per_group < 1:
-      raise ValueError(
+      raise ConfigError(
           f"ModelConfig: groups={self.groups} and width_per_group="
           f"{self.width_per_group} must be positive.")
     if self.groups > 1 and (self.backbone != "resnet" or self.depth < 50):
-      raise ValueError(
+      raise ConfigError(
           f"ModelConfig: groups={self.groups} (ResNeXt) needs backbone="
           f"'resnet' with a bottleneck depth (50, 101, 152), got backbone="
           f"{self.backbone!r}, depth={self.depth}.")
     if self.backbone == "resnet" and self.depth >= 50 and int(
         self.width * self.width_per_group / 64.0) < 1:
-      raise ValueError(
+      raise ConfigError(
           f"ModelConfig: width={self.width} with width_per_group="
           f"{self.width_per_group} leaves the bottleneck no channels "
           "(int(width * width_per_group / 64) must be >= 1).")
     if self.dcn_stages and (
         not set(self.dcn_stages) <= {2, 3, 4, 5} or self.depth < 50
         or self.backbone != "resnet"):
-      raise ValueError(
+      raise ConfigError(
           f"ModelConfig.dcn_stages={self.dcn_stages}: give stages among "
           "(2, 3, 4, 5) of a bottleneck ResNet (depth >= 50), e.g. (3, 4, 5).")
     if self.class_agnostic and self.num_classes != 1:
-      raise ValueError(
+      raise ConfigError(
           f"ModelConfig: class_agnostic=True needs num_classes=1 (one "
           f"'object' class), got num_classes={self.num_classes}.")
-    if len(self.size_ranges) != len(self.strides):
-      raise ValueError(
-          f"ModelConfig: size_ranges has {len(self.size_ranges)} entries but "
+    ranges = getattr(self.assign, "size_ranges", None)  # Per-level rules.
+    if ranges is not None and len(ranges) != len(self.strides):
+      raise ConfigError(
+          f"ModelConfig: assign.size_ranges has {len(ranges)} entries but "
           f"strides has {len(self.strides)}; give one range per level.")
     if self.head_norm == "gn" and self.fpn_channels % self.gn_groups:
-      raise ValueError(
+      raise ConfigError(
           f"ModelConfig: fpn_channels={self.fpn_channels} is not divisible by "
           f"gn_groups={self.gn_groups}.")
 
@@ -176,52 +277,124 @@ class ModelConfig:
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
     """Builds a config from a mapping; unknown keys are refused by name.
 
-    A `preset` key, if present, selects the base preset that the other keys
-    override.
+    Parts are nested mappings (`{"inference": {"score_thresh": 0.3}}`; a
+    named part's `name` picks its class). A part's field may also be given
+    at the top level (`{"score_thresh": 0.3}`), as the flat configs that
+    runs recorded before the parts existed do. A `preset` key selects the
+    base preset that the other keys override.
     """
     values = dict(values)
     preset = values.pop("preset", None)
     base = PRESETS[preset]() if preset else cls()
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(
-          f"ModelConfig: unknown key(s) {unknown}. Known keys: {sorted(known)}.")
-    return dataclasses.replace(base, **{k: _as_tuple(v) for k, v in values.items()})
+    return base.replace(**{k: _as_tuple(v) for k, v in values.items()})
 
   def replace(self, **changes) -> "ModelConfig":
-    return dataclasses.replace(self, **changes)
+    """A copy with `changes`: ModelConfig fields, parts (objects or
+    mappings of their fields) or the fields of a part by their own name
+    (`cfg.replace(score_thresh=0.3)` sets inference.score_thresh)."""
+    own = {f.name for f in dataclasses.fields(self)}
+    direct, parts = {}, {}
+    for key, value in changes.items():
+      if key in PARTS:
+        parts.setdefault(key, {}).update(_part_values(key, value))
+      elif key in own:
+        direct[key] = value
+      elif key in _PART_OF_FIELD:
+        parts.setdefault(_PART_OF_FIELD[key], {})[key] = value
+      elif key in _RENAMED:
+        part, field = _RENAMED[key]
+        parts.setdefault(part, {})[field] = value
+      else:
+        raise ConfigError(
+            f"ModelConfig: unknown key {key!r}. Known keys: {sorted(own)} and "
+            f"the fields of its parts: {sorted(_PART_OF_FIELD)}.")
+    for part, fields in parts.items():
+      direct[part] = _build_part(part, getattr(self, part), fields)
+    return dataclasses.replace(self, **direct)
 
   @property
   def num_levels(self) -> int:
     return len(self.strides)
 
 
-def _as_tuple(value):
-  """ConfigDict and JSON give lists; the frozen config wants tuples."""
-  if isinstance(value, (list, tuple)):
-    return tuple(_as_tuple(v) for v in value)
-  return value
+def _part_values(part: str, value) -> dict:
+  if dataclasses.is_dataclass(value):
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+  return dict(value)
 
 
-def _check_choice(cfg, name, choices):
-  value = getattr(cfg, name)
-  if value not in choices:
-    raise ValueError(f"ModelConfig.{name}={value!r}: must be one of {choices}.")
+def _build_part(part: str, current, fields: dict):
+  """`current` with `fields` changed; a new `name` switches the class."""
+  choices = PARTS[part]
+  if isinstance(choices, dict):
+    name = fields.get("name", current.name)
+    if name not in choices:
+      raise ConfigError(
+          f"model.{part}.name={name!r}: must be one of {sorted(choices)}.")
+    kind = choices[name]
+    # Switching to another choice starts from that choice's defaults.
+    base = current if isinstance(current, kind) else kind()
+  else:
+    kind, base = choices, current
+  known = {f.name for f in dataclasses.fields(kind)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ConfigError(
+        f"model.{part}: unknown key(s) {unknown}; {kind.__name__} has "
+        f"{sorted(known)}.")
+  return dataclasses.replace(base, **{k: _as_tuple(v) for k, v in fields.items()})
+
+
+def _part_fields() -> dict[str, str]:
+  """{field: part} for the fields of every part's default choice (not
+  `name`): the flat spelling that `replace` and old run records use."""
+  out = {}
+  for part, choices in PARTS.items():
+    kinds = choices.values() if isinstance(choices, dict) else [choices]
+    for kind in kinds:
+      for f in dataclasses.fields(kind):
+        if f.name != "name":
+          out.setdefault(f.name, part)
+  return out
+
+
+_PART_OF_FIELD = _part_fields()
+# Flat names of part fields whose name changed: {old: (part, field)}.
+_RENAMED = {"centerness_on": ("quality", "on")}
+
+
+def canonical_keys(model: Mapping[str, Any]) -> dict[str, Any]:
+  """A model config mapping (nested or flat, partial or whole) as
+  {"part.field" or "field": value}, parts' fields under their part's name
+  whichever way they were written; no defaults are filled in."""
+  out = {}
+  for key, value in model.items():
+    if key in PARTS and isinstance(value, Mapping):
+      out.update({f"{key}.{k}": v for k, v in value.items()})
+    elif key in _PART_OF_FIELD:
+      out[f"{_PART_OF_FIELD[key]}.{key}"] = value
+    elif key in _RENAMED:
+      out[".".join(_RENAMED[key])] = value
+    else:
+      out[key] = value
+  return out
 
 
 def official(**overrides) -> ModelConfig:
-  """FCOS_imprv_R_50_FPN_1x: ctr on reg, centre sampling, GIoU, norm targets."""
-  return ModelConfig(**overrides)
+  """FCOS_imprv_R_50_FPN_1x: ctr on reg, centre sampling, GIoU, norm targets.
+
+  overrides: fields of ModelConfig or of its parts (see `ModelConfig.replace`).
+  """
+  return ModelConfig().replace(**overrides)
 
 
 def paper(**overrides) -> ModelConfig:
   """FCOS_R_50_FPN_1x of the paper: IoU loss, exp regression, ctr on cls."""
   base = dict(
-      p6_from="c5", centerness_on="cls", norm_reg_targets=False,
+      p6_from="c5", quality=CenternessQuality(on="cls"), norm_reg_targets=False,
       center_sampling_radius=0.0, reg_loss="iou", reg_weighting="none")
   base.update(overrides)
-  return ModelConfig(**base)
+  return ModelConfig().replace(**base)
 
 
 def torchvision(**overrides) -> ModelConfig:
@@ -237,7 +410,7 @@ def torchvision(**overrides) -> ModelConfig:
       location_stride="canvas", reg_weighting="none", iou_smooth=0.0, score_thresh=0.2,
       score_thresh_on="sqrt")
   base.update(overrides)
-  return ModelConfig(**base)
+  return ModelConfig().replace(**base)
 
 
 def rpn(**overrides) -> ModelConfig:
@@ -250,7 +423,7 @@ def rpn(**overrides) -> ModelConfig:
   base = dict(num_classes=1, class_agnostic=True, pre_nms_topk=1000,
               nms_iou=0.7, max_detections=1000)
   base.update(overrides)
-  return ModelConfig(**base)
+  return ModelConfig().replace(**base)
 
 
 PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,

@@ -95,7 +95,7 @@ class FCOSHead(nn.Module):
     box_feat = self._tower(x, self.box_tower, self.box_norm if gn else None)
     cls = self.cls_logits(cls_feat).astype(jnp.float32)
     reg = self.box_regression(box_feat).astype(jnp.float32)
-    ctr_feat = box_feat if self.cfg.centerness_on == "reg" else cls_feat
+    ctr_feat = box_feat if self.cfg.quality.on == "reg" else cls_feat
     ctr = self.centerness(ctr_feat).astype(jnp.float32)[..., 0]
     if self.cfg.use_scale:
       reg = reg * self.scales[level]

@@ -57,7 +57,7 @@ def bottleneck_width(planes: int, cfg: ModelConfig) -> int:
 
 
 def compute_dtype(cfg: ModelConfig):
-  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+  return jnp.bfloat16 if cfg.numerics.dtype == "bfloat16" else jnp.float32
 
 
 def _pad(k: int):

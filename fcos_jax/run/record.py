@@ -7,12 +7,13 @@ written before the run's checks have passed, so a failing start leaves the
 record as it was.
 
 On resume the new config is compared with the latest record:
-- model fields that shape the parameters or the training targets, and the
-  data and schedule fields, must match (a difference is an error naming the
-  field, the old and the new value);
-- `allow_config_change=True` accepts differences in the data and schedule
-  fields (e.g. a longer schedule), never in the model's architecture;
-- logging, checkpoint, evaluation and inference-only fields may change.
+- the model's fields follow their part (fcos_jax/model/config.py,
+  RESUME_POLICY): the architecture and quality branch must match, the
+  assignment and loss may change with `allow_config_change=True`, the
+  inference and numerics parts freely;
+- the data and schedule fields must match, or may change with
+  `allow_config_change=True` (e.g. a longer schedule);
+- logging, checkpoint and evaluation fields (`FREE`) may change.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import ml_collections
 
 from fcos_jax import storage
 from fcos_jax.errors import ConfigChangeError
+from fcos_jax.model.config import RESUME_POLICY, canonical_keys
 
 FIRST = "config.json"
 _LATER = re.compile(r"^config\.(\d{8}T\d{6}(?:\.\d+)?Z)\.json$")
 
-# Fields that may change between starts without any flag.
+# Run fields (outside config.model) that may change between starts without
+# any flag: logging, checkpointing, evaluation, where the data is read from.
+# The model's fields follow their part's policy (`model_policy`).
 FREE = (
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "keep_best_checkpoints", "best_checkpoint_metric", "async_checkpointing",
@@ -43,20 +47,24 @@ FREE = (
     "data.skip_bad_examples", "data.coco.val_json", "data.coco.val_images",
     "data.tfds.val_split", "data.tfds.val_gt_json", "data.tfds.export_dir",
     "data.tfds.data_dir",
-    # Inference only: they do not touch the parameters or the training.
-    "model.score_thresh", "model.score_thresh_on", "model.pre_nms_topk",
-    "model.nms_iou", "model.max_detections", "model.dtype",
-    # How the kernel gradients are computed (same values to rounding).
-    "model.conv_kernel_grad",
 )
-# Model fields that only training reads (targets and loss): changeable with
-# allow_config_change like the schedule. Every other model field shapes the
-# parameters or what they compute and can never change on resume.
-TRAINING_ONLY_MODEL = (
-    "model.size_ranges", "model.size_range_inclusive",
-    "model.center_sampling_radius", "model.focal_alpha", "model.focal_gamma",
-    "model.reg_loss", "model.reg_weighting", "model.iou_smooth",
-)
+
+
+def model_policy(key: str) -> str:
+  """"architecture", "training" or "free" for a canonical model key
+  ("depth", "inference.score_thresh"): the policy of its part
+  (fcos_jax.model.config.RESUME_POLICY); ModelConfig's own fields are
+  architecture."""
+  part = key.split(".", 1)[0] if "." in key else None
+  return RESUME_POLICY.get(part, "architecture")
+
+
+def _model_keys(plain: dict) -> dict:
+  """{"model.<canonical key>": value} of a plain config's model section,
+  flat or composed (records made before the parts existed are flat)."""
+  model = plain.get("model", {})
+  return {f"model.{k}": v for k, v in
+          _flat(canonical_keys(model)).items()} if isinstance(model, dict) else {}
 
 
 def _flat(d, prefix=""):
@@ -117,15 +125,20 @@ def check_resume(old: dict, config, record_path: str) -> list[str]:
   Returns the fields changed with allow_config_change (to log); raises
   ConfigChangeError naming every field that may not change.
   """
-  new = _flat(_as_plain(config))
-  old = _flat(old)
+  plain = _as_plain(config)
+  new = _flat({k: v for k, v in plain.items() if k != "model"})
+  new.update(_model_keys(plain))
+  old_model = _model_keys(old)
+  old = _flat({k: v for k, v in old.items() if k != "model"})
+  old.update(old_model)
   allow = bool(config.get("allow_config_change", False))
+  policy = lambda k: (model_policy(k[len("model."):]) if k.startswith("model.")
+                      else "free" if k in FREE else "training")
   # A field only one side has comes from another version of fcos_jax (a
   # field added since); the checkpoint's shapes are checked on their own.
   changed = sorted(k for k in set(old) & set(new)
-                   if old[k] != new[k] and k not in FREE)
-  architecture = [k for k in changed if k.startswith("model.")
-                  and k not in TRAINING_ONLY_MODEL]
+                   if old[k] != new[k] and policy(k) != "free")
+  architecture = [k for k in changed if policy(k) == "architecture"]
   guarded = [k for k in changed if k not in architecture]
   show = lambda ks: "; ".join(
       f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"

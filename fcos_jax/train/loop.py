@@ -347,4 +347,4 @@ def _check_finite(state: TrainState, manager) -> None:
         f"(step {good}) in {manager.directory} is intact. Likely causes: a LR "
         "too high for this batch size (lower config.optim.base_lr or raise "
         "warmup_steps), broken boxes in the data, or bfloat16 overflow "
-        "(try --config.model.dtype=float32).")
+        "(try --config.model.numerics.dtype=float32).")

@@ -26,7 +26,7 @@ def compute_loss(params, batch, cfg: ModelConfig):
   backbone_norm="bn") of one batch (see `fcos_jax.core.batch` for the format)."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
-  with cpu_conv.kernel_gradients_as_gemm(cfg.conv_kernel_grad):
+  with cpu_conv.kernel_gradients_as_gemm(cfg.numerics.conv_kernel_grad):
     if batch_stats.uses_batch_stats(cfg):
       outputs, stats = head_outputs(params, batch["image"], batch["image_hw"],
                                     cfg, batch_stats=True)
