@@ -43,6 +43,7 @@ from fcos_jax.core.losses import fcos_loss, sigmoid_focal_loss  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
 from fcos_jax.core.locations import compute_locations  # noqa: E402
 from fcos_jax.core.targets import assign_targets  # noqa: E402
+from fcos_jax.model.outputs import HeadOutputs  # noqa: E402
 
 LOSS_KEYS = ("loss_cls", "loss_reg", "loss_ctr")
 
@@ -51,13 +52,12 @@ def random_outputs(batch, num_locations, num_classes, seed=0):
   """Head outputs: cls_logits [B, P, C] near the prior (-4.6), box_regression
   [B, P, 4] in stride units, centerness [B, P] logits; float32."""
   rng = np.random.default_rng(seed)
-  return {
-      "cls_logits": (rng.standard_normal((batch, num_locations, num_classes),
-                                         np.float32) - 4.6),
-      "box_regression": rng.uniform(0.1, 8.0, (batch, num_locations, 4)
-                                    ).astype(np.float32),
-      "centerness": rng.standard_normal((batch, num_locations), np.float32),
-  }
+  return HeadOutputs(
+      cls_logits=(rng.standard_normal((batch, num_locations, num_classes),
+                                      np.float32) - 4.6),
+      box_regression=rng.uniform(0.1, 8.0, (batch, num_locations, 4)
+                                 ).astype(np.float32),
+      centerness=rng.standard_normal((batch, num_locations), np.float32))
 
 
 def make_ours(locations, cfg):
@@ -86,9 +86,9 @@ def torchvision_inputs(batch, outputs, locations):
         "labels": torch.from_numpy(batch["classes"][i][keep].astype(np.int64)),
     })
   head_outputs = {
-      "cls_logits": torch.from_numpy(outputs["cls_logits"]),
-      "bbox_regression": torch.from_numpy(outputs["box_regression"]),
-      "bbox_ctrness": torch.from_numpy(outputs["centerness"][..., None]),
+      "cls_logits": torch.from_numpy(outputs.cls_logits),
+      "bbox_regression": torch.from_numpy(outputs.box_regression),
+      "bbox_ctrness": torch.from_numpy(outputs.centerness[..., None]),
   }
   per_level = [h * w for h, w in locations.level_sizes]
   return targets, head_outputs, [anchors] * len(targets), per_level
@@ -153,7 +153,7 @@ def run(batch_size, canvas_hw, num_boxes, num_classes, repeats, seed=0):
                            seed)
 
   ours = make_ours(locations, cfg)
-  args = [{k: jnp.asarray(v) for k, v in outputs.items()}] + [
+  args = [jax.tree.map(jnp.asarray, outputs)] + [
       jnp.asarray(batch[k]) for k in ("boxes", "classes", "box_valid",
                                       "is_crowd")]
   start = time.perf_counter()
@@ -182,7 +182,7 @@ def run(batch_size, canvas_hw, num_boxes, num_classes, repeats, seed=0):
       "loss_ours": {k: float(metrics[k]) for k in LOSS_KEYS},
       "loss_torchvision": tv_losses,
       "num_pos": float(metrics["num_pos"]),
-      **time_focal(outputs["cls_logits"], repeats, seed),
+      **time_focal(outputs.cls_logits, repeats, seed),
   }
 
 

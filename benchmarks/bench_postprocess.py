@@ -30,6 +30,7 @@ from benchmarks import timing  # noqa: E402
 from fcos_jax.model import config as config_lib  # noqa: E402
 from fcos_jax.core.locations import compute_locations  # noqa: E402
 from fcos_jax.core.postprocess import make_postprocess_fn  # noqa: E402
+from fcos_jax.model.outputs import HeadOutputs  # noqa: E402
 
 
 def realistic_outputs(batch, num_locations, num_classes, seed=0,
@@ -51,7 +52,7 @@ def realistic_outputs(batch, num_locations, num_classes, seed=0,
       cls[b, loc, rng.integers(0, num_classes, n_obj)] = rng.uniform(-3, 4, n_obj)
   reg = rng.uniform(0.2, 6.0, (batch, num_locations, 4)).astype(np.float32)
   ctr = rng.normal(0.0, 1.5, (batch, num_locations)).astype(np.float32)
-  return {"cls_logits": cls, "box_regression": reg, "centerness": ctr}
+  return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=ctr)
 
 
 def torchvision_anchors(locations, strides):
@@ -81,11 +82,11 @@ def torchvision_postprocess(model, outputs, locations, anchors, image_hw,
   """torchvision's post-processing on our head outputs (torch tensors)."""
   import torch
   sizes = [h * w for h, w in locations.level_sizes]
-  head = {"cls_logits": outputs["cls_logits"],
-          "bbox_regression": outputs["box_regression"],
-          "bbox_ctrness": outputs["centerness"][..., None]}
+  head = {"cls_logits": outputs.cls_logits,
+          "bbox_regression": outputs.box_regression,
+          "bbox_ctrness": outputs.centerness[..., None]}
   split = {k: list(v.split(sizes, dim=1)) for k, v in head.items()}
-  batch = outputs["cls_logits"].shape[0]
+  batch = outputs.cls_logits.shape[0]
   per_level_anchors = list(anchors.split(sizes, dim=0))
   image_sizes = [tuple(int(x) for x in hw) for hw in image_hw]
   orig_sizes = [tuple(int(x) for x in hw) for hw in orig_hw]
@@ -133,7 +134,7 @@ def main(argv=None):
   # torchvision, on its own (j*s) anchors and rule.
   tv_locations = compute_locations(canvas, tv_cfg)
   model = build_torchvision(tv_cfg)
-  torch_outputs = {k: torch.from_numpy(v) for k, v in outputs.items()}
+  torch_outputs = jax.tree.map(torch.from_numpy, outputs)
   anchors = torch.from_numpy(torchvision_anchors(tv_locations, tv_cfg.strides))
   theirs = lambda: torchvision_postprocess(model, torch_outputs, tv_locations,
                                            anchors, image_hw, orig_hw)

@@ -74,7 +74,7 @@ def test_published_r50_names_and_shapes():
   assert mnv2["rpn.head.cls_logits.weight"] == (80, 128, 3, 3)
   assert not any(k.startswith("backbone.body.features.18") for k in mnv2)
   paper = official.published_config("FCOS_R_50_FPN_1x")
-  assert (paper.p6_from, paper.norm_reg_targets, paper.centerness_on) == (
+  assert (paper.p6_from, paper.norm_reg_targets, paper.quality.on) == (
       "p5", False, "cls")
 
 

@@ -1,6 +1,7 @@
 """FCOS losses against hand-computed values, a NumPy reimplementation of the
 normalised loss, and torchvision."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -14,6 +15,7 @@ from fcos_jax.core import losses
 from fcos_jax.model import config as config_lib
 from fcos_jax.core.locations import compute_locations
 from fcos_jax.core.targets import assign_targets
+from fcos_jax.model.outputs import HeadOutputs
 
 
 
@@ -100,7 +102,7 @@ def numpy_fcos_loss(outputs, targets, strides, cfg):
   pos = np.asarray(targets.positive)
   labels = np.asarray(targets.labels)
   num_pos = max(pos.sum(), 1)
-  x = np.asarray(outputs["cls_logits"], np.float64)
+  x = np.asarray(outputs.cls_logits, np.float64)
   onehot = (labels[..., None] == np.arange(x.shape[-1])) & pos[..., None]
   # p, 1 - p, -log p and -log(1 - p) each without cancellation in float64.
   p, q = 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(x))
@@ -109,7 +111,7 @@ def numpy_fcos_loss(outputs, targets, strides, cfg):
                    (1 - a) * p ** g * np.logaddexp(0, x))
   cls = focal.sum() / num_pos
 
-  pred = np.asarray(outputs["box_regression"], np.float64)[pos]
+  pred = np.asarray(outputs.box_regression, np.float64)[pos]
   if cfg.norm_reg_targets:
     pred = pred * np.broadcast_to(strides, pos.shape)[pos][:, None]
   tgt = np.asarray(targets.reg_targets, np.float64)[pos]
@@ -134,7 +136,7 @@ def numpy_fcos_loss(outputs, targets, strides, cfg):
   else:
     reg = per_box.sum() / num_pos
 
-  z = np.asarray(outputs["centerness"], np.float64)[pos]
+  z = np.asarray(outputs.centerness, np.float64)[pos]
   ctr = (ctr_t * np.logaddexp(0, -z)
          + (1 - ctr_t) * np.logaddexp(0, z)).sum() / num_pos
   return {"loss_cls": cls, "loss_reg": reg, "loss_ctr": ctr,
@@ -169,14 +171,14 @@ def random_problem(cfg, canvas_hw=(96, 128), batch=3, num_boxes=6, seed=0,
   valid[list(empty_images)] = False
   targets = assign(boxes, classes, valid, np.zeros_like(valid))
   p = locations.num_locations
-  outputs = {
-      "cls_logits": rng.normal(-3, 2, (batch, p, cfg.num_classes)).astype(
-          np.float32),
-      "box_regression": rng.uniform(0.2, 6, (batch, p, 4)).astype(np.float32),
-      "centerness": rng.normal(0, 1.5, (batch, p)).astype(np.float32),
-  }
+  reg = rng.uniform(0.2, 6, (batch, p, 4)).astype(np.float32)
   if not cfg.norm_reg_targets:  # pixels
-    outputs["box_regression"] *= 8
+    reg *= 8
+  outputs = HeadOutputs(
+      cls_logits=rng.normal(-3, 2, (batch, p, cfg.num_classes)).astype(
+          np.float32),
+      box_regression=reg,
+      centerness=rng.normal(0, 1.5, (batch, p)).astype(np.float32))
   return locations, targets, outputs
 
 
@@ -210,11 +212,11 @@ def test_finite_with_empty_images(name, empty):
   # Harsh outputs: zero distances (relu at 0) on some positives, extreme
   # logits, huge distances on background.
   background = ~np.asarray(targets.positive)
-  outputs["box_regression"][:, ::3] = 0.0
-  outputs["box_regression"][background & (np.arange(background.shape[1]) % 7
+  outputs.box_regression[:, ::3] = 0.0
+  outputs.box_regression[background & (np.arange(background.shape[1]) % 7
                                           == 1)] = 1e30
-  outputs["cls_logits"][:, ::5] = 30.0
-  outputs["centerness"][:, ::4] = -90.0
+  outputs.cls_logits[:, ::5] = 30.0
+  outputs.centerness[:, ::4] = -90.0
   (total, metrics), grads = jitted(cfg)[3](outputs, targets)
   assert np.isfinite(total)
   for g in jax.tree_util.tree_leaves(grads):
@@ -223,7 +225,7 @@ def test_finite_with_empty_images(name, empty):
   if empty == "all":
     assert metrics["num_pos"] == 0
     assert metrics["loss_reg"] == 0 and metrics["loss_ctr"] == 0
-    assert (np.asarray(grads["box_regression"]) == 0).all()
+    assert (np.asarray(grads.box_regression) == 0).all()
     np.testing.assert_allclose(metrics["loss_cls"], want["loss_cls"],
                                rtol=2e-5)
   else:
@@ -239,8 +241,8 @@ def test_finite_with_empty_images(name, empty):
 def test_bfloat16_outputs_give_a_float32_loss():
   cfg = LOSS_CONFIGS["official"]
   locations, targets, outputs = random_problem(cfg, seed=5)
-  bf16 = {k: jnp.asarray(v, jnp.bfloat16) for k, v in outputs.items()}
-  as_f32 = {k: np.asarray(v.astype(jnp.float32)) for k, v in bf16.items()}
+  bf16 = jax.tree.map(lambda v: jnp.asarray(v, jnp.bfloat16), outputs)
+  as_f32 = jax.tree.map(lambda v: np.asarray(v.astype(jnp.float32)), bf16)
   total, metrics = losses.fcos_loss(bf16, targets, locations, cfg)
   assert total.dtype == jnp.float32
   want = numpy_fcos_loss(as_f32, targets, locations.strides, cfg)
@@ -253,20 +255,19 @@ def test_gradient_matches_finite_differences():
   locations, targets, outputs = random_problem(cfg, seed=9)
   _, grads = jitted(cfg)[3](outputs, targets)
   pos = np.argwhere(np.asarray(targets.positive))[:3]
-  x64 = {k: v.astype(np.float64) for k, v in outputs.items()}
+  x64 = jax.tree.map(lambda v: v.astype(np.float64), outputs)
   for b, p in pos:
     for key, index in (("box_regression", (b, p, 1)), ("centerness", (b, p)),
                        ("cls_logits", (b, p, int(targets.labels[b, p])))):
       eps = 1e-2
-      up = {k: v.copy() for k, v in x64.items()}
-      down = {k: v.copy() for k, v in x64.items()}
-      up[key][index] += eps
-      down[key][index] -= eps
+      up, down = jax.tree.map(np.copy, x64), jax.tree.map(np.copy, x64)
+      getattr(up, key)[index] += eps
+      getattr(down, key)[index] -= eps
       numeric = (sum(numpy_fcos_loss(up, targets, locations.strides, cfg)[k]
                      for k in ("loss_cls", "loss_reg", "loss_ctr"))
                  - sum(numpy_fcos_loss(down, targets, locations.strides, cfg)[k]
                        for k in ("loss_cls", "loss_reg", "loss_ctr"))) / (2 * eps)
-      np.testing.assert_allclose(grads[key][index], numeric, rtol=2e-3,
+      np.testing.assert_allclose(getattr(grads, key)[index], numeric, rtol=2e-3,
                                  atol=1e-6, err_msg=key)
 
 
@@ -290,12 +291,11 @@ def test_sums_are_global_when_the_batch_is_sharded():
 def test_bad_outputs_are_named():
   cfg = LOSS_CONFIGS["official"]
   locations, targets, outputs = random_problem(cfg)
-  bad = dict(outputs, cls_logits=outputs["cls_logits"][..., :3])
+  bad = outputs.replace(cls_logits=outputs.cls_logits[..., :3])
   with pytest.raises(ValueError, match="cls_logits"):
     losses.fcos_loss(bad, targets, locations, cfg)
-  with pytest.raises(KeyError, match="centerness"):
-    losses.fcos_loss({k: v for k, v in outputs.items() if k != "centerness"},
-                     targets, locations, cfg)
+  with pytest.raises(TypeError, match="HeadOutputs"):
+    losses.fcos_loss(dataclasses.asdict(outputs), targets, locations, cfg)
 
 
 # --- torchvision ---------------------------------------------------------

@@ -59,10 +59,10 @@ def test_output_shapes_every_depth(depth):
   cfg = tiny(depth=depth)
   out, _, _ = shapes_of(cfg, (75, 99))
   p = compute_locations((75, 99), cfg).num_locations
-  assert out["cls_logits"].shape == (2, p, 3)
-  assert out["box_regression"].shape == (2, p, 4)
-  assert out["centerness"].shape == (2, p)
-  assert all(o.dtype == jnp.float32 for o in out.values())
+  assert out.cls_logits.shape == (2, p, 3)
+  assert out.box_regression.shape == (2, p, 4)
+  assert out.centerness.shape == (2, p)
+  assert all(o.dtype == jnp.float32 for o in jax.tree.leaves(out))
 
 
 @pytest.mark.parametrize("canvas_hw", [(64, 64), (97, 131), (320, 417),
@@ -72,7 +72,7 @@ def test_level_sizes_match_locations(canvas_hw):
   out, levels, _ = shapes_of(cfg, canvas_hw, batch=1)
   locs = compute_locations(canvas_hw, cfg)
   assert [lv[0].shape[1:3] for lv in levels] == list(locs.level_sizes)
-  assert out["cls_logits"].shape[1] == locs.num_locations
+  assert out.cls_logits.shape[1] == locs.num_locations
 
 
 def test_parameters_do_not_depend_on_canvas():
@@ -106,13 +106,13 @@ def test_level_order_and_values_match_locations(tiny_setup):
     l = cfg.strides.index(s)
     px, py = locs.points[p]
     i, j = int((py - s // 2) // s), int((px - s // 2) // s)
-    np.testing.assert_array_equal(out["cls_logits"][:, p], levels[l][0][:, i, j])
-    np.testing.assert_array_equal(out["box_regression"][:, p],
+    np.testing.assert_array_equal(out.cls_logits[:, p], levels[l][0][:, i, j])
+    np.testing.assert_array_equal(out.box_regression[:, p],
                                   levels[l][1][:, i, j])
-    np.testing.assert_array_equal(out["centerness"][:, p], levels[l][2][:, i, j])
+    np.testing.assert_array_equal(out.centerness[:, p], levels[l][2][:, i, j])
   # Relu regression (norm_reg_targets) is non-negative; outputs vary.
-  assert out["box_regression"].min() >= 0
-  assert np.std(out["cls_logits"]) > 0
+  assert out.box_regression.min() >= 0
+  assert np.std(out.cls_logits) > 0
 
 
 def test_frozen_parameters_get_zero_gradient(tiny_setup):
@@ -132,8 +132,8 @@ def test_frozen_parameters_get_zero_gradient(tiny_setup):
 
   def loss(params):
     out = FCOS(cfg).apply({"params": params}, x)
-    return (jnp.sum(out["cls_logits"] ** 2) + jnp.sum(out["box_regression"])
-            + jnp.sum(out["centerness"] ** 2))
+    return (jnp.sum(out.cls_logits ** 2) + jnp.sum(out.box_regression)
+            + jnp.sum(out.centerness ** 2))
 
   grads = traverse_util.flatten_dict(jax.jit(jax.grad(loss))(params))
   labels = traverse_util.flatten_dict(param_labels(params, cfg))
@@ -176,10 +176,11 @@ def test_bfloat16_close_to_float32(tiny_setup):
   x = random_images((2, 75, 99, 3), seed=3)
   f32 = forward(cfg, v, x)[0]
   b16 = forward(cfg.replace(dtype="bfloat16"), v, x)[0]
-  for key in f32:
-    assert b16[key].dtype == jnp.float32
-    scale = float(jnp.abs(f32[key]).max())
-    err = float(jnp.abs(b16[key] - f32[key]).max())
+  for key in ("cls_logits", "box_regression", "centerness"):
+    got, want = getattr(b16, key), getattr(f32, key)
+    assert got.dtype == jnp.float32
+    scale = float(jnp.abs(want).max())
+    err = float(jnp.abs(got - want).max())
     assert err <= 0.03 * scale, (key, err, scale)
 
 
@@ -191,7 +192,7 @@ def test_exp_regression_positive(tiny_setup):
           if "_norm_" not in k}
   v = {"params": dict(tiny_setup[1]["params"], head=head)}
   out = forward(cfg, v, random_images((2, 75, 99, 3)))[0]
-  reg = np.asarray(out["box_regression"])
+  reg = np.asarray(out.box_regression)
   # exp(scale * x) with x ~ 0 at init: close to 1 pixel, always > 0.
   assert reg.min() > 0 and abs(np.median(reg) - 1) < 0.2
 
@@ -295,7 +296,7 @@ def test_groupnorm_backbone_trains_every_norm_parameter():
   assert {l for p, l in bb.items() if p[-1] == "scale"} == {"norm"}
   images = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
   grads = jax.grad(lambda p: sum(
-      jnp.sum(v ** 2) for v in FCOS(cfg).apply({"params": p}, images).values())
+      jnp.sum(v ** 2) for v in jax.tree.leaves(FCOS(cfg).apply({"params": p}, images)))
                    )(params)
   flat = traverse_util.flatten_dict(grads)
   stem_scale = flat[("backbone", "stem", "bn", "gn", "scale")]

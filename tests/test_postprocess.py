@@ -1,15 +1,18 @@
 """Post-processing against a NumPy reference and torchvision's FCOS."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from fcos_jax.model import config as config_lib
 from fcos_jax.core.locations import compute_locations
 from fcos_jax.core.postprocess import make_postprocess_fn, postprocess
+from fcos_jax.model.outputs import HeadOutputs
 from test_nms import numpy_greedy_nms
 
 CANVAS = (128, 256)  # Levels 16x32, 8x16, 4x8, 2x4, 1x2.
@@ -31,9 +34,9 @@ def head_outputs(batch, num_locations, num_classes, cfg, seed):
   if not cfg.norm_reg_targets:
     reg = reg * 24.0  # Pixels.
   ctr = rng.normal(0.5, 1.5, (batch, num_locations))
-  return {"cls_logits": cls.astype(np.float32),
-          "box_regression": reg.astype(np.float32),
-          "centerness": ctr.astype(np.float32)}
+  return HeadOutputs(cls_logits=cls.astype(np.float32),
+                     box_regression=reg.astype(np.float32),
+                     centerness=ctr.astype(np.float32))
 
 
 def image_sizes(batch, canvas, seed):
@@ -59,8 +62,8 @@ def reference_postprocess(outputs, locations, image_hw, orig_hw, cfg):
     boxes, scores, classes = [], [], []
     for level, stride in enumerate(cfg.strides):
       sl = locations.level_slice(level)
-      prob = sigmoid32(outputs["cls_logits"][b, sl])
-      ctr = sigmoid32(outputs["centerness"][b, sl])[:, None]
+      prob = sigmoid32(outputs.cls_logits[b, sl])
+      ctr = sigmoid32(outputs.centerness[b, sl])[:, None]
       if cfg.inference.score_thresh_on == "prob":
         cand, rank = prob > cfg.inference.score_thresh, prob * ctr
       else:
@@ -70,7 +73,7 @@ def reference_postprocess(outputs, locations, image_hw, orig_hw, cfg):
       order = np.argsort(-rank.ravel()[flat], kind="stable")
       idx = flat[order[:cfg.inference.pre_nms_topk]]
       loc, cl = idx // c, idx % c
-      d = outputs["box_regression"][b, sl][loc]
+      d = outputs.box_regression[b, sl][loc]
       if cfg.norm_reg_targets:
         d = d * np.float32(stride)
       x, y = locations.points[sl][loc].T
@@ -140,7 +143,7 @@ def test_fast_and_full_paths_agree(monkeypatch, factor):
   outputs = head_outputs(3, locations.num_locations, NUM_CLASSES, cfg, seed=9)
   image_hw, orig_hw = image_sizes(3, CANVAS, seed=10)
   sl = locations.level_slice(0)
-  prob = sigmoid32(outputs["cls_logits"][:, sl])
+  prob = sigmoid32(outputs.cls_logits[:, sl])
   n_loc = (prob > cfg.inference.score_thresh).any(-1).sum(-1)
   cap = factor * cfg.inference.pre_nms_topk
   assert (n_loc.max() > cap) == (factor == 1), n_loc
@@ -153,7 +156,7 @@ def test_no_candidates_gives_no_detections():
   cfg = config_lib.official(num_classes=NUM_CLASSES)
   locations = compute_locations(CANVAS, cfg)
   outputs = head_outputs(2, locations.num_locations, NUM_CLASSES, cfg, seed=3)
-  outputs["cls_logits"] = np.full_like(outputs["cls_logits"], -10.0)
+  outputs = outputs.replace(cls_logits=np.full_like(outputs.cls_logits, -10.0))
   image_hw, orig_hw = image_sizes(2, CANVAS, seed=4)
   got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
   assert not np.asarray(got["valid"]).any()
@@ -164,7 +167,7 @@ def test_boxes_clipped_to_image_not_canvas():
   cfg = config_lib.official(num_classes=NUM_CLASSES)
   locations = compute_locations(CANVAS, cfg)
   outputs = head_outputs(2, locations.num_locations, NUM_CLASSES, cfg, seed=5)
-  outputs["box_regression"] *= 10.0  # Boxes far beyond the image.
+  outputs.box_regression *= 10.0  # Boxes far beyond the image.
   image_hw = np.array([[100, 150], [64, 200]], np.int32)
   got = make_postprocess_fn(locations, cfg)(outputs, image_hw, image_hw)
   boxes, valid = np.asarray(got["boxes"]), np.asarray(got["valid"])
@@ -189,9 +192,8 @@ def test_bad_shapes_are_named():
     postprocess(outputs, locations, hw, hw, cfg.replace(num_classes=7))
   with pytest.raises(ValueError, match="orig_hw"):
     postprocess(outputs, locations, hw, hw[0], cfg)
-  with pytest.raises(KeyError, match="centerness"):
-    postprocess({k: v for k, v in outputs.items() if k != "centerness"},
-                locations, hw, hw, cfg)
+  with pytest.raises(TypeError, match="HeadOutputs"):
+    postprocess(dataclasses.asdict(outputs), locations, hw, hw, cfg)
 
 
 @pytest.mark.torch
@@ -218,7 +220,7 @@ def test_matches_torchvision_fcos():
     np.testing.assert_array_equal(
         a.numpy(), bench_postprocess.torchvision_anchors(locations, cfg.strides))
   dets = bench_postprocess.torchvision_postprocess(
-      model, {k: torch.from_numpy(v) for k, v in outputs.items()}, locations,
+      model, jax.tree.map(torch.from_numpy, outputs), locations,
       anchors[0], image_hw, orig_hw)
   want = [{"boxes": d["boxes"].numpy(), "scores": d["scores"].numpy(),
            "classes": d["labels"].numpy()} for d in dets]

@@ -47,7 +47,7 @@ def _maps_fn(cfg: ModelConfig, canvas_hw):
   @jax.jit
   def fn(params, image, image_hw, boxes, classes, box_valid, is_crowd):
     outputs = detect.head_outputs(params, image, image_hw, cfg)
-    predicted = jax.nn.sigmoid(outputs["centerness"].astype(jnp.float32))
+    predicted = jax.nn.sigmoid(outputs.centerness.astype(jnp.float32))
     tgt = targets.assign_targets(boxes, classes, box_valid, is_crowd,
                                  locations, cfg)
     return predicted, tgt.centerness

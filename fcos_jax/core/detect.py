@@ -63,8 +63,8 @@ def score_maps(outputs, level_sizes):
   """Per-level heatmaps of the paper's Fig. 3/8: for each location the best
   class's sqrt(sigmoid(cls) * sigmoid(centerness)), the score detections
   are ranked by. Returns a tuple over levels of float32 [B, H_l, W_l]."""
-  prob = jax.nn.sigmoid(outputs["cls_logits"].astype(jnp.float32)).max(-1)
-  ctr = jax.nn.sigmoid(outputs["centerness"].astype(jnp.float32))
+  prob = jax.nn.sigmoid(outputs.cls_logits.astype(jnp.float32)).max(-1)
+  ctr = jax.nn.sigmoid(outputs.centerness.astype(jnp.float32))
   score = jnp.sqrt(prob * ctr)
   maps, start = [], 0
   for h, w in level_sizes:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcos_jax.core import head_outputs as model_outputs
+from fcos_jax.model.outputs import as_head_outputs
 from fcos_jax.core.box_coding import distances_to_pixels
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.core.locations import Locations
@@ -139,7 +139,8 @@ def _check_inputs(outputs, targets, locations, cfg):
     raise ValueError(
         f"fcos_loss: targets have P = {p} locations but locations has "
         f"{locations.num_locations}; use the same canvas size for both.")
-  model_outputs.check(outputs, p, cfg.num_classes, "fcos_loss", batch=b)
+  as_head_outputs(outputs, "fcos_loss").check(p, cfg.num_classes, "fcos_loss",
+                                              batch=b)
 
 
 def fcos_loss(outputs, targets: Targets, locations: Locations,
@@ -172,7 +173,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   # [B, P, C] plus a correction at the one positive class of each positive
   # location ([B, P]): the same sum as with a one-hot target, without
   # building the one-hot (which costs XLA:CPU 7x the focal loss itself).
-  logits = outputs["cls_logits"].astype(jnp.float32)        # [B, P, C]
+  logits = outputs.cls_logits.astype(jnp.float32)        # [B, P, C]
   alpha, gamma = cfg.loss.focal_alpha, cfg.loss.focal_gamma
   # Per location first, then over locations: shorter float32 sums.
   all_negative = jnp.sum(jnp.sum(
@@ -185,7 +186,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
 
   # Regression on positives, in pixels. Background lanes get a unit box for
   # both operands so no 0/0 reaches the (masked) gradient.
-  pred = distances_to_pixels(outputs["box_regression"].astype(jnp.float32),
+  pred = distances_to_pixels(outputs.box_regression.astype(jnp.float32),
                              locations.strides, cfg)        # [B, P, 4]
   mask4 = positive[..., None]
   pred = jnp.where(mask4, pred, 1.0)
@@ -200,7 +201,7 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     weight, denom = pos, num_pos
   loss_reg = jnp.sum(jnp.where(positive, reg * weight, 0.0)) / denom
 
-  ctr_logits = outputs["centerness"].astype(jnp.float32)
+  ctr_logits = outputs.centerness.astype(jnp.float32)
   ctr = centerness_loss(ctr_logits, targets.centerness)
   loss_ctr = jnp.sum(jnp.where(positive, ctr, 0.0)) / num_pos
 

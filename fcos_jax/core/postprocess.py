@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax.core import head_outputs as model_outputs
+from fcos_jax.model.outputs import as_head_outputs
 from fcos_jax.core import box_coding
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.core.locations import Locations
@@ -41,8 +41,8 @@ from fcos_jax.core.nms import batched_nms
 def _check_inputs(outputs, locations: Locations, image_hw, orig_hw,
                   cfg: ModelConfig):
   """Static shape checks, with the field and the fix named."""
-  b = model_outputs.check(outputs, locations.num_locations, cfg.num_classes,
-                         "postprocess")
+  b = as_head_outputs(outputs, "postprocess").check(
+      locations.num_locations, cfg.num_classes, "postprocess")
   for name, arr in (("image_hw", image_hw), ("orig_hw", orig_hw)):
     if tuple(arr.shape) != (b, 2):
       raise ValueError(f"postprocess: {name} has shape {tuple(arr.shape)}, "
@@ -176,8 +176,7 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   `make_postprocess_fn`).
   """
   _check_inputs(outputs, locations, image_hw, orig_hw, cfg)
-  cls, reg, ctr = (outputs[k] for k in ("cls_logits", "box_regression",
-                                        "centerness"))
+  cls, reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.centerness
   loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
   per_level = [
       _level_candidates(cls, reg, ctr, loc_max, locations.points,

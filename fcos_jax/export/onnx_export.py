@@ -50,8 +50,8 @@ def candidates_function(cfg: ModelConfig, params, canvas_hw):
 
   def fn(images, image_hw, orig_hw):
     outputs = detect.head_outputs(params, images, image_hw, cfg)
-    cls, reg, ctr = (outputs[k] for k in ("cls_logits", "box_regression",
-                                          "centerness"))
+    cls, reg, ctr = (outputs.cls_logits, outputs.box_regression,
+                     outputs.centerness)
     loc_max = cls.max(axis=-1)
     per_level = [
         postprocess._level_candidates(  # pylint: disable=protected-access

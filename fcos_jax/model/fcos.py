@@ -15,6 +15,7 @@ from fcos_jax.model.backbones import build_backbone
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fpn import FPN
 from fcos_jax.model.head import FCOSHead
+from fcos_jax.model.outputs import HeadOutputs
 
 MODEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, what this network produces.
 
@@ -60,7 +61,7 @@ class FCOS(nn.Module):
                                *x.shape[3:])
     cls, reg, ctr = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
                      for i in range(3))
-    return {"cls_logits": cls, "box_regression": reg, "centerness": ctr}
+    return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=ctr)
 
 
 def init_variables(cfg: ModelConfig, rng, canvas_hw=INIT_CANVAS_HW):
