@@ -116,8 +116,12 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}\nPass --helpshort or --helpfull to see help on flags.",
-          file=sys.stderr)
+    # A config file's get_config refusing with a UserError: its one line,
+    # not the traceback ml-collections puts into the flag's message.
+    refused = re.findall(r"^fcos_jax\.errors\.\w+: (.*)$", str(e), re.M)
+    text = f"--config: {refused[-1]}" if refused else str(e)
+    print(f"error: {text}\nPass --helpshort or --helpfull to see help on "
+          "flags.", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     text = str(e.args[0] if e.args else e)

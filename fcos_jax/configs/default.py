@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   # torch) or the same saved with numpy (.npz), format "torchvision_resnet".
   # Other formats (fcos_jax/train/initial_weights.py): "torchvision_imagenet"
   # (also ResNeXt / mobilenet_v2), "detectron_pkl" (MSRA / FAIR ImageNet
-  # pickles of the official configs, configs/zoo/), "mobilenet_v2_official".
+  # pickles of the official configs, configs/zoo.py), "mobilenet_v2_official".
   config.init_backbone = ""
   config.init_backbone_format = "torchvision_resnet"
 

@@ -4,15 +4,14 @@ evaluate.py and predict.py take like a trained run.
   python -m fcos_jax.convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
       --workdir runs/torchvision_coco [--config.data.tfds.data_dir=...]
   python -m fcos_jax.convert --official FCOS_imprv_R_50_FPN_1x.pth \
-      --config configs/official_fcos.py:FCOS_imprv_R_50_FPN_1x \
+      --config configs/zoo.py:FCOS_imprv_R_50_FPN_1x \
       --workdir runs/official_r50 [--config.data.tfds.data_dir=...]
   python evaluate.py --workdir runs/torchvision_coco    # COCO val2017 AP
   python predict.py  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
 
 With --official or --adelaidet, --config names the released model
-(configs/official_fcos.py:MODEL_NAME; the PUBLISHED tables of
-fcos_jax.convert.official and .adelaidet list them) and only its inference
-fields may be changed.
+(configs/zoo.py:MODEL_NAME; fcos_jax.registry and docs/model_zoo.md list
+them) and only its inference fields may be changed.
 
 Writes WORKDIR/config.json (configs/torchvision_r50.py, or --config, with
 any --config.FIELD overrides: set the data fields evaluate.py should use),
@@ -40,8 +39,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", os.path.join(_ROOT, "configs", "torchvision_r50.py"),
     "Run config to record; its model must be the torchvision preset with 80 "
-    "classes, or with --official configs/official_fcos.py:MODEL_NAME (only "
-    "the inference fields may differ).", lock_config=True)
+    "classes, or with --official / --adelaidet configs/zoo.py:MODEL_NAME "
+    "(only the inference fields may differ).", lock_config=True)
 flags.DEFINE_string("torchvision", None,
                     "torchvision fcos_resnet50_fpn COCO state dict (.pth/.npz).")
 flags.DEFINE_string("official", None,

@@ -25,47 +25,21 @@ import re
 import numpy as np
 from flax import traverse_util
 
+from fcos_jax import registry
 from fcos_jax.convert import official
 from fcos_jax.convert import torchvision as tv
-from fcos_jax.model import config as presets
-from fcos_jax.model.config import ModelConfig
-
-DETECTRON2_BGR_MEAN = (103.530, 116.280, 123.675)
+from fcos_jax.model.config import CenternessQuality, ModelConfig
+from fcos_jax.registry import DETECTRON2_BGR_MEAN
 
 _REQUIRED = dict(official._REQUIRED, backbone="resnet", bn_eps=1e-5,  # pylint: disable=protected-access
                  pixel_mean=DETECTRON2_BGR_MEAN, p6_from="p5",
-                 centerness_on="reg", norm_reg_targets=True)
+                 quality=CenternessQuality(), norm_reg_targets=True)
 del _REQUIRED["pixel_std"]  # 1, or the ImageNet std for X-101-32x8d.
-
-_D2 = dict(bn_eps=1e-5, pixel_mean=DETECTRON2_BGR_MEAN)
-# detectron2's FAIR ResNeXt-101 32x8d takes std-normalised input.
-_X32 = dict(_D2, depth=101, groups=32, width_per_group=8, stride_in_1x1=False,
-            pixel_std=(57.375, 57.120, 58.395))
-_X64 = dict(_D2, depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
-
-# configs/FCOS-Detection/*.yaml of AdelaiDet: the official imprv recipe
-# (ctr on reg, normalised targets, centre sampling, GIoU) on detectron2.
-PUBLISHED = {
-    "FCOS_R_50_1x": official.PublishedModel("official", _D2, 38.7),
-    "FCOS_MS_R_50_2x": official.PublishedModel("official", _D2, 41.0),
-    "FCOS_MS_R_101_2x": official.PublishedModel(
-        "official", dict(depth=101, **_D2), 43.1),
-    "FCOS_MS_X_101_32x8d_2x": official.PublishedModel("official", _X32, 43.9),
-    "FCOS_MS_X_101_64x4d_2x": official.PublishedModel("official", _X64, 44.7),
-    "FCOS_MS_X_101_32x8d_dcnv2_2x": official.PublishedModel(
-        "official", dict(_X32, dcn_stages=(4, 5), head_dcn=True), 46.6),
-}
 
 
 def published_config(name: str, **overrides) -> ModelConfig:
   """The ModelConfig of AdelaiDet's released model `name` (80 classes)."""
-  if name not in PUBLISHED:
-    raise ValueError(f"Unknown AdelaiDet FCOS model {name!r}; known: "
-                     f"{sorted(PUBLISHED)}.")
-  model = PUBLISHED[name]
-  fields = dict(num_classes=80, **model.overrides)
-  fields.update(overrides)
-  return presets.PRESETS[model.preset](**fields)
+  return registry.get(name, "adelaidet").model_config(**overrides)
 
 
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -141,7 +115,8 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
 
 def find_published(cfg: ModelConfig) -> str:
   """The AdelaiDet model `cfg` describes; refuses naming the nearest."""
-  return official.find_published(cfg, PUBLISHED, published_config)
+  return official.find_published(cfg, registry.names("adelaidet"),
+                                 published_config)
 
 
 def convert_published(state_dict, name: str, **inference):

@@ -23,9 +23,9 @@ no epsilon (MobileNetV2's BatchNorm2d has 1e-5). The class logits have 80
 channels on COCO (no background), in the order of the COCO category ids:
 label i is the i-th category by id, the order `coco_categories()` gives.
 
-`PUBLISHED` names each released model, the ModelConfig that computes what
-it computed (`published_config`), and the AP its authors report (COCO
-minival; not measured here).
+The released models, the ModelConfig that computes what each computed
+(`published_config`) and the AP its authors report are those of
+`fcos_jax.registry` whose source is "official".
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import dataclasses
 import io
 import os
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 from flax import traverse_util
 
-from fcos_jax import storage
+from fcos_jax import registry, storage
 from fcos_jax.convert import torchvision as tv
-from fcos_jax.model import config as presets
-from fcos_jax.model.config import CAFFE_BGR_MEAN, ModelConfig
+from fcos_jax.model.config import CAFFE_BGR_MEAN, RESUME_POLICY, ModelConfig
 from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what official weights compute, and their values there
@@ -54,82 +53,34 @@ _REQUIRED = dict(
     gn_groups=32, use_scale=True, location_offset="half",
     location_stride="nominal", strides=MODEL_STRIDES)
 
-# The inference-only fields a converted model may change.
-INFERENCE_FIELDS = ("score_thresh", "score_thresh_on", "pre_nms_topk",
-                    "nms_iou", "max_detections", "dtype")
-
-_DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
-_DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
-# FAIR's ResNeXt ImageNet weights: stride in the 3x3.
-_X32 = dict(depth=101, groups=32, width_per_group=8, stride_in_1x1=False)
-_X64 = dict(depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
-# The MobileNetV2 configs have no FCOS section: the paper's head with P6
-# from P5; the whole body is trained (FREEZE_CONV_BODY_AT: 0), its
-# BatchNorm with batch statistics (SyncBN or per-GPU BN).
-_MNV2 = dict(backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0, p6_from="p5",
-             backbone_norm="bn")
+# What a converted model may change: the fields of the parts that do not
+# touch the parameters (inference, numerics: RESUME_POLICY "free").
+FREE_PARTS = tuple(p for p, policy in RESUME_POLICY.items() if policy == "free")
+INFERENCE_FIELDS = tuple(f.name for p in FREE_PARTS for f in
+                         dataclasses.fields(getattr(ModelConfig(), p)))
 
 
-@dataclasses.dataclass(frozen=True)
-class PublishedModel:
-  """One released official model: its preset, overrides and reported AP."""
-
-  preset: str  # A key of fcos_jax.model.config.PRESETS.
-  overrides: Mapping[str, Any]
-  ap: float  # COCO minival AP, as published (not measured here).
-
-
-# The official configs/fcos/*.yaml, in fields: `imprv` models are the
-# `official` preset; the paper's models take P6 from P5 too (their configs
-# set USE_C5: False, unlike the paper's text).
-PUBLISHED = {
-    "FCOS_imprv_R_50_FPN_1x": PublishedModel("official", {}, 38.7),
-    "FCOS_imprv_dcnv2_R_50_FPN_1x": PublishedModel("official", _DCN, 42.3),
-    "FCOS_imprv_R_101_FPN_2x": PublishedModel("official", dict(depth=101), 43.0),
-    "FCOS_imprv_dcnv2_R_101_FPN_2x": PublishedModel(
-        "official", dict(depth=101, **_DCN), 45.6),
-    "FCOS_imprv_X_101_32x8d_FPN_2x": PublishedModel("official", _X32, 44.0),
-    "FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x": PublishedModel(
-        "official", dict(_X32, **_DCN_X), 46.4),
-    "FCOS_imprv_X_101_64x4d_FPN_2x": PublishedModel("official", _X64, 44.7),
-    "FCOS_imprv_dcnv2_X_101_64x4d_FPN_2x": PublishedModel(
-        "official", dict(_X64, **_DCN_X), 46.6),
-    "FCOS_R_50_FPN_1x": PublishedModel("paper", dict(p6_from="p5"), 37.1),
-    "FCOS_R_101_FPN_2x": PublishedModel(
-        "paper", dict(depth=101, p6_from="p5"), 41.4),
-    "FCOS_X_101_32x8d_FPN_2x": PublishedModel(
-        "paper", dict(_X32, p6_from="p5"), 42.5),
-    "FCOS_X_101_64x4d_FPN_2x": PublishedModel(
-        "paper", dict(_X64, p6_from="p5"), 43.0),
-    "FCOS_syncbn_bs32_c128_MNV2_FPN_1x": PublishedModel(
-        "paper", dict(_MNV2, fpn_channels=128), 30.9),
-    "FCOS_syncbn_bs32_MNV2_FPN_1x": PublishedModel("paper", _MNV2, 33.1),
-    "FCOS_bn_bs16_MNV2_FPN_1x": PublishedModel("paper", _MNV2, 31.0),
-}
-
+def inference_fields(cfg: ModelConfig) -> dict:
+  """{field: value} of `cfg`'s free parts (see FREE_PARTS)."""
+  return {k: v for p in FREE_PARTS
+          for k, v in dataclasses.asdict(getattr(cfg, p)).items()}
 
 def published_config(name: str, **overrides) -> ModelConfig:
   """The ModelConfig of the released model `name` (80 COCO classes), with
   `overrides` (e.g. inference fields, or a small width for tests)."""
-  if name not in PUBLISHED:
-    raise ValueError(f"Unknown official FCOS model {name!r}; known: "
-                     f"{sorted(PUBLISHED)}.")
-  model = PUBLISHED[name]
-  fields = dict(num_classes=80, **model.overrides)
-  fields.update(overrides)
-  return presets.PRESETS[model.preset](**fields)
+  return registry.get(name, "official").model_config(**overrides)
 
 
 def find_published(cfg: ModelConfig, models=None, config_fn=None) -> str:
   """The released model whose architecture `cfg` describes (inference
   fields may differ); refuses naming the nearest model's differing fields.
 
-  models, config_fn: another zoo's table and config function (AdelaiDet's);
-  by default the official ones.
+  models, config_fn: another zoo's model names and config function
+  (AdelaiDet's); by default the official ones.
   """
-  models = PUBLISHED if models is None else models
+  models = registry.names("official") if models is None else models
   config_fn = published_config if config_fn is None else config_fn
-  inference = {k: getattr(cfg, k) for k in INFERENCE_FIELDS}
+  inference = inference_fields(cfg)
   diffs = {}
   for name in models:
     want = config_fn(name, **inference)
@@ -143,7 +94,7 @@ def find_published(cfg: ModelConfig, models=None, config_fn=None) -> str:
   raise ValueError(
       f"config.model describes none of the models {sorted(models)}; the "
       f"nearest, {nearest}, differs in: {'; '.join(diffs[nearest])}. Use "
-      "configs/official_fcos.py:MODEL_NAME (only the inference fields may "
+      "configs/zoo.py:MODEL_NAME (only the inference fields may "
       "change).")
 
 

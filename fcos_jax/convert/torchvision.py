@@ -31,6 +31,7 @@ from flax import traverse_util
 
 from fcos_jax import storage
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
+                                   CenternessQuality,
                                    ModelConfig)
 from fcos_jax.model.fcos import MODEL_STRIDES, init_variables
 
@@ -41,7 +42,8 @@ _BACKBONE_REQUIRED = dict(
     pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD)
 _FCOS_REQUIRED = dict(
     _BACKBONE_REQUIRED, fpn_channels=256, p6_from="p5", head_norm="gn",
-    gn_groups=32, centerness_on="reg", norm_reg_targets=True, use_scale=False,
+    gn_groups=32, quality=CenternessQuality(), norm_reg_targets=True,
+    use_scale=False,
     location_offset="zero", strides=MODEL_STRIDES)
 # torchvision's models have no deformable convs.
 _BACKBONE_REQUIRED["dcn_stages"] = ()

@@ -1,1 +1,0 @@
-"""One run config per released official FCOS model (tianzhi0549/FCOS)."""

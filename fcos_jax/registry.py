@@ -1,0 +1,319 @@
+"""The released FCOS models, in one table: what each computes, how it was
+trained, where its weights are, under which licence.
+
+One `Release` per model published by the official FCOS (tianzhi0549/FCOS,
+maskrcnn-benchmark), AdelaiDet (aim-uofa/AdelaiDet, detectron2) and
+torchvision. The converters (`fcos_jax.convert.official`, `.adelaidet`),
+the run config `configs/zoo.py:NAME`, `configs/torchvision_r50.py` and
+docs/model_zoo.md read it;
+
+  python -m fcos_jax.registry > docs/model_zoo.md
+
+regenerates that page (tests/test_registry.py checks it is current).
+
+The AP of each model is the one its authors publish (COCO minival /
+val2017), not measured here. The official FCOS and AdelaiDet weights are
+licensed for non-commercial use only (the LICENSE of each repository:
+"FCOS for non-commercial purposes", "AdelaiDet for non-commercial
+purposes"; AdelaiDet's authors grant commercial licences on request);
+torchvision's are BSD-3-Clause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Mapping, Optional, Union
+
+from fcos_jax.errors import ConfigError
+from fcos_jax.model import config as presets
+from fcos_jax.model.config import ModelConfig
+
+# Schedules of the official and AdelaiDet configs: (steps, LR decay steps)
+# at their batch (IMS_PER_BATCH); BASE_LR 0.01 at that batch.
+SCHEDULES = {"1x": (90000, (60000, 80000)), "2x": (180000, (120000, 160000))}
+MULTI_SCALE = (640, 800)  # Short side drawn from [640, 800] in training.
+
+SOURCES = {
+    "official": "official FCOS",
+    "adelaidet": "AdelaiDet FCOS",
+    "torchvision": "torchvision FCOS",
+}
+REPOSITORIES = {
+    "official": "https://github.com/tianzhi0549/FCOS",
+    "adelaidet": "https://github.com/aim-uofa/AdelaiDet",
+    "torchvision": "https://github.com/pytorch/vision",
+}
+NON_COMMERCIAL = "non-commercial use only"
+LICENCES = {  # Quoted in docs/model_zoo.md.
+    "official": f"{NON_COMMERCIAL} (tianzhi0549/FCOS LICENSE)",
+    "adelaidet": f"{NON_COMMERCIAL} (aim-uofa/AdelaiDet LICENSE)",
+    "torchvision": "BSD-3-Clause",
+}
+
+_OFFICIAL_URL = ("https://huggingface.co/tianzhi/FCOS/resolve/main/"
+                 "{}.pth?download=true")
+_ADELAIDET_URL = ("https://huggingface.co/tianzhi/AdelaiDet-FCOS/resolve/main/"
+                  "{}.pth?download=true")
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+  """One released model."""
+
+  name: str  # As released (the weights' file name without .pth).
+  source: str  # A key of SOURCES.
+  preset: str  # A key of fcos_jax.model.config.PRESETS ...
+  overrides: Mapping[str, Any]  # ... and its fields that differ.
+  schedule: str  # A key of SCHEDULES, or the recipe in words.
+  batch: int  # IMS_PER_BATCH: global batch of the schedule.
+  scales: Union[int, tuple[int, int]]  # Training short side: 800 or a range.
+  imagenet: str  # The ImageNet start's file name ...
+  init_format: str  # ... and its config.init_backbone_format.
+  ap: float  # COCO minival AP: published, not measured here.
+  url: str  # Where the weights are published (as the source's README).
+  checksum: Optional[str] = None  # Published hash (prefix), if any.
+
+  def __post_init__(self):
+    object.__setattr__(self, "overrides",
+                       types.MappingProxyType(dict(self.overrides)))
+
+  @property
+  def licence(self) -> str:
+    return LICENCES[self.source]
+
+  def model_config(self, **overrides) -> ModelConfig:
+    """The ModelConfig that computes what the released weights computed (80
+    COCO classes), with `overrides` (inference fields, or a small width
+    for tests)."""
+    fields = dict(num_classes=80, **self.overrides)
+    fields.update(overrides)
+    return presets.PRESETS[self.preset](**fields)
+
+
+def _official(name, preset, overrides, ap, scales=800, batch=16,
+              imagenet="R-50.pkl", init_format="detectron_pkl"):
+  return Release(name, "official", preset, overrides,
+                 "2x" if name.endswith("_2x") else "1x", batch, scales,
+                 imagenet, init_format, ap, _OFFICIAL_URL.format(name))
+
+
+def _adelaidet(name, overrides, ap, imagenet):
+  return Release(name, "adelaidet", "official", overrides,
+                 "2x" if name.endswith("_2x") else "1x", 16,
+                 MULTI_SCALE if "_MS_" in name else 800, imagenet,
+                 "detectron_pkl", ap, _ADELAIDET_URL.format(name))
+
+
+_DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
+_DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
+# FAIR's ResNeXt ImageNet weights: stride in the 3x3.
+_X32 = dict(depth=101, groups=32, width_per_group=8, stride_in_1x1=False)
+_X64 = dict(depth=101, groups=64, width_per_group=4, stride_in_1x1=False)
+# The MobileNetV2 configs have no FCOS section: the paper's head with P6
+# from P5; the whole body is trained (FREEZE_CONV_BODY_AT: 0), its
+# BatchNorm with batch statistics (SyncBN or per-GPU BN).
+_MNV2 = dict(backbone="mobilenet_v2", bn_eps=1e-5, freeze_at=0, p6_from="p5",
+             backbone_norm="bn")
+_MNV2_START = dict(imagenet="mobilenet_v2-ecbe2b5.pth",
+                   init_format="mobilenet_v2_official")
+# detectron2: FrozenBatchNorm epsilon 1e-5, its BGR mean; its FAIR
+# ResNeXt-101 32x8d takes std-normalised input.
+DETECTRON2_BGR_MEAN = (103.530, 116.280, 123.675)
+_D2 = dict(bn_eps=1e-5, pixel_mean=DETECTRON2_BGR_MEAN)
+_D2_X32 = dict(_D2, **_X32, pixel_std=(57.375, 57.120, 58.395))
+_D2_X64 = dict(_D2, **_X64)
+_MS = dict(scales=MULTI_SCALE)
+
+_RELEASES = (
+    # configs/fcos/*.yaml of the official repository: `imprv` models are
+    # the `official` preset; the paper's models take P6 from P5 too (their
+    # configs set USE_C5: False, unlike the paper's text).
+    _official("FCOS_imprv_R_50_FPN_1x", "official", {}, 38.7),
+    _official("FCOS_imprv_dcnv2_R_50_FPN_1x", "official", _DCN, 42.3),
+    _official("FCOS_imprv_R_101_FPN_2x", "official", dict(depth=101), 43.0,
+              imagenet="R-101.pkl", **_MS),
+    _official("FCOS_imprv_dcnv2_R_101_FPN_2x", "official",
+              dict(depth=101, **_DCN), 45.6, imagenet="R-101.pkl", **_MS),
+    _official("FCOS_imprv_X_101_32x8d_FPN_2x", "official", _X32, 44.0,
+              imagenet="X-101-32x8d.pkl", **_MS),
+    _official("FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x", "official",
+              dict(_X32, **_DCN_X), 46.4, imagenet="X-101-32x8d.pkl", **_MS),
+    _official("FCOS_imprv_X_101_64x4d_FPN_2x", "official", _X64, 44.7,
+              imagenet="X-101-64x4d.pkl", **_MS),
+    _official("FCOS_imprv_dcnv2_X_101_64x4d_FPN_2x", "official",
+              dict(_X64, **_DCN_X), 46.6, imagenet="X-101-64x4d.pkl", **_MS),
+    _official("FCOS_R_50_FPN_1x", "paper", dict(p6_from="p5"), 37.1),
+    _official("FCOS_R_101_FPN_2x", "paper", dict(depth=101, p6_from="p5"),
+              41.4, imagenet="R-101.pkl", **_MS),
+    _official("FCOS_X_101_32x8d_FPN_2x", "paper", dict(_X32, p6_from="p5"),
+              42.5, imagenet="X-101-32x8d.pkl", **_MS),
+    _official("FCOS_X_101_64x4d_FPN_2x", "paper", dict(_X64, p6_from="p5"),
+              43.0, imagenet="X-101-64x4d.pkl", **_MS),
+    _official("FCOS_syncbn_bs32_c128_MNV2_FPN_1x", "paper",
+              dict(_MNV2, fpn_channels=128), 30.9, batch=32, **_MNV2_START),
+    _official("FCOS_syncbn_bs32_MNV2_FPN_1x", "paper", _MNV2, 33.1, batch=32,
+              **_MNV2_START),
+    _official("FCOS_bn_bs16_MNV2_FPN_1x", "paper", _MNV2, 31.0,
+              **_MNV2_START),
+    # configs/FCOS-Detection/*.yaml of AdelaiDet: the official imprv recipe
+    # (ctr on reg, normalised targets, centre sampling, GIoU) on detectron2.
+    _adelaidet("FCOS_R_50_1x", _D2, 38.7, "R-50.pkl"),
+    _adelaidet("FCOS_MS_R_50_2x", _D2, 41.0, "R-50.pkl"),
+    _adelaidet("FCOS_MS_R_101_2x", dict(depth=101, **_D2), 43.1, "R-101.pkl"),
+    _adelaidet("FCOS_MS_X_101_32x8d_2x", _D2_X32, 43.9, "X-101-32x8d.pkl"),
+    _adelaidet("FCOS_MS_X_101_64x4d_2x", _D2_X64, 44.7, "X-101-64x4d.pkl"),
+    _adelaidet("FCOS_MS_X_101_32x8d_dcnv2_2x", dict(_D2_X32, **_DCN_X), 46.6,
+               "X-101-32x8d.pkl"),
+    # torchvision.models.detection.fcos_resnet50_fpn, COCO_V1 weights; the
+    # sha256 prefix is in the file name.
+    Release("fcos_resnet50_fpn", "torchvision", "torchvision", {},
+            "26 epochs, LR /10 after 16 and 22", 16, 800,
+            "resnet50-0676ba61.pth", "torchvision_resnet", 39.2,
+            "https://download.pytorch.org/models/"
+            "fcos_resnet50_fpn_coco-99b0c9b7.pth", checksum="99b0c9b7"),
+)
+
+MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
+assert len(MODELS) == len(_RELEASES), "duplicate model names"
+
+
+def names(*sources: str) -> list[str]:
+  """The models of `sources` (all by default), in the registry's order."""
+  return [n for n, r in MODELS.items() if not sources or r.source in sources]
+
+
+def get(name: str, *sources: str) -> Release:
+  """The release `name` of one of `sources` (any by default); refuses an
+  unknown name in one line that lists the known ones."""
+  known = names(*sources)
+  if name not in known:
+    what = " or ".join(SOURCES[s] for s in sources) or "released FCOS"
+    raise ConfigError(f"Unknown {what} model {name!r}; known: "
+                      f"{', '.join(known)}.")
+  return MODELS[name]
+
+
+# --- docs/model_zoo.md ------------------------------------------------------
+
+
+def _value(v) -> str:
+  return f'"{v}"' if isinstance(v, str) else repr(v)
+
+
+def architecture(release: Release) -> str:
+  """The preset and its overridden fields, e.g. `official`, depth=101."""
+  fields = [f"{k}={_value(v)}" for k, v in release.overrides.items()]
+  return ", ".join([f"`{release.preset}`", *fields])
+
+
+def _schedule(release: Release) -> str:
+  if release.schedule not in SCHEDULES:
+    return release.schedule
+  steps, decay = SCHEDULES[release.schedule]
+  return (f"{release.schedule}: {steps // 1000}k steps, LR /10 at "
+          f"{', '.join(f'{d // 1000}k' for d in decay)}")
+
+
+def _scales(release: Release) -> str:
+  if isinstance(release.scales, tuple):
+    return f"{release.scales[0]}-{release.scales[1]}"
+  return str(release.scales)
+
+
+def commands(release: Release) -> str:
+  """The convert + evaluate command of `release`."""
+  if release.source == "torchvision":
+    pth = release.url.rsplit("/", 1)[-1]
+    convert = f"fcos-convert --torchvision {pth}"
+  else:
+    convert = (f"fcos-convert --{release.source} {release.name}.pth "
+               f"--config configs/zoo.py:{release.name}")
+  return (f"{convert} --workdir runs/{release.name} && fcos-evaluate "
+          f"--workdir runs/{release.name}")
+
+
+def markdown() -> str:
+  """docs/model_zoo.md."""
+  lines = [
+      "# Model zoo",
+      "",
+      "<!-- Generated from fcos_jax/registry.py by",
+      "     python -m fcos_jax.registry > docs/model_zoo.md",
+      "     Do not edit by hand: edit the registry and run that command. -->",
+      "",
+      "Every released FCOS model this project converts, from one table",
+      "(`fcos_jax/registry.py`; regenerate this page with",
+      "`python -m fcos_jax.registry > docs/model_zoo.md`). The AP is the",
+      "one its authors publish (COCO minival / val2017): **published, not",
+      "measured here**.",
+      "",
+      "**Licence.** The official FCOS and AdelaiDet weights are licensed",
+      "for **non-commercial use only** (the LICENSE of",
+      f"[tianzhi0549/FCOS]({REPOSITORIES['official']}/blob/master/LICENSE):",
+      "\"FCOS for non-commercial purposes\"; of",
+      f"[aim-uofa/AdelaiDet]({REPOSITORIES['adelaidet']}/blob/master/"
+      "LICENSE):",
+      "\"AdelaiDet for non-commercial purposes\", commercial licences from",
+      "its authors). torchvision's weights are BSD-3-Clause.",
+      "",
+      "Each official or AdelaiDet model is a run config,",
+      "`configs/zoo.py:NAME`: its architecture (what the released weights",
+      "compute) and its training recipe (schedule, batch, training scales,",
+      "ImageNet start). Convert and evaluate the released weights:",
+      "",
+      "```",
+      "fcos-convert --official NAME.pth --config configs/zoo.py:NAME "
+      "--workdir runs/NAME && fcos-evaluate --workdir runs/NAME",
+      "```",
+      "",
+      "(`--adelaidet` for AdelaiDet's; details in",
+      "[predict_and_export.md](predict_and_export.md"
+      "#the-official-fcos-and-adelaidet-models-as-runs)).",
+      "Train one from ImageNet with the file of the ImageNet column",
+      "([training.md](training.md#train-a-zoo-model-from-imagenet)):",
+      "",
+      "```",
+      "fcos-train --config configs/zoo.py:NAME --workdir runs/NAME "
+      "--config.init_backbone=PATH",
+      "```",
+      "",
+      "torchvision's model converts with `--torchvision` into a run of",
+      "`configs/torchvision_r50.py`, which trains it with this project's",
+      "default recipe.",
+      "",
+      "Schedules are steps at the batch given (the LR 0.01 is the LR at that",
+      "batch). Training scales: the short side, 800 or drawn from 640-800",
+      "(AdelaiDet's detectron2 draws it from 640, 672, ..., 800; here from",
+      "the range). The ImageNet files of the official configs are",
+      "Detectron's (MSRA R-50 / R-101, FAIR ResNeXt); AdelaiDet's are",
+      "detectron2's `ImageNetPretrained/` files of the same names (its",
+      "X-101-32x8d.pkl takes std-normalised input).",
+      "",
+      "| model | source | published AP | schedule | batch | training scales "
+      "| ImageNet start (format) | architecture: preset + fields |",
+      "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in MODELS.values():
+    lines.append(
+        f"| {r.name} | {SOURCES[r.source]} | {r.ap} | {_schedule(r)} | "
+        f"{r.batch} | {_scales(r)} | {r.imagenet} (`{r.init_format}`) | "
+        f"{architecture(r)} |")
+  lines += [
+      "",
+      "## Weights and commands",
+      "",
+      "| model | weights | checksum | licence | convert + evaluate |",
+      "|---|---|---|---|---|",
+  ]
+  for r in MODELS.values():
+    checksum = (f"sha256 {r.checksum}... (in the file name)" if r.checksum
+                else "none published")
+    lines.append(
+        f"| {r.name} | [{r.url.rsplit('/', 1)[-1].split('?')[0]}]({r.url}) "
+        f"| {checksum} | {r.licence} | `{commands(r)}` |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  print(markdown(), end="")

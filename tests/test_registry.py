@@ -1,0 +1,202 @@
+"""fcos_jax.registry, the one table of released models, and what reads it:
+the converters, configs/zoo.py:NAME (one run config per released official
+FCOS and AdelaiDet model: the schedule, batch and multi-scale setting of
+its source config and the AP its README publishes) and docs/model_zoo.md
+(generated from it)."""
+
+import itertools
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fcos_jax import registry
+from fcos_jax.configs import torchvision_r50, zoo
+from fcos_jax.convert import adelaidet, official
+from fcos_jax.errors import ConfigError
+from fcos_jax.model import config as presets
+from fcos_jax.model.config_dict import model_config_from
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The official README's model tables (COCO minival AP), and whether the
+# model was trained multi-scale.
+README = {
+    "FCOS_imprv_R_50_FPN_1x": (38.7, False),
+    "FCOS_imprv_dcnv2_R_50_FPN_1x": (42.3, False),
+    "FCOS_imprv_R_101_FPN_2x": (43.0, True),
+    "FCOS_imprv_dcnv2_R_101_FPN_2x": (45.6, True),
+    "FCOS_imprv_X_101_32x8d_FPN_2x": (44.0, True),
+    "FCOS_imprv_dcnv2_X_101_32x8d_FPN_2x": (46.4, True),
+    "FCOS_imprv_X_101_64x4d_FPN_2x": (44.7, True),
+    "FCOS_imprv_dcnv2_X_101_64x4d_FPN_2x": (46.6, True),
+    "FCOS_R_50_FPN_1x": (37.1, False),
+    "FCOS_R_101_FPN_2x": (41.4, True),
+    "FCOS_X_101_32x8d_FPN_2x": (42.5, True),
+    "FCOS_X_101_64x4d_FPN_2x": (43.0, True),
+    "FCOS_syncbn_bs32_c128_MNV2_FPN_1x": (30.9, False),
+    "FCOS_syncbn_bs32_MNV2_FPN_1x": (33.1, False),
+    "FCOS_bn_bs16_MNV2_FPN_1x": (31.0, False),
+}
+# AdelaiDet's configs/FCOS-Detection/README.md (box AP), and multi-scale.
+ADELAIDET_README = {
+    "FCOS_R_50_1x": (38.7, False),
+    "FCOS_MS_R_50_2x": (41.0, True),
+    "FCOS_MS_R_101_2x": (43.1, True),
+    "FCOS_MS_X_101_32x8d_2x": (43.9, True),
+    "FCOS_MS_X_101_64x4d_2x": (44.7, True),
+    "FCOS_MS_X_101_32x8d_dcnv2_2x": (46.6, True),
+}
+ZOO = {**README, **ADELAIDET_README}
+
+
+def test_one_record_per_released_model():
+  assert sorted(registry.names("official")) == sorted(README)
+  assert sorted(registry.names("adelaidet")) == sorted(ADELAIDET_README)
+  assert registry.names("torchvision") == ["fcos_resnet50_fpn"]
+
+
+def _zoo_config(name, reference):
+  """configs/zoo.py:NAME, checked against the README `reference`: AP,
+  schedule, training scales, batch; -> (config, its ModelConfig)."""
+  ap, multi_scale = reference[name]
+  config = zoo.get_config(name)
+  release = registry.get(name)
+  assert release.ap == ap
+  two_x = "_2x" in name
+  assert config.num_train_steps == (180000 if two_x else 90000)
+  assert tuple(config.optim.decay_steps) == (
+      (120000, 160000) if two_x else (60000, 80000))
+  assert config.data.min_size == ((640, 800) if multi_scale else 800)
+  batch = 32 if "bs32" in name else 16
+  assert config.global_batch_size == config.optim.base_batch_size == batch
+  assert release.batch == batch
+  assert config.optim.base_lr == 0.01
+  cfg = model_config_from(config.model)
+  assert cfg.num_classes == 80 and cfg.p6_from == "p5"
+  return config, cfg
+
+
+def _check_resnet(name, config, cfg):
+  """The ResNet / ResNeXt of the name, and its ImageNet pickle."""
+  assert cfg.backbone == "resnet" and cfg.input_bgr
+  assert cfg.depth == (50 if "_50_" in name else 101)
+  groups = {"32x8d": (32, 8), "64x4d": (64, 4)}
+  x = next((v for k, v in groups.items() if k in name), (1, 64))
+  assert (cfg.groups, cfg.width_per_group) == x
+  # MSRA ResNets have the stride in the 1x1, FAIR ResNeXts in the 3x3.
+  assert cfg.stride_in_1x1 == (x[0] == 1)
+  assert bool(cfg.dcn_stages) == cfg.head_dcn == ("dcnv2" in name)
+  if cfg.dcn_stages:
+    assert cfg.dcn_stages == ((4, 5) if x[0] > 1 else (3, 4, 5))
+  assert config.init_backbone_format == "detectron_pkl"
+  return x
+
+
+@pytest.mark.parametrize("name", sorted(README))
+def test_zoo_config(name):
+  config, cfg = _zoo_config(name, README)
+  # Architecture, from the name.
+  assert (cfg.quality.on == "reg") == ("imprv" in name)
+  if "MNV2" in name:
+    assert (cfg.backbone, cfg.freeze_at, cfg.bn_eps) == ("mobilenet_v2", 0, 1e-5)
+    assert cfg.fpn_channels == (128 if "c128" in name else 256)
+    assert not cfg.dcn_stages and not cfg.head_dcn
+    assert config.init_backbone_format == "mobilenet_v2_official"
+  else:
+    assert cfg.bn_eps == 0.0
+    _check_resnet(name, config, cfg)
+  # The converter's preset agrees.
+  assert cfg == official.published_config(name)
+
+
+@pytest.mark.parametrize("name", sorted(ADELAIDET_README))
+def test_adelaidet_zoo_config(name):
+  config, cfg = _zoo_config(name, ADELAIDET_README)
+  assert cfg.quality.on == "reg" and cfg.norm_reg_targets
+  assert (cfg.bn_eps, cfg.pixel_mean) == (1e-5, (103.530, 116.280, 123.675))
+  x = _check_resnet(name, config, cfg)
+  # detectron2's FAIR X-101-32x8d takes std-normalised input.
+  assert cfg.pixel_std == ((57.375, 57.120, 58.395) if x == (32, 8)
+                           else (1.0, 1.0, 1.0))
+  assert cfg == adelaidet.published_config(name)
+
+
+def test_no_zoo_config_repeats_another():
+  configs = {n: zoo.get_config(n).to_dict() for n in ZOO}
+  for a, b in itertools.combinations(configs, 2):
+    assert configs[a] != configs[b], (a, b)
+
+
+def test_unknown_model_is_refused_in_one_line():
+  for call in (lambda: zoo.get_config("FCOS_R_18"), zoo.get_config):
+    with pytest.raises(ConfigError) as e:
+      call()
+    assert "\n" not in str(e.value)
+    assert all(n in str(e.value) for n in ZOO)
+    assert "fcos_resnet50_fpn" not in str(e.value)
+  with pytest.raises(ValueError, match="Unknown AdelaiDet FCOS model"):
+    adelaidet.published_config("FCOS_imprv_R_50_FPN_1x")
+
+
+def test_unknown_model_on_the_command_line():
+  proc = subprocess.run(
+      [sys.executable, "-m", "fcos_jax.convert", "--official=x.npz",
+       "--config=configs/zoo.py:FCOS_R_18", "--workdir=unused"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  first, *rest = proc.stderr.strip().splitlines()
+  assert first.startswith("error: --config: Unknown official FCOS or "
+                          "AdelaiDet FCOS model 'FCOS_R_18'; known: ")
+  assert "FCOS_MS_R_101_2x" in first and "Traceback" not in proc.stderr
+  assert rest == ["Pass --helpshort or --helpfull to see help on flags."]
+
+
+def test_torchvision_record():
+  release = registry.get("fcos_resnet50_fpn")
+  assert (release.source, release.ap, release.checksum) == (
+      "torchvision", 39.2, "99b0c9b7")
+  assert release.url == ("https://download.pytorch.org/models/"
+                         "fcos_resnet50_fpn_coco-99b0c9b7.pth")
+  assert release.model_config() == presets.torchvision(num_classes=80)
+  assert model_config_from(torchvision_r50.get_config().model) == (
+      release.model_config())
+  assert release.licence == "BSD-3-Clause"
+
+
+def test_weights_and_licences():
+  for name in ZOO:
+    release = registry.get(name)
+    repo = {"official": "FCOS", "adelaidet": "AdelaiDet-FCOS"}[release.source]
+    assert release.url == (f"https://huggingface.co/tianzhi/{repo}/resolve/"
+                           f"main/{name}.pth?download=true")
+    assert release.checksum is None
+    assert release.licence.startswith("non-commercial use only")
+
+
+def test_model_zoo_doc_is_generated_from_the_registry():
+  doc = (ROOT / "docs" / "model_zoo.md").read_text()
+  assert doc == registry.markdown(), (
+      "docs/model_zoo.md is stale: python -m fcos_jax.registry > "
+      "docs/model_zoo.md")
+  assert "python -m fcos_jax.registry > docs/model_zoo.md" in doc[:400]
+  assert "published, not\nmeasured here" in doc
+  assert "**non-commercial use only**" in doc
+  for name, release in registry.MODELS.items():
+    row = next(line for line in doc.splitlines()
+               if line.startswith(f"| {name} |") and "fcos-convert" in line)
+    assert release.url in row and release.licence in row
+    if release.source != "torchvision":
+      assert (f"--{release.source} {name}.pth --config configs/zoo.py:{name} "
+              in row)
+  # The page is linked from the docs that used to hold the tables.
+  assert "model_zoo.md" in (ROOT / "docs" / "predict_and_export.md").read_text()
+  assert "docs/model_zoo.md" in (ROOT / "README.md").read_text()
+
+
+def test_generator_command_prints_the_page():
+  proc = subprocess.run([sys.executable, "-m", "fcos_jax.registry"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == registry.markdown()
