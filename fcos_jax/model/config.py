@@ -15,6 +15,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from fcos_jax import errors
+
 INF = math.inf
 
 # Per-preset input normalisation: caffe/MSRA weights take BGR in 0..255 minus
@@ -139,36 +141,36 @@ class ModelConfig:
     _check_choice(self, "depth", (18, 34, 50, 101, 152))
     _check_choice(self, "backbone", ("resnet", "mobilenet_v2"))
     if self.groups < 1 or self.width_per_group < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: groups={self.groups} and width_per_group="
           f"{self.width_per_group} must be positive.")
     if self.groups > 1 and (self.backbone != "resnet" or self.depth < 50):
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: groups={self.groups} (ResNeXt) needs backbone="
           f"'resnet' with a bottleneck depth (50, 101, 152), got backbone="
           f"{self.backbone!r}, depth={self.depth}.")
     if self.backbone == "resnet" and self.depth >= 50 and int(
         self.width * self.width_per_group / 64.0) < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: width={self.width} with width_per_group="
           f"{self.width_per_group} leaves the bottleneck no channels "
           "(int(width * width_per_group / 64) must be >= 1).")
     if self.dcn_stages and (
         not set(self.dcn_stages) <= {2, 3, 4, 5} or self.depth < 50
         or self.backbone != "resnet"):
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig.dcn_stages={self.dcn_stages}: give stages among "
           "(2, 3, 4, 5) of a bottleneck ResNet (depth >= 50), e.g. (3, 4, 5).")
     if self.class_agnostic and self.num_classes != 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: class_agnostic=True needs num_classes=1 (one "
           f"'object' class), got num_classes={self.num_classes}.")
     if len(self.size_ranges) != len(self.strides):
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: size_ranges has {len(self.size_ranges)} entries but "
           f"strides has {len(self.strides)}; give one range per level.")
     if self.head_norm == "gn" and self.fpn_channels % self.gn_groups:
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: fpn_channels={self.fpn_channels} is not divisible by "
           f"gn_groups={self.gn_groups}.")
 
@@ -185,7 +187,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(
+      raise errors.ConfigError(
           f"ModelConfig: unknown key(s) {unknown}. Known keys: {sorted(known)}.")
     return dataclasses.replace(base, **{k: _as_tuple(v) for k, v in values.items()})
 
@@ -207,7 +209,7 @@ def _as_tuple(value):
 def _check_choice(cfg, name, choices):
   value = getattr(cfg, name)
   if value not in choices:
-    raise ValueError(f"ModelConfig.{name}={value!r}: must be one of {choices}.")
+    raise errors.ConfigError(f"ModelConfig.{name}={value!r}: must be one of {choices}.")
 
 
 def official(**overrides) -> ModelConfig:
