@@ -5,6 +5,10 @@
     (out,) = det(["photo.jpg"])            # paths, URLs or uint8 HxWx3 arrays
     for box, score, name in zip(out["boxes"], out["scores"], out["names"]):
       print(name, round(float(score), 2), box)   # (x0, y0, x1, y1) pixels
+    for path, out in det.predict_files(paths):   # many files, in order
+      records = det.to_coco([out], [image_id])   # COCO results records
+
+More, with examples that run: docs/api.md.
 
 Images are resized by the run's rule (data.min_size / max_size) onto the
 smallest of its canvases that holds them, batched over the local devices;
