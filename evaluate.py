@@ -1,37 +1,10 @@
-"""Evaluate an FCOS checkpoint with COCO AP.
+"""Evaluate an FCOS checkpoint with COCO AP: `fcos-evaluate`
+(fcos_jax/cli/evaluate.py), the same command and flags.
 
-  python evaluate.py --workdir /tmp/fcos_synth     # the run's own config.json
-  python evaluate.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
-  python evaluate.py --config ... --workdir ... --checkpoint 5000
-  python evaluate.py --config ... --workdir ... --checkpoint /path/to/checkpoints/5000
-
-Prints the standard 12-number COCO table and writes detections (COCO results
-format) and metrics (JSON) to WORKDIR/eval. A class-agnostic model (the
-`rpn` preset) is scored as proposals instead: AR@100/300/1000 and
-small/medium/large @1000 (pycocotools, useCats=0). Only the parameters are
-restored (read-only), so the optimizer fields of the config do not matter.
-Without --config, the run's recorded config (WORKDIR/config.json, latest) is
-used.
+  python evaluate.py --workdir /tmp/fcos_synthetic
 """
 
-from absl import app, flags
-
-from fcos_jax import cli
-
-FLAGS = flags.FLAGS
-cli.define_trained_run_flags(
-    "Run directory or gs:// URL (its checkpoints/ are used).")
-flags.mark_flags_as_required(["workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = FLAGS.config or cli.recorded_config(FLAGS.workdir)
-  cli.setup(config)
-  from fcos_jax.evaluation.evaluate_checkpoint import evaluate_checkpoint
-  evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
-
+from fcos_jax.cli import evaluate
 
 if __name__ == "__main__":
-  cli.run(main)
+  evaluate.run()

@@ -1,39 +1,9 @@
-"""Train FCOS.
+"""Train FCOS: `fcos-train` (fcos_jax/cli/train.py), the same command and flags.
 
-  python train.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
-  python train.py --config configs/fcos_imprv_r50_1x.py --workdir gs://BUCKET/run1 \
-      --config.data.tfds.data_dir=gs://BUCKET/tfds --config.global_batch_size=64
-
-A run resumes by itself from the latest checkpoint in --workdir (a local
-folder or a gs:// URL). SIGTERM/SIGINT stop every process at one agreed step
-with a checkpoint. Any config field can be overridden with
---config.FIELD=value; an unknown field or a value of the wrong type is
-refused.
+  python train.py --config configs/synthetic_cpu.py --workdir /tmp/fcos_synthetic
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from fcos_jax import cli
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml-collections config file.", lock_config=True)
-flags.DEFINE_string("workdir", None,
-                    "Directory (or gs:// URL) for checkpoints, logs, results.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup(FLAGS.config)
-  from fcos_jax.train.loop import train_and_evaluate  # After jax is set up.
-  metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  if metrics:
-    logging.info("Final evaluation: %s.", ", ".join(
-        f"{k} {v:.4f}" for k, v in list(metrics.items())[:3]))
-
+from fcos_jax.cli import train
 
 if __name__ == "__main__":
-  cli.run(main)
+  train.run()

@@ -72,25 +72,21 @@ def _write_jpegs(directory, n, hw, seed=0):
 def predict_files(smoke: bool = False, images: int = 64, batch: int = 16,
                   repeats: int = 3) -> dict:
   from fcos_jax import storage
-  from fcos_jax.evaluation import coco_eval
-  from fcos_jax.inference.images import Resizer
-  from fcos_jax.inference.predictor import Predictor, load_prepared
+  from fcos_jax.inference.detector import Detector
   cfg, params, size, lo, hi, canvas = _model(smoke)
   if smoke:
     images, batch, repeats = 8, 4, 2
-  pred = Predictor(cfg, params, Resizer(lo, hi, (canvas,)), batch_size=batch)
+  categories = [{"id": i, "name": f"class{i}"} for i in range(cfg.num_classes)]
+  det = Detector(cfg, params, categories, min_size=lo, max_size=hi,
+                 canvases=(canvas,), batch_size=batch)
   with tempfile.TemporaryDirectory() as d:
     paths = _write_jpegs(d, images, size)
 
     def one_pass():
       start = time.perf_counter()
       records = []
-      for i, r in pred.stream(load_prepared(pred, paths)):
-        k = len(r["scores"])
-        records += coco_eval.detections_to_coco(
-            {"image_id": np.asarray([i]), "boxes": r["boxes"][None],
-             "scores": r["scores"][None], "classes": r["labels"][None],
-             "valid": np.ones((1, k), bool)}, list(range(cfg.num_classes)))
+      for i, (_, r) in enumerate(det.predict_files(paths)):
+        records += det.to_coco([r], [i])
       storage.write_json_atomic(os.path.join(d, "detections.json"), records)
       return time.perf_counter() - start, len(records)
 
@@ -98,7 +94,7 @@ def predict_files(smoke: bool = False, images: int = 64, batch: int = 16,
     runs = [one_pass() for _ in range(repeats)]
   ips = [images / s for s, _ in runs]
   return {"images": images, "image_hw": list(size), "canvas": list(canvas),
-          "batch": pred.batch_size, "detections": runs[0][1],
+          "batch": batch, "detections": runs[0][1],
           "images_per_s": timing.stats(ips)}
 
 

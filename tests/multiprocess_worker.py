@@ -1,4 +1,4 @@
-"""train.py with two test hooks on the input pipeline, for tests/test_scale_out.py.
+"""fcos-train (fcos_jax.cli.train) with two test hooks on the input pipeline, for tests/test_scale_out.py.
 
   python tests/multiprocess_worker.py --config ... --workdir ... \
       [--record_ids] [--emulate_processes K] [--config.FIELD=value ...]
@@ -11,7 +11,7 @@
   global batch a K-process run assembles. A one-process run fed this way
   must end with the parameters of the K-process run.
 
-Everything else is train.py itself: the same flags, set-up and
+Everything else is fcos-train itself: the same flags, set-up and
 `train_and_evaluate`.
 """
 
@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402  (defines --config and --workdir)
+from fcos_jax.cli import train  # noqa: E402  (defines --config and --workdir)
 
 flags.DEFINE_bool("record_ids", False, "Record the training image ids read.")
 flags.DEFINE_integer("emulate_processes", 1,

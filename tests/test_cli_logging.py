@@ -1,4 +1,4 @@
-"""cli.configure_logging: libraries quiet by logger name, orbax (which logs
+"""fcos_jax.cli.common.configure_logging: libraries quiet by logger name, orbax (which logs
 through absl's logger) by its installed folder, our lines kept wherever the
 checkout lies."""
 
@@ -9,7 +9,7 @@ import sys
 import orbax.checkpoint
 import pytest
 
-from fcos_jax import cli
+from fcos_jax.cli import common as cli
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fcos_jax.evaluation import coco_eval
+from fcos_jax.inference import coco_results
 
 
 def _gt(tmp_path, gt=None):
@@ -35,7 +36,7 @@ def _dets(boxes, classes):
 
 def test_perfect_detections_give_ap_one(tmp_path):
   dets = _dets([[10, 10, 40, 30], [50, 30, 90, 70]], [0, 1])
-  res = coco_eval.detections_to_coco(dets, [3, 7])
+  res = coco_results.detections_to_coco(dets, [3, 7])
   assert res[0]["bbox"] == [10.0, 10.0, 30.0, 20.0] and res[1]["category_id"] == 7
   m = coco_eval.coco_evaluate(_gt(tmp_path), res, [1, 2])
   assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
@@ -45,7 +46,7 @@ def test_images_without_detections_still_count(tmp_path):
   dets = _dets([[10, 10, 40, 30], [50, 30, 90, 70]], [0, 1])
   dets["valid"][1] = False  # The second image gets no detection.
   m = coco_eval.coco_evaluate(
-      _gt(tmp_path), coco_eval.detections_to_coco(dets, [3, 7]), [1, 2])
+      _gt(tmp_path), coco_results.detections_to_coco(dets, [3, 7]), [1, 2])
   # Two categories, one found perfectly, the other missed: mean AP 0.5.
   assert m["AP"] == pytest.approx(0.5)
 
@@ -53,7 +54,7 @@ def test_images_without_detections_still_count(tmp_path):
 def test_wrong_class_and_no_results(tmp_path):
   dets = _dets([[10, 10, 40, 30], [50, 30, 90, 70]], [1, 0])
   m = coco_eval.coco_evaluate(
-      _gt(tmp_path), coco_eval.detections_to_coco(dets, [3, 7]), [1, 2])
+      _gt(tmp_path), coco_results.detections_to_coco(dets, [3, 7]), [1, 2])
   assert m["AP"] == pytest.approx(0.0)
   assert coco_eval.coco_evaluate(_gt(tmp_path), [], [1, 2])["AP"] == 0.0
   assert "maxDets=100" in coco_eval.format_table(m)
@@ -69,7 +70,7 @@ def test_pr_curves_are_cocoeval_precision_and_average_to_ap(tmp_path):
   # One box found exactly, the other shifted to IoU ~0.6: AP50 1, AP75 0.5.
   dets = _dets([[10, 10, 40, 30], [55, 35, 95, 75]], [0, 1])
   m, ev = coco_eval.coco_evaluate(
-      _gt(tmp_path), coco_eval.detections_to_coco(dets, [3, 7]), [1, 2],
+      _gt(tmp_path), coco_results.detections_to_coco(dets, [3, 7]), [1, 2],
       return_eval=True)
   curves = pictures.pr_curves(ev)
   p = ev.eval["precision"]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fcos_jax.evaluation import coco_eval
+from fcos_jax.inference import coco_results
 from test_coco_eval import _gt  # The same two-image ground truth.
 
 pytest.importorskip("faster_coco_eval")
@@ -45,7 +46,7 @@ def test_hand_cases_match_pycocotools(tmp_path, case):
           "scores": np.full((2, 1), 0.9, np.float32),
           "classes": np.array(classes, np.int32).reshape(2, 1),
           "valid": np.array(valid).reshape(2, 1)}
-  results = coco_eval.detections_to_coco(dets, [3, 7])
+  results = coco_results.detections_to_coco(dets, [3, 7])
   _assert_same(*_both(_gt(tmp_path), results, [1, 2]))
 
 
@@ -65,7 +66,7 @@ def test_pr_curves_from_faster_backend(tmp_path):
           "scores": np.full((2, 1), 0.9, np.float32),
           "classes": np.array(classes, np.int32).reshape(2, 1),
           "valid": np.array(valid).reshape(2, 1)}
-  results = coco_eval.detections_to_coco(dets, [3, 7])
+  results = coco_results.detections_to_coco(dets, [3, 7])
   ref, fast = _both(_gt(tmp_path), results, [1, 2])
   for iou in (0.5, 0.75):
     np.testing.assert_allclose(pictures.pr_curves(fast[1])[iou],

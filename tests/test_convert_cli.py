@@ -1,5 +1,6 @@
-"""python -m fcos_jax.convert: torchvision's 91-slot COCO FCOS -> an 80-class
-workdir that evaluate.py and predict.py take like a trained run.
+"""fcos-convert (python -m fcos_jax.cli.convert): torchvision's 91-slot
+COCO FCOS -> an 80-class workdir that fcos-evaluate and fcos-predict take
+like a trained run.
 
 The state dict is made here with torchvision's names and shapes (random
 values), so these tests need no torch; the parity tests in
@@ -97,12 +98,12 @@ def test_converted_workdir_evaluates_and_predicts_like_a_run(tmp_path):
           "--config.data.canvases=((128,192),(192,128))",
           "--config.eval_batch_size=1", "--config.model.inference.score_thresh=0.05",
           "--config.compilation_cache_dir="]
-  _run(["-m", "fcos_jax.convert", f"--torchvision={sd_path}",
+  _run(["-m", "fcos_jax.cli.convert", f"--torchvision={sd_path}",
         f"--workdir={workdir}"] + data)
   saved = json.loads((workdir / "categories.json").read_text())["categories"]
   assert [c["id"] for c in saved] == [c for c, _ in cats]
   # A second conversion into the same workdir is refused without --overwrite.
-  proc = _run(["-m", "fcos_jax.convert", f"--torchvision={sd_path}",
+  proc = _run(["-m", "fcos_jax.cli.convert", f"--torchvision={sd_path}",
                f"--workdir={workdir}"], check=False)
   assert proc.returncode == 1 and "--overwrite" in proc.stderr
 

@@ -307,7 +307,7 @@ def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   run = lambda *args: subprocess.run(
-      [sys.executable, "-m", "fcos_jax.convert", f"--official={sd_path}",
+      [sys.executable, "-m", "fcos_jax.cli.convert", f"--official={sd_path}",
        *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
   workdir = tmp_path / "run"

@@ -386,7 +386,8 @@ def _perfect_detections(ev):
 
 
 def test_perfect_detections_score_ap_1(tmp_path):
-  from fcos_jax.evaluation.coco_eval import coco_evaluate, detections_to_coco
+  from fcos_jax.evaluation.coco_eval import coco_evaluate
+  from fcos_jax.inference.coco_results import detections_to_coco
   from fcos_jax.data.coco_format import load_coco_split
   cats = ((1, "a"), (3, "c"))
   c = _two_splits(tmp_path, cats, cats)

@@ -224,7 +224,7 @@ def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
-      [sys.executable, "-m", "fcos_jax.export", f"--workdir={workdir}",
+      [sys.executable, "-m", "fcos_jax.cli.export", f"--workdir={workdir}",
        f"--out={out}", "--dtypes=float32", f"--batch={BATCH}",
        "--formats=stablehlo,saved_model"], cwd=ROOT,
       env=env, capture_output=True, text=True, timeout=900)

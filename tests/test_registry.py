@@ -142,7 +142,7 @@ def test_unknown_model_is_refused_in_one_line():
 
 def test_unknown_model_on_the_command_line():
   proc = subprocess.run(
-      [sys.executable, "-m", "fcos_jax.convert", "--official=x.npz",
+      [sys.executable, "-m", "fcos_jax.cli.convert", "--official=x.npz",
        "--config=configs/zoo.py:FCOS_R_18", "--workdir=unused"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2

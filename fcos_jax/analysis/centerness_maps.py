@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fcos_jax import storage
+from fcos_jax import errors, storage
 from fcos_jax.core import targets
 from fcos_jax.analysis import split_boxes
 from fcos_jax.data.coco_format import ExampleTable
@@ -64,8 +64,8 @@ def draw_centerness(params, cfg: ModelConfig, table: ExampleTable, data_cfg,
   row_of = {int(i): r for r, i in enumerate(table.image_ids)}
   missing = [i for i in image_ids if int(i) not in row_of]
   if missing:
-    raise ValueError(f"--image_ids: {missing[:5]} are not in the split "
-                     f"(its first ids: {list(table.image_ids[:5])}).")
+    raise errors.DataError(f"--image_ids: {missing[:5]} are not in the split "
+                           f"(its first ids: {list(table.image_ids[:5])}).")
   programs, written = {}, []
   for image_id in image_ids:
     r = row_of[int(image_id)]

@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from fcos_jax import storage
+from fcos_jax import errors, storage
 from fcos_jax.evaluation import pictures, proposal_eval
 
 IOUS = (0.50, 0.75, 0.90)
@@ -29,8 +29,8 @@ def class_agnostic_curves(gt_json: str, results: list[dict],
   ids = gt.getImgIds() if image_ids is None else image_ids
   ev = proposal_eval.class_agnostic_eval(gt, results, ids, MAX_DETS)
   if ev is None:
-    raise ValueError(f"No detections to draw curves of (ground truth "
-                     f"{gt_json}).")
+    raise errors.DataError(f"No detections to draw curves of (ground truth "
+                           f"{gt_json}).")
   precision = ev.eval["precision"]  # [T, R, K=1, A, M]
   out = {}
   for iou in IOUS:

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from fcos_jax import runtime, storage
+from fcos_jax import errors, runtime, storage
 from fcos_jax.analysis import anchors, assignment, detection_ambiguity
 from fcos_jax.analysis import split_boxes
 from fcos_jax.data import global_batch, pipeline, sources
@@ -45,10 +45,10 @@ class Progress:
 
 def _check_batch(batch_size: int) -> None:
   if jax.process_count() > 1:
-    raise ValueError("analyze.py runs in one process (it reads the whole "
-                     "split itself); start it on one host.")
+    raise errors.ConfigError("fcos-analyze runs in one process (it reads the whole "
+                             "split itself); start it on one host.")
   if batch_size % jax.local_device_count():
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.eval_batch_size={batch_size} is not divisible by the "
         f"{jax.local_device_count()} local devices; set "
         "--config.eval_batch_size to a multiple.")

@@ -33,7 +33,7 @@ from typing import Mapping
 import numpy as np
 from flax import traverse_util
 
-from fcos_jax import storage
+from fcos_jax import errors, storage
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import (CAFFE_BGR_MEAN, IMAGENET_RGB_MEAN,
                                    IMAGENET_RGB_STD, ModelConfig)
@@ -198,13 +198,13 @@ def load_detectron_pickle(source) -> dict[str, np.ndarray]:
   if isinstance(data, Mapping) and "blobs" in data:
     data = data["blobs"]
   if not isinstance(data, Mapping):
-    raise ValueError(f"{path}: expected a dict of blobs (or {{'blobs': "
-                     f"...}}), got {type(data).__name__}.")
+    raise errors.DataError(f"{path}: expected a dict of blobs (or {{'blobs': "
+                           f"...}}), got {type(data).__name__}.")
   bad = sorted(str(k) for k, v in data.items()
                if not isinstance(v, np.ndarray) or v.dtype == object)
   if bad:
-    raise ValueError(f"{path}: these blobs are not numeric arrays: "
-                     f"{bad[:20]}.")
+    raise errors.DataError(f"{path}: these blobs are not numeric arrays: "
+                           f"{bad[:20]}.")
   return dict(data)
 
 
@@ -249,7 +249,7 @@ def convert_detectron_pickle(source, cfg: ModelConfig) -> dict:
   bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in required.items()
          if getattr(cfg, k) != v]
   if bad:
-    raise ValueError(
+    raise errors.ConfigError(
         "ModelConfig is not compatible with a Detectron ImageNet pickle: " +
         "; ".join(bad) + ". Use the official preset's backbone fields "
         "(fcos_jax.model.config.official(), stride_in_1x1=False for "

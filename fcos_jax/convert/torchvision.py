@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from fcos_jax import storage
+from fcos_jax import errors, storage
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
                                    CenternessQuality,
                                    ModelConfig)
@@ -87,7 +87,7 @@ def _check_cfg(cfg: ModelConfig, required: Mapping[str, Any], what: str):
   bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in required.items()
          if getattr(cfg, k) != v]
   if bad:
-    raise ValueError(
+    raise errors.ConfigError(
         f"ModelConfig is not compatible with {what}: {'; '.join(bad)}. "
         "Use fcos_jax.model.config.torchvision(num_classes=..., depth=...).")
 
@@ -173,7 +173,7 @@ def _convert(sd: dict[str, np.ndarray], targets: dict, what: str) -> dict:
         lines.append(f"  {len(items)} {title}: " + ", ".join(items))
     lines.append("Check that cfg.depth, cfg.width and cfg.num_classes match "
                  "the checkpoint.")
-    raise ValueError("\n".join(lines))
+    raise errors.DataError("\n".join(lines))
   return converted
 
 

@@ -19,19 +19,23 @@ from fcos_jax.model.preprocess import normalize_images
 
 
 def head_outputs(params, images_uint8, image_hw, cfg: ModelConfig, *,
-                 batch_stats: bool = False):
+                 batch_stats: bool = False, stop_gradients: bool = True):
   """uint8 RGB canvas [B, H, W, 3] + (h, w) of each image in it -> the head
   outputs of `FCOS` (cls_logits, box_regression, centerness; levels
   concatenated).
 
   batch_stats=True (training a backbone_norm="bn" model): its BatchNorms
   normalise with the batch's statistics; returns (outputs, statistics) for
-  `fcos_jax.model.batch_stats.update_running_stats`."""
+  `fcos_jax.model.batch_stats.update_running_stats`.
+
+  stop_gradients=False: the same outputs from a graph without
+  stop_gradient ops (for the ONNX export, whose tracer cannot lower them)."""
   images = normalize_images(images_uint8, image_hw, cfg)
+  model = FCOS(cfg, stop_gradients)
   if not batch_stats:
-    return FCOS(cfg).apply({"params": params}, images)
-  outputs, variables = FCOS(cfg).apply({"params": params}, images,
-                                       mutable=[BATCH_STATS])
+    return model.apply({"params": params}, images)
+  outputs, variables = model.apply({"params": params}, images,
+                                   mutable=[BATCH_STATS])
   return outputs, variables[BATCH_STATS]
 
 

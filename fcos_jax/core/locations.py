@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from fcos_jax import errors
 from fcos_jax.model.config import ModelConfig
 
 
@@ -24,7 +25,7 @@ def level_sizes(canvas_hw: tuple[int, int], strides) -> list[tuple[int, int]]:
   for s in strides:
     k = int(np.log2(s))
     if 2 ** k != s:
-      raise ValueError(f"strides must be powers of two, got {s}.")
+      raise errors.ConfigError(f"strides must be powers of two, got {s}.")
     h, w = canvas_hw
     for _ in range(k):
       h, w = -(-h // 2), -(-w // 2)

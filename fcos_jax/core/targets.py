@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcos_jax import errors
 from fcos_jax.core import box_coding
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.core.locations import Locations
@@ -194,7 +195,7 @@ def _check_inputs(boxes, classes, box_valid, is_crowd, locations, cfg):
           f"assign_targets: {name} must be [B, M] = {bm} like boxes, got "
           f"shape {tuple(value.shape)}.")
   if cfg.assign.center_sampling_radius < 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"ModelConfig.center_sampling_radius={cfg.assign.center_sampling_radius}: "
         f"must be >= 0 (0 disables centre sampling).")
   if len(locations.level_sizes) != cfg.num_levels:

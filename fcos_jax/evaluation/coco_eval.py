@@ -12,9 +12,7 @@ import io
 import logging
 from typing import Sequence
 
-import numpy as np
-
-from fcos_jax import storage
+from fcos_jax import errors, storage
 
 METRIC_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -58,31 +56,12 @@ def _coco_classes(backend: str):
           "package (pip install -r requirements.txt), or set "
           "--config.eval_backend=pycocotools") from e
     return faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
-  raise ValueError(f"config.eval_backend={backend!r} is not one of {BACKENDS}")
+  raise errors.ConfigError(f"config.eval_backend={backend!r} is not one of {BACKENDS}")
 
 
 def check_backend(backend: str) -> None:
   """Raises the error coco_evaluate would give for `backend`, before any work."""
   _coco_classes(backend)
-
-
-def detections_to_coco(dets: dict, label_to_category_id: Sequence[int]) -> list[dict]:
-  """Fixed-size detections (NumPy) -> COCO results entries.
-
-  dets: image_id [N], boxes [N, K, 4] (x0, y0, x1, y1) original pixels,
-        scores [N, K], classes [N, K] contiguous labels, valid [N, K].
-  """
-  lut = np.asarray(label_to_category_id)
-  results = []
-  for n, k in zip(*np.nonzero(dets["valid"])):
-    x0, y0, x1, y1 = (float(v) for v in dets["boxes"][n, k])
-    results.append({
-        "image_id": int(dets["image_id"][n]),
-        "category_id": int(lut[int(dets["classes"][n, k])]),
-        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-        "score": round(float(dets["scores"][n, k]), 5),
-    })
-  return results
 
 
 def format_table(metrics: dict) -> str:
@@ -105,7 +84,7 @@ def coco_evaluate(gt_json: str, results: list[dict],
   image_ids = sorted(set(int(i) for i in image_ids))
   missing = set(image_ids) - set(gt.getImgIds())
   if missing:
-    raise ValueError(
+    raise errors.DataError(
         f"{len(missing)} evaluated image id(s) are not in {gt_json}, e.g. "
         f"{sorted(missing)[:5]}: the evaluation split and the ground truth "
         "file do not match.")

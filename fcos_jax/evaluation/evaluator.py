@@ -16,10 +16,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from fcos_jax import runtime, storage
+from fcos_jax import errors, runtime, storage
 from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import coco_eval, pictures, proposal_eval
 from fcos_jax.core import detect
+from fcos_jax.inference import coco_results
 from fcos_jax.run import Run
 from fcos_jax.model.config_dict import model_config_from
 
@@ -35,7 +36,7 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
   """
   cfg = model_config_from(config.model)
   if config.eval_batch_size % jax.device_count():
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.eval_batch_size={config.eval_batch_size} is not divisible by "
         f"the {jax.device_count()} devices.")
   ds = pipeline.build_eval_dataset(
@@ -103,7 +104,7 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
   metrics = {}
   if jax.process_index() == 0:
     label_to_id = [int(c["id"]) for c in expected_categories]
-    results = coco_eval.detections_to_coco(dets, label_to_id)
+    results = coco_results.detections_to_coco(dets, label_to_id)
     out_dir = Run(workdir).eval_dir
     storage.write_json_atomic(
         storage.join(out_dir, f"detections_step{step}.json"), results)

@@ -14,7 +14,7 @@ import io
 import logging
 from typing import Sequence
 
-from fcos_jax import storage
+from fcos_jax import errors, storage
 
 MAX_DETS = (100, 300, 1000)
 # COCOeval.stats indices 6-11 with maxDets = MAX_DETS: AR at each maxDets
@@ -42,7 +42,7 @@ def class_agnostic_eval(gt, results: list[dict], image_ids: Sequence[int],
   image_ids = sorted(set(int(i) for i in image_ids))
   missing = set(image_ids) - set(gt.getImgIds())
   if missing:
-    raise ValueError(
+    raise errors.DataError(
         f"{len(missing)} evaluated image id(s) are not in the ground truth, "
         f"e.g. {sorted(missing)[:5]}: the detections and the ground-truth "
         "file do not match.")

@@ -22,6 +22,6 @@ Every per-canvas artifact has the signature of `serving.serving_function`:
   scores   float32 [B, K];  classes int32 [B, K];  valid bool [B, K]
                                (K = model.inference.max_detections, best first).
 
-`python -m fcos_jax.export --workdir DIR --out OUT` writes every format
+`fcos-export --workdir DIR --out OUT` (fcos_jax.cli.export) writes every format
 for each of the run's canvases, in float32 and bfloat16.
 """

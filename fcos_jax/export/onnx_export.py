@@ -49,7 +49,11 @@ def candidates_function(cfg: ModelConfig, params, canvas_hw):
   locations = compute_locations(tuple(canvas_hw), cfg)
 
   def fn(images, image_hw, orig_hw):
-    outputs = detect.head_outputs(params, images, image_hw, cfg)
+    # Without stop_gradient ops: jax2onnx 0.13 lowers a stop_gradient of a
+    # constant (the frozen BatchNorms and stages) to a value ONNX Runtime
+    # cannot find; without gradients the values are the same.
+    outputs = detect.head_outputs(params, images, image_hw, cfg,
+                                  stop_gradients=False)
     cls, reg, ctr = (outputs.cls_logits, outputs.box_regression,
                      outputs.centerness)
     loc_max = cls.max(axis=-1)
@@ -80,10 +84,9 @@ def _jax2onnx_compat():
   rule reads `jax.interpreters.batching.not_mapped` (None; gone from jax's
   public module), and its flax max_pool patch takes the window only by
   keyword (flax's own takes it positionally, as our ResNet calls it) and
-  treats explicit padding pairs as VALID; and its stop_gradient of a
-  constant (our frozen BatchNorm and stages) references a value ONNX
-  Runtime cannot find, so stop_gradient is the identity while tracing (it
-  changes nothing without gradients)."""
+  treats explicit padding pairs as VALID. (Its stop_gradient of a constant
+  references a value ONNX Runtime cannot find: `candidates_function`
+  traces the model without those ops.)"""
   import jax.interpreters.batching as batching  # pylint: disable=import-outside-toplevel
   from jax2onnx.plugins.flax.linen import max_pool as mp  # pylint: disable=import-outside-toplevel
   had = "not_mapped" in vars(batching)
@@ -107,12 +110,9 @@ def _jax2onnx_compat():
     return patched
 
   mp.MaxPoolPlugin._make_patch = classmethod(_make_patch)  # pylint: disable=protected-access
-  stop_gradient = jax.lax.stop_gradient
-  jax.lax.stop_gradient = lambda x: x
   try:
     yield
   finally:
-    jax.lax.stop_gradient = stop_gradient
     mp.MaxPoolPlugin._make_patch = original  # pylint: disable=protected-access
     if not had:
       del batching.not_mapped

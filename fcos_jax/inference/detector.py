@@ -5,6 +5,10 @@
     (out,) = det(["photo.jpg"])            # paths, URLs or uint8 HxWx3 arrays
     for box, score, name in zip(out["boxes"], out["scores"], out["names"]):
       print(name, round(float(score), 2), box)   # (x0, y0, x1, y1) pixels
+    for path, out in det.predict_files(paths):   # many files, in order
+      records = det.to_coco([out], [image_id])   # COCO results records
+
+More, with examples that run: docs/api.md.
 
 Images are resized by the run's rule (data.min_size / max_size) onto the
 smallest of its canvases that holds them, batched over the local devices;
@@ -14,13 +18,16 @@ each canvas is compiled once, on first use, and reused.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 
+from fcos_jax import errors
+from fcos_jax import errors
+from fcos_jax.inference import coco_results
 from fcos_jax.inference import images as images_lib
-from fcos_jax.inference.predictor import Predictor
+from fcos_jax.inference.predictor import Predictor, load_prepared
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.config_dict import model_config_from
 from fcos_jax.run import Run
@@ -45,7 +52,7 @@ class Detector:
                min_size, max_size: int, canvases, batch_size: int | None = None,
                mesh=None):
     if len(categories) != cfg.num_classes:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Detector: {len(categories)} categories for a model of "
           f"num_classes={cfg.num_classes}.")
     self.cfg = cfg
@@ -57,6 +64,16 @@ class Detector:
         cfg, params, images_lib.Resizer(min_size, max_size, canvases),
         batch_size=batch_size, mesh=mesh)
     self.step = None  # The checkpoint step, when loaded from a workdir.
+
+  @property
+  def params(self):
+    """The model parameters (on the local devices)."""
+    return self.predictor.params
+
+  @property
+  def canvases(self) -> tuple[tuple[int, int], ...]:
+    """The (H, W) canvases images are resized onto, smallest first."""
+    return self.predictor.resizer.canvases
 
   # --- Constructors ----------------------------------------------------------
 
@@ -115,6 +132,59 @@ class Detector:
               if isinstance(x, (str, os.PathLike)) else np.asarray(x)
               for x in images]
     return [self.describe(r) for r in self.predictor(arrays, heatmaps)]
+
+  def predict_files(self, paths: Iterable[str], *, heatmaps: bool = False,
+                    exif: bool = True, workers: int = 4,
+                    keep_images: bool = False
+                    ) -> Iterator[tuple[str, dict | errors.UnreadableImage]]:
+    """Streams files (paths or URLs) through the model: yields (path,
+    result) in input order, result as `__call__` gives it (with "image",
+    the decoded uint8 array, when keep_images), or an `UnreadableImage`
+    naming the file and why for one that cannot be read, decoded or fit
+    on a canvas. Files are read ahead in `workers` threads and batched
+    per canvas; only a few batches of images and results are held at a
+    time, whatever the number of files."""
+    paths = [os.fspath(p) for p in paths]
+    images = {}
+
+    def prepared():
+      for p in load_prepared(self.predictor, paths, exif=exif,
+                             workers=workers, keep_original=keep_images):
+        if keep_images and getattr(p, "original", None) is not None:
+          images[p.key], p.original = p.original, None
+        yield p
+
+    done, next_key = {}, 0
+    for key, r in self.predictor.stream(
+        prepared(), heatmaps, max_wait=4 * self.predictor.batch_size):
+      done[key] = r
+      while next_key in done:
+        r = done.pop(next_key)
+        if isinstance(r, str):
+          r = errors.UnreadableImage(r)
+        else:
+          r = self.describe(r)
+          if keep_images:
+            r["image"] = images.pop(next_key)
+        yield paths[next_key], r
+        next_key += 1
+
+  def to_coco(self, results: Sequence[dict], image_ids: Sequence[int]
+              ) -> list[dict]:
+    """COCO results records (image_id, category_id: the dataset's id,
+    bbox [x, y, w, h] in original pixels, score) of per-image results of
+    `__call__` or `predict_files`, one image id per result."""
+    if len(results) != len(image_ids):
+      raise ValueError(f"to_coco: {len(results)} results but "
+                       f"{len(image_ids)} image ids.")
+    records = []
+    for r, image_id in zip(results, image_ids):
+      k = len(r["scores"])
+      records += coco_results.detections_to_coco(
+          {"image_id": np.asarray([image_id]), "boxes": r["boxes"][None],
+           "scores": r["scores"][None], "classes": r["labels"][None],
+           "valid": np.ones((1, k), bool)}, self.category_ids)
+    return records
 
   def describe(self, result: dict) -> dict:
     """Adds names and category ids to a predictor result."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from fcos_jax import storage
 from fcos_jax.data import pipeline, transforms
-from fcos_jax.errors import DataError, UnreadableImage
+from fcos_jax.errors import DataError, MissingFileError, UnreadableImage
 from fcos_jax.data.tf_setup import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -48,16 +48,16 @@ def list_images(spec: str) -> list[str]:
       paths = glob_lib.glob(os.path.expanduser(spec), recursive=True)
     paths = sorted(p for p in paths if not storage.path(p).is_dir())
     if not paths:
-      raise FileNotFoundError(f"--images={spec}: the pattern matches no file.")
+      raise MissingFileError(f"--images={spec}: the pattern matches no file.")
     return paths
   p = storage.path(spec)
   if not p.exists():
-    raise FileNotFoundError(f"--images={spec}: no such file or directory.")
+    raise MissingFileError(f"--images={spec}: no such file or directory.")
   if p.is_dir():
     paths = sorted(os.fspath(q) for q in p.iterdir()
                    if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir())
     if not paths:
-      raise FileNotFoundError(
+      raise MissingFileError(
           f"--images={spec}: the directory has no image files "
           f"({', '.join(IMAGE_EXTENSIONS)}).")
     return paths

@@ -136,19 +136,35 @@ class Predictor:
     return results
 
   def stream(self, prepared: Iterable[Prepared | Failed],
-             heatmaps: bool = False) -> Iterator[tuple[object, dict | str]]:
+             heatmaps: bool = False, max_wait: int | None = None
+             ) -> Iterator[tuple[object, dict | str]]:
     """(key, result dict) for every prepared image and (key, error text) for
     every failed one, as batches complete (not in input order): images are
-    gathered per canvas into full batches; the rest run at the end."""
+    gathered per canvas into full batches; the rest run at the end.
+
+    max_wait: a partial batch also runs once its first image has waited
+    for this many later inputs, so that a caller putting the results back
+    in input order holds at most about that many (a canvas that few
+    images need would otherwise keep the rest waiting to the end)."""
     pending = collections.defaultdict(list)
-    for p in prepared:
+    first = {}  # canvas -> position of the first image of its batch
+    for n, p in enumerate(prepared):
       if isinstance(p, Failed):
         yield p.key, p.error
-        continue
-      pending[p.canvas].append(p)
-      if len(pending[p.canvas]) == self.batch_size:
-        batch = pending.pop(p.canvas)
-        yield from zip((q.key for q in batch), self.run_batch(batch, heatmaps))
+      else:
+        pending[p.canvas].append(p)
+        first.setdefault(p.canvas, n)
+        if len(pending[p.canvas]) == self.batch_size:
+          first.pop(p.canvas)
+          batch = pending.pop(p.canvas)
+          yield from zip((q.key for q in batch),
+                         self.run_batch(batch, heatmaps))
+      if max_wait is not None:
+        for canvas in [c for c, n0 in first.items() if n - n0 >= max_wait]:
+          first.pop(canvas)
+          batch = pending.pop(canvas)
+          yield from zip((q.key for q in batch),
+                         self.run_batch(batch, heatmaps))
     for batch in pending.values():
       yield from zip((q.key for q in batch), self.run_batch(batch, heatmaps))
 

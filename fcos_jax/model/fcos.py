@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcos_jax import errors
 from fcos_jax.model.backbones import build_backbone
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fpn import FPN
@@ -25,7 +26,7 @@ INIT_CANVAS_HW = (64, 64)
 
 def check_config(cfg: ModelConfig):
   if tuple(cfg.strides) != MODEL_STRIDES:
-    raise ValueError(
+    raise errors.ConfigError(
         f"ModelConfig.strides={cfg.strides}: the FCOS network produces P3-P7 "
         f"with strides {MODEL_STRIDES}; set strides to that.")
 
@@ -41,10 +42,13 @@ class FCOS(nn.Module):
   """
 
   cfg: ModelConfig
+  # False: the frozen parts without stop_gradient ops (the same values; for
+  # tracers that cannot lower them, e.g. the ONNX export).
+  stop_gradients: bool = True
 
   def setup(self):
     check_config(self.cfg)
-    self.backbone = build_backbone(self.cfg)
+    self.backbone = build_backbone(self.cfg, self.stop_gradients)
     self.fpn = FPN(self.cfg)
     self.head = FCOSHead(self.cfg)
 

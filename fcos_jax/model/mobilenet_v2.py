@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fcos_jax.model.config import ModelConfig
-from fcos_jax.model.resnet import backbone_norm, compute_dtype
+from fcos_jax.model.resnet import backbone_norm, compute_dtype, stop_gradient
 
 # (expansion t, output channels c, blocks n, first stride s) per group.
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2),
@@ -74,11 +74,12 @@ class InvertedResidual(nn.Module):
   stride: int
   expansion: int
   cfg: ModelConfig
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     cfg, dtype = self.cfg, compute_dtype(self.cfg)
-    bn = lambda name: backbone_norm(cfg, dtype, name)
+    bn = lambda name: backbone_norm(cfg, dtype, name, self.stop_gradients)
     hidden = int(round(self.cin * self.expansion))
     y = x
     if self.expansion != 1:
@@ -95,15 +96,16 @@ class MobileNetV2(nn.Module):
   """images [B, H, W, 3] -> (C3, C4, C5) with strides 8, 16, 32."""
 
   cfg: ModelConfig
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
-    cfg, dtype = self.cfg, compute_dtype(self.cfg)
-    freeze = lambda k, y: jax.lax.stop_gradient(y) if k <= cfg.freeze_at else y
-    x = freeze(1, _Stem(cfg, name="stem")(x.astype(dtype)))
+    cfg, dtype, sg = self.cfg, compute_dtype(self.cfg), self.stop_gradients
+    freeze = lambda k, y: stop_gradient(y, sg) if k <= cfg.freeze_at else y
+    x = freeze(1, _Stem(cfg, sg, name="stem")(x.astype(dtype)))
     outs = []
     for i, (cin, cout, stride, t) in enumerate(block_specs(), start=1):
-      x = InvertedResidual(cin, cout, stride, t, cfg, name=f"block{i}")(x)
+      x = InvertedResidual(cin, cout, stride, t, cfg, sg, name=f"block{i}")(x)
       x = freeze(i + 1, x)
       if i in TAPS:
         outs.append(x)
@@ -114,9 +116,11 @@ class _Stem(nn.Module):
   """3x3/2 conv to 32 channels, BN, ReLU6 (features.0)."""
 
   cfg: ModelConfig
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     dtype = compute_dtype(self.cfg)
     x = _conv(STEM_CHANNELS, 3, 2, "conv", dtype)(x)
-    return nn.relu6(backbone_norm(self.cfg, dtype, "bn")(x))
+    return nn.relu6(backbone_norm(self.cfg, dtype, "bn",
+                                  self.stop_gradients)(x))

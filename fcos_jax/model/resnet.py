@@ -64,6 +64,13 @@ def _pad(k: int):
   return ((k // 2, k // 2), (k // 2, k // 2))
 
 
+def stop_gradient(x, enabled: bool = True):
+  """jax.lax.stop_gradient, or `x` itself when not `enabled`: the modules'
+  `stop_gradients=False` gives the same values without the op, for
+  tracers that cannot lower it (the ONNX export)."""
+  return jax.lax.stop_gradient(x) if enabled else x
+
+
 def _normalise(x, scale, bias, mean, var, eps, dtype):
   """(x - mean) / sqrt(var + eps) * scale + bias as one multiply-add,
   its factors computed in float32 then cast."""
@@ -81,11 +88,12 @@ class FrozenBatchNorm(nn.Module):
 
   eps: float
   dtype: Any = jnp.float32
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    sg = jax.lax.stop_gradient
+    sg = lambda v: stop_gradient(v, self.stop_gradients)
     scale = sg(self.param("scale", nn.initializers.ones, (c,)))
     bias = sg(self.param("bias", nn.initializers.zeros, (c,)))
     mean = sg(self.param("mean", nn.initializers.zeros, (c,)))
@@ -114,11 +122,12 @@ class BatchNorm(nn.Module):
 
   eps: float
   dtype: Any = jnp.float32
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    sg = jax.lax.stop_gradient
+    sg = lambda v: stop_gradient(v, self.stop_gradients)
     scale = self.param("scale", nn.initializers.ones, (c,))
     bias = self.param("bias", nn.initializers.zeros, (c,))
     mean = sg(self.param("mean", nn.initializers.zeros, (c,)))
@@ -136,12 +145,13 @@ class BatchNorm(nn.Module):
     return _normalise(x, scale, bias, mean, var, self.eps, self.dtype)
 
 
-def backbone_norm(cfg: ModelConfig, dtype, name: str) -> nn.Module:
+def backbone_norm(cfg: ModelConfig, dtype, name: str,
+                  stop_gradients: bool = True) -> nn.Module:
   """The backbone's normalisation layer named `name` (see the module doc)."""
   if cfg.backbone_norm == "frozen_bn":
-    return FrozenBatchNorm(cfg.bn_eps, dtype, name=name)
+    return FrozenBatchNorm(cfg.bn_eps, dtype, stop_gradients, name=name)
   if cfg.backbone_norm == "bn":
-    return BatchNorm(cfg.bn_eps, dtype, name=name)
+    return BatchNorm(cfg.bn_eps, dtype, stop_gradients, name=name)
   return _GroupNormAnyWidth(cfg.gn_groups, dtype, name=name)
 
 
@@ -184,11 +194,12 @@ class Bottleneck(nn.Module):
   stride: int
   cfg: ModelConfig
   dcn: bool = False
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     cfg, dtype = self.cfg, compute_dtype(self.cfg)
-    bn = lambda name: backbone_norm(cfg, dtype, name)
+    bn = lambda name: backbone_norm(cfg, dtype, name, self.stop_gradients)
     s1, s3 = (self.stride, 1) if cfg.stride_in_1x1 else (1, self.stride)
     inner = bottleneck_width(self.planes, cfg)
     y = nn.relu(bn("bn1")(_conv(inner, 1, s1, "conv1", dtype)(x)))
@@ -210,11 +221,12 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int
   cfg: ModelConfig
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     cfg, dtype = self.cfg, compute_dtype(self.cfg)
-    bn = lambda name: backbone_norm(cfg, dtype, name)
+    bn = lambda name: backbone_norm(cfg, dtype, name, self.stop_gradients)
     y = nn.relu(bn("bn1")(_conv(self.planes, 3, self.stride, "conv1", dtype)(x)))
     y = bn("bn2")(_conv(self.planes, 3, 1, "conv2", dtype)(y))
     return nn.relu(y + _shortcut(x, self.planes, self.stride, bn, dtype))
@@ -224,12 +236,13 @@ class Stem(nn.Module):
   """7x7/2 conv, frozen BN, ReLU, 3x3/2 max pool (padding 1): stride 4."""
 
   cfg: ModelConfig
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
     dtype = compute_dtype(self.cfg)
     x = _conv(self.cfg.width, 7, 2, "conv", dtype)(x)
-    x = nn.relu(backbone_norm(self.cfg, dtype, "bn")(x))
+    x = nn.relu(backbone_norm(self.cfg, dtype, "bn", self.stop_gradients)(x))
     # max_pool pads with -inf, like PyTorch's MaxPool2d.
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
 
@@ -242,6 +255,7 @@ class Stage(nn.Module):
   stride: int
   cfg: ModelConfig
   dcn: bool = False  # Every block's 3x3 is deformable (bottlenecks only).
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
@@ -249,8 +263,9 @@ class Stage(nn.Module):
     for i in range(self.blocks):
       stride = self.stride if i == 0 else 1
       name = f"block{i}"
-      x = (Bottleneck(self.planes, stride, self.cfg, self.dcn, name=name)
-           if bottleneck else BasicBlock(self.planes, stride, self.cfg,
+      sg = self.stop_gradients
+      x = (Bottleneck(self.planes, stride, self.cfg, self.dcn, sg, name=name)
+           if bottleneck else BasicBlock(self.planes, stride, self.cfg, sg,
                                          name=name))(x)
     return x
 
@@ -264,17 +279,18 @@ class ResNet(nn.Module):
   """
 
   cfg: ModelConfig
+  stop_gradients: bool = True  # False: no stop_gradient op (same values).
 
   @nn.compact
   def __call__(self, x):
-    cfg = self.cfg
-    freeze = lambda k, y: jax.lax.stop_gradient(y) if k <= cfg.freeze_at else y
-    x = freeze(1, Stem(cfg, name="stem")(x.astype(compute_dtype(cfg))))
+    cfg, sg = self.cfg, self.stop_gradients
+    freeze = lambda k, y: stop_gradient(y, sg) if k <= cfg.freeze_at else y
+    x = freeze(1, Stem(cfg, sg, name="stem")(x.astype(compute_dtype(cfg))))
     outs = []
     for k, blocks in zip(range(2, 6), STAGE_BLOCKS[cfg.depth]):
       planes = cfg.width * 2 ** (k - 2)
       x = Stage(planes, blocks, 1 if k == 2 else 2, cfg, k in cfg.dcn_stages,
-                name=f"res{k}")(x)
+                sg, name=f"res{k}")(x)
       x = freeze(k, x)
       outs.append(x)
     return tuple(outs[1:])

@@ -19,7 +19,7 @@ import logging
 import jax
 import orbax.checkpoint as ocp
 
-from fcos_jax import storage
+from fcos_jax import errors, storage
 
 _policies = ocp.checkpoint_managers
 
@@ -74,7 +74,7 @@ def abstract_like(state, sharding):
 def _check_step(manager, step):
   step = manager.latest_step() if step is None else step
   if step is not None and step not in manager.all_steps():
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"No checkpoint for step {step} in {manager.directory}; available "
         f"steps: {sorted(manager.all_steps())}.")
   return step
@@ -139,14 +139,14 @@ def restore_params(directory: str, step: int | None, abstract_params):
   naming the parameters whose shapes differ from the checkpoint's.
   """
   if not storage.exists(directory):
-    raise FileNotFoundError(f"No checkpoints in {directory}.")
+    raise errors.MissingFileError(f"No checkpoints in {directory}.")
   manager = make_manager(directory, keep=1, read_only=True)
   step = _check_step(manager, step)
   if step is None:
-    raise FileNotFoundError(f"No checkpoint found in {directory}.")
+    raise errors.MissingFileError(f"No checkpoint found in {directory}.")
   bad = shape_mismatches(manager, step, abstract_params, key="params")
   if bad:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The checkpoint {directory}/{step} does not fit this model config "
         f"({len(bad)} parameter(s) differ): " + "; ".join(bad[:8]) +
         ". Use the run's own config (its config.json) or the model fields it "

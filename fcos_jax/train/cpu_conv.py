@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from fcos_jax import errors
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # flax passes its dimension numbers as lax.ConvDimensionNumbers for NHWC.
@@ -142,8 +143,8 @@ def use_gemm(mode: str) -> bool:
   "auto" on the CPU backend only (wide convs), "gemm" always (every plain
   conv), "xla" never."""
   if mode not in MODES:
-    raise ValueError(f"ModelConfig.conv_kernel_grad={mode!r} is not one of "
-                     f"{MODES}")
+    raise errors.ConfigError(f"ModelConfig.conv_kernel_grad={mode!r} is not one of "
+                             f"{MODES}")
   return mode == "gemm" or (mode == "auto" and jax.default_backend() == "cpu")
 
 

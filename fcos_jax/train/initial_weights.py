@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from fcos_jax import errors
 from fcos_jax.convert import imagenet
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model.config import ModelConfig
@@ -26,7 +27,7 @@ def load_initial_params(params, path: str, fmt: str, cfg: ModelConfig):
   state dict (torchvision preset only).
   """
   if fmt not in FORMATS:
-    raise ValueError(f"config.init_backbone_format={fmt!r}: use one of {FORMATS}.")
+    raise errors.ConfigError(f"config.init_backbone_format={fmt!r}: use one of {FORMATS}.")
   state_dict = path  # The converters read .pth / .npz / .pkl, local or a URL.
   params = jax.device_get(params)
   if fmt == "torchvision_fcos":

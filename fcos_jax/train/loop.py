@@ -100,7 +100,7 @@ def create_train_state(config, cfg, tx, mesh) -> TrainState:
 def _check_batch(config) -> None:
   for name in ("global_batch_size", "eval_batch_size"):
     if config[name] % jax.device_count():
-      raise ValueError(
+      raise errors.ConfigError(
           f"config.{name}={config[name]} is not divisible by the "
           f"{jax.device_count()} devices; use a multiple of "
           f"{jax.device_count()}.")
@@ -122,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_split = sources.load_split(config.data, "train")  # Read once.
   info = train_split[1]
   if info.num_classes != cfg.num_classes and not cfg.class_agnostic:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.model.num_classes={cfg.num_classes} but the training data has "
         f"{info.num_classes} categories; set --config.model.num_classes="
         f"{info.num_classes}.")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import ml_collections
 import optax
+from fcos_jax import errors
 
 def scaled_base_lr(optim: ml_collections.ConfigDict, global_batch_size: int) -> float:
   """Linear scaling rule: the LR follows the global batch size."""
@@ -41,8 +42,8 @@ def lr_schedule(optim: ml_collections.ConfigDict,
   base = scaled_base_lr(optim, global_batch_size)
   boundaries = jnp.asarray(sorted(optim.decay_steps), jnp.int32)
   if optim.warmup_method not in ("constant", "linear"):
-    raise ValueError(f"config.optim.warmup_method={optim.warmup_method!r}: "
-                     "use 'constant' or 'linear'.")
+    raise errors.ConfigError(f"config.optim.warmup_method={optim.warmup_method!r}: "
+                             "use 'constant' or 'linear'.")
 
   def schedule(step):
     step = jnp.asarray(step, jnp.int32)

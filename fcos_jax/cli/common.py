@@ -1,4 +1,5 @@
-"""Process set-up and error reporting shared by the command-line entry points."""
+"""What the commands share: logging and process set-up, flag parsing
+(--config by path or packaged name, --version) and the error policy."""
 
 from __future__ import annotations
 
@@ -103,26 +104,76 @@ def recorded_config(workdir: str):
   return Run(workdir).recorded_config()
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  """Errors whose message says what is wrong and how to fix it: printed as
-  one line, without a traceback."""
-  from fcos_jax.errors import UserError
-  return (UserError, FileNotFoundError, ValueError)
+def packaged_configs_dir() -> str:
+  """fcos_jax/configs of the installed package (found by path: the cli
+  and the configs are independent layers)."""
+  import fcos_jax  # pylint: disable=import-outside-toplevel
+  return os.path.join(os.path.dirname(os.path.abspath(fcos_jax.__file__)),
+                      "configs")
+
+
+def packaged_config_names() -> list[str]:
+  """The names --config accepts without a path (zoo:MODEL for zoo.py)."""
+  root = packaged_configs_dir()
+  return sorted(f[:-3] for f in os.listdir(root)
+                if f.endswith(".py") and not f.startswith("_"))
+
+
+def resolve_config(value: str) -> str:
+  """--config's value as ml-collections takes it (`path[:arg]`): an
+  existing file stays as it is; otherwise NAME, NAME.py or NAME:ARG (e.g.
+  zoo:MODEL) names fcos_jax/configs/NAME.py. Anything else raises
+  flags.Error naming the packaged configs."""
+  name, sep, arg = value.partition(":")
+  if os.path.isfile(value) or os.path.isfile(name):
+    return value
+  base = name[:-3] if name.endswith(".py") else name
+  if base and not os.path.isabs(base):
+    path = os.path.join(packaged_configs_dir(), base + ".py")
+    if os.path.isfile(path):
+      return path + sep + arg
+  raise flags.Error(
+      f"--config {value}: no such file, and no packaged config of that name; "
+      f"packaged: {', '.join(packaged_config_names())} (zoo:MODEL names a "
+      "model of zoo.py).")
+
+
+def _with_resolved_config(argv):
+  """argv with the value of --config (either form) resolved."""
+  out, i = list(argv[:1]), 1
+  while i < len(argv):
+    a = argv[i]
+    if a == "--":
+      out += argv[i:]
+      break
+    if a.startswith("--config="):
+      a = "--config=" + resolve_config(a[len("--config="):])
+    elif a == "--config" and i + 1 < len(argv):
+      out += [a, resolve_config(argv[i + 1])]
+      i += 2
+      continue
+    out.append(a)
+    i += 1
+  return out
+
+
+def _flag_error(text: str):
+  print(f"error: {text}\nPass --helpshort or --helpfull to see help on "
+        "flags.", file=sys.stderr)
+  sys.exit(2)
 
 
 def _parse_flags(argv):
-  """absl's flag parsing, with a bad --config.FIELD as one line (exit 2):
-  ml-collections raises plain AttributeError/KeyError for unknown fields."""
+  """absl's flag parsing, with --config by name and a bad flag or
+  --config.FIELD as one line (exit 2): ml-collections raises plain
+  AttributeError/KeyError for unknown fields."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_with_resolved_config(argv))
   except flags.Error as e:
     # A config file's get_config refusing with a UserError: its one line,
     # not the traceback ml-collections puts into the flag's message.
     refused = re.findall(r"^fcos_jax\.errors\.\w+: (.*)$", str(e), re.M)
-    text = f"--config: {refused[-1]}" if refused else str(e)
-    print(f"error: {text}\nPass --helpshort or --helpfull to see help on "
-          "flags.", file=sys.stderr)
-    sys.exit(2)
+    _flag_error(f"--config: {refused[-1]}" if refused else str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     text = str(e.args[0] if e.args else e)
     hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
@@ -136,17 +187,29 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
-def run(main) -> None:
-  """absl's app.run, with the user errors above as one clear line (exit 1)."""
+def run(main, argv=None) -> None:
+  """absl's app.run of `main` under the one error policy of the commands:
 
-  def wrapped(argv):
+  - `fcos_jax.errors.UserError` and absl's UsageError: one line
+    `error: ...` on stderr, exit 1;
+  - a bad flag, --config name or --config.FIELD: one line, exit 2;
+  - anything else is a programming error and keeps its traceback;
+  - --version prints the package's version and exits 0.
+  """
+  from fcos_jax import __version__  # pylint: disable=import-outside-toplevel
+  from fcos_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  argv = list(sys.argv if argv is None else argv)
+  before_dashes = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  if "--version" in before_dashes:
+    print(f"{os.path.basename(argv[0])} {__version__}")
+    sys.exit(0)
+
+  def wrapped(args):
     try:
-      return main(argv)
-    except app.UsageError:
-      raise
-    except user_errors() as e:
+      return main(args)
+    except (UserError, app.UsageError) as e:
       py_logging.getLogger("fcos_jax").debug("Traceback:", exc_info=True)
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
 
-  app.run(wrapped, flags_parser=_parse_flags)
+  app.run(wrapped, argv=argv, flags_parser=_parse_flags)

@@ -1,20 +1,20 @@
 """torchvision's or the official FCOS's COCO weights -> a workdir that
-evaluate.py and predict.py take like a trained run.
+fcos-evaluate and fcos-predict take like a trained run.
 
-  python -m fcos_jax.convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
+  fcos-convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
       --workdir runs/torchvision_coco [--config.data.tfds.data_dir=...]
-  python -m fcos_jax.convert --official FCOS_imprv_R_50_FPN_1x.pth \
+  fcos-convert --official FCOS_imprv_R_50_FPN_1x.pth \
       --config configs/zoo.py:FCOS_imprv_R_50_FPN_1x \
       --workdir runs/official_r50 [--config.data.tfds.data_dir=...]
-  python evaluate.py --workdir runs/torchvision_coco    # COCO val2017 AP
-  python predict.py  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
+  fcos-evaluate --workdir runs/torchvision_coco    # COCO val2017 AP
+  fcos-predict  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
 
 With --official or --adelaidet, --config names the released model
 (configs/zoo.py:MODEL_NAME; fcos_jax.registry and docs/model_zoo.md list
 them) and only its inference fields may be changed.
 
 Writes WORKDIR/config.json (configs/torchvision_r50.py, or --config, with
-any --config.FIELD overrides: set the data fields evaluate.py should use),
+any --config.FIELD overrides: set the data fields fcos-evaluate should use),
 WORKDIR/categories.json (the 80 COCO categories; torchvision's 91 class
 slots mapped by COCO category id) and WORKDIR/checkpoints/0 (the
 parameters). Reading a .pth needs torch; the same state dict saved as .npz
@@ -22,22 +22,16 @@ does not.
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fcos_jax import cli
-
-# This checkout's configs/ (importable, as the config files import it).
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+from fcos_jax.cli import common
+from fcos_jax.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "torchvision_r50.py"),
+    "config", os.path.join(common.packaged_configs_dir(), "torchvision_r50.py"),
     "Run config to record; its model must be the torchvision preset with 80 "
     "classes, or with --official / --adelaidet configs/zoo.py:MODEL_NAME "
     "(only the inference fields may differ).", lock_config=True)
@@ -75,13 +69,12 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
   run = Run(workdir)
   if run.has_checkpoints():
     if not overwrite:
-      raise ValueError(
+      raise UserError(
           f"{run.checkpoints} already has checkpoints; pass --overwrite to "
           "replace them, or another --workdir.")
     storage.path(run.checkpoints).rmtree()
-  inference_only = ("score_thresh", "score_thresh_on", "pre_nms_topk",
-                    "nms_iou", "max_detections", "dtype")
-  inference = {k: getattr(cfg, k) for k in inference_only}
+  from fcos_jax.convert import official  # pylint: disable=import-outside-toplevel
+  inference = official.inference_fields(cfg)  # What a converted run may set.
   if source in ("official", "adelaidet"):
     import importlib  # pylint: disable=import-outside-toplevel
     zoo = importlib.import_module(f"fcos_jax.convert.{source}")
@@ -95,7 +88,7 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
     bad = [f"{f.name}={getattr(cfg, f.name)!r} (needs "
            f"{getattr(tv_cfg, f.name)!r})" for f in dataclasses.fields(cfg)
            if getattr(cfg, f.name) != getattr(tv_cfg, f.name)]
-    raise ValueError(
+    raise ConfigError(
         "config.model does not describe torchvision's COCO FCOS: " +
         "; ".join(bad) + ". Use configs/torchvision_r50.py (only the "
         "inference fields may change).")
@@ -115,15 +108,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  cli.setup(config)
+  common.setup(config)
   source = next(s for s in ("official", "adelaidet", "torchvision")
                 if getattr(FLAGS, s))
   convert_to_workdir(getattr(FLAGS, source), FLAGS.workdir, config,
                      overwrite=FLAGS.overwrite, source=source)
   logging.info("Wrote %s: 80 COCO categories, checkpoint step %d. Evaluate "
-               "with: python evaluate.py --workdir %s", FLAGS.workdir, STEP,
+               "with: fcos-evaluate --workdir %s", FLAGS.workdir, STEP,
                FLAGS.workdir)
 
 
+def run():
+  """The console script's entry point (fcos-convert)."""
+  common.run(main)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  run()

@@ -1,7 +1,7 @@
-"""Export a run's checkpoint for serving (see fcos_jax/export/__init__.py).
+"""fcos-export: a run's checkpoint for serving (see fcos_jax/export/__init__.py).
 
-  python -m fcos_jax.export --workdir runs/r50_1x --out /tmp/fcos_export
-  python -m fcos_jax.export --workdir /tmp/fcos_synthetic --out /tmp/exp \
+  fcos-export --workdir runs/r50_1x --out /tmp/fcos_export
+  fcos-export --workdir /tmp/fcos_synthetic --out /tmp/exp \
       --formats=stablehlo --dtypes=float32 --platforms=cpu,cuda,tpu
 
 For each canvas of the run's data.canvases (one per orientation) and each
@@ -19,10 +19,11 @@ import os
 
 from absl import app, flags, logging
 
-from fcos_jax import cli
+from fcos_jax.cli import common
+from fcos_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-cli.define_trained_run_flags("Run directory (train.py or fcos_jax.convert).")
+common.define_trained_run_flags("Run directory (fcos-train or fcos-convert).")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_list("formats", ["stablehlo", "saved_model", "onnx"],
                   "stablehlo, saved_model, onnx (float32 only).")
@@ -43,10 +44,10 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
   from fcos_jax.export import onnx_export, saved_model, serving, stablehlo  # pylint: disable=import-outside-toplevel
   bad = sorted(set(formats) - set(FORMATS))
   if bad:
-    raise ValueError(f"--formats: unknown {bad}; choose from {FORMATS}.")
-  params = serving.as_numpy_params(detector.predictor.params)
+    raise UserError(f"--formats: unknown {bad}; choose from {FORMATS}.")
+  params = serving.as_numpy_params(detector.params)
   files = []
-  for canvas in detector.predictor.resizer.canvases:
+  for canvas in detector.canvases:
     for dtype in dtypes:
       cfg = detector.cfg.replace(dtype=dtype)
       name = f"{canvas[0]}x{canvas[1]}_{dtype}"
@@ -79,7 +80,7 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
                      "kernels have no bfloat16 convolutions); skipped %s.",
                      name)
   if "saved_model" in formats:
-    canvases = detector.predictor.resizer.canvases
+    canvases = detector.canvases
     for dtype in dtypes:
       path = storage.join(out, "saved_model", f"images_{dtype}")
       saved_model.export_images(detector.cfg.replace(dtype=dtype), params,
@@ -103,7 +104,7 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
       "score_thresh": detector.cfg.inference.score_thresh,
       "resize": {"min_size": min_size, "max_size": max_size,
                  "canvases": [list(c) for c in
-                              detector.predictor.resizer.canvases],
+                              detector.canvases],
                  "rule": "short side to min_size unless the long side would "
                          "pass max_size (then long side = max_size); bilinear "
                          "(antialiased when shrinking); the smallest canvas "
@@ -121,8 +122,8 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = FLAGS.config or cli.recorded_config(FLAGS.workdir)
-  cli.setup(config)
+  config = FLAGS.config or common.recorded_config(FLAGS.workdir)
+  common.setup(config)
   from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel
   det = Detector.from_workdir(FLAGS.workdir, FLAGS.checkpoint, config=config)
   ms = config.data.min_size
@@ -135,5 +136,10 @@ def main(argv):
         f"{os.path.join(FLAGS.out, 'manifest.json')}", flush=True)
 
 
+def run():
+  """The console script's entry point (fcos-export)."""
+  common.run(main)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  run()

@@ -1,0 +1,42 @@
+"""Evaluate an FCOS checkpoint with COCO AP.
+
+  fcos-evaluate --workdir /tmp/fcos_synth     # the run's own config.json
+  fcos-evaluate --config configs/synthetic_cpu.py --workdir /tmp/fcos_synth
+  fcos-evaluate --config ... --workdir ... --checkpoint 5000
+  fcos-evaluate --config ... --workdir ... --checkpoint /path/to/checkpoints/5000
+
+Prints the standard 12-number COCO table and writes detections (COCO results
+format) and metrics (JSON) to WORKDIR/eval. A class-agnostic model (the
+`rpn` preset) is scored as proposals instead: AR@100/300/1000 and
+small/medium/large @1000 (pycocotools, useCats=0). Only the parameters are
+restored (read-only), so the optimizer fields of the config do not matter.
+Without --config, the run's recorded config (WORKDIR/config.json, latest) is
+used.
+"""
+
+from absl import app, flags
+
+from fcos_jax.cli import common
+
+FLAGS = flags.FLAGS
+common.define_trained_run_flags(
+    "Run directory or gs:// URL (its checkpoints/ are used).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config or common.recorded_config(FLAGS.workdir)
+  common.setup(config)
+  from fcos_jax.evaluation.evaluate_checkpoint import evaluate_checkpoint
+  evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+
+
+def run():
+  """The console script's entry point (fcos-evaluate)."""
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,184 @@
+"""Run a trained (or converted) FCOS on image files.
+
+  fcos-predict --workdir /tmp/fcos_synthetic --images 'photos/*.jpg' --out /tmp/pred
+  fcos-predict --workdir runs/r50_1x --checkpoint 90000 --images photos/ \
+      --out /tmp/pred --draw --heatmaps --score_thresh=0.3
+  fcos-predict --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
+      --images photo.jpg --out /tmp/pred --draw
+
+--images is a file, a directory (its image files) or a glob, local or a
+URL (gs://...); JPEG (grayscale and CMYK too), PNG, BMP, GIF. Writes
+OUT/detections.json (COCO results format: image_id, category_id, bbox
+[x, y, w, h], score, plus category_name and file_name; image_id is the
+file's position in the sorted list, OUT/images.json maps them), and with
+--draw OUT/draw/<name>.png (boxes, class names, scores), with --heatmaps
+OUT/heatmaps/<name>.png (each FPN level's best class score x centerness).
+
+The images are resized by the run's rule (data.min_size / max_size, the
+largest of a multi-scale range) onto the smallest of data.canvases that
+holds them, with the evaluation pipeline's decoder and resize, so the
+validation images get exactly fcos-evaluate's detections. EXIF orientation
+is applied (photos come out upright; --noexif turns it off, as COCO
+evaluation does). A file that cannot be read is named and skipped, and the
+exit code is then 1; an empty input is an error.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from fcos_jax.cli import common
+
+FLAGS = flags.FLAGS
+common.define_trained_run_flags(
+    "Run directory or URL (fcos-train or fcos-convert).")
+flags.DEFINE_string("torchvision", None,
+                    "Instead of --workdir: torchvision's fcos_resnet50_fpn "
+                    "COCO weights (.pth, needs torch; or .npz).")
+flags.DEFINE_string("images", None, "An image file, a directory or a glob.")
+flags.DEFINE_string("out", None, "Output directory (or URL).")
+flags.DEFINE_bool("draw", False, "Write OUT/draw/<name>.png with the boxes.")
+flags.DEFINE_bool("heatmaps", False,
+                  "Write OUT/heatmaps/<name>.png, per-level score maps.")
+flags.DEFINE_float("score_thresh", None,
+                   "Candidate score threshold (model.inference.score_thresh; on the "
+                   "class probability, or on sqrt(prob * ctr) for the "
+                   "torchvision preset); default: the config's.")
+flags.DEFINE_float("draw_min_score", 0.3,
+                   "Boxes below this score are left out of the pictures.")
+flags.DEFINE_integer("batch_size", None,
+                     "Images per device call; default: eval_batch_size.")
+flags.DEFINE_bool("exif", True, "Apply the EXIF orientation of photos.")
+flags.DEFINE_integer("workers", 4, "Threads that read and resize images.")
+flags.mark_flags_as_required(["images", "out"])
+
+
+class _Progress:
+  """One line per couple of seconds: done/total, images/s, skipped."""
+
+  def __init__(self, total: int, every_s: float = 2.0):
+    self.total, self.every_s = total, every_s
+    self.start = self.last = time.perf_counter()
+    self.done = self.skipped = 0
+
+  def update(self, ok: bool, force: bool = False):
+    self.done += 1
+    self.skipped += not ok
+    now = time.perf_counter()
+    if force or now - self.last >= self.every_s or self.done == self.total:
+      self.last = now
+      print(f"predict: {self.done}/{self.total} images, "
+            f"{self.rate():.1f} images/s, {self.skipped} skipped",
+            file=sys.stderr, flush=True)
+
+  def rate(self) -> float:
+    return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _unique_names(paths):
+  """A picture name per input: its stem, numbered where stems repeat."""
+  seen, names = {}, []
+  for p in paths:
+    stem = os.path.splitext(os.path.basename(str(p).rstrip("/")))[0] or "image"
+    n = seen.get(stem, 0)
+    seen[stem] = n + 1
+    names.append(stem if n == 0 else f"{stem}_{n}")
+  return names
+
+
+def _save_png(picture, path):
+  import io  # pylint: disable=import-outside-toplevel
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  buf = io.BytesIO()
+  picture.save(buf, format="PNG")
+  storage.write_bytes_atomic(path, buf.getvalue())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if bool(FLAGS.workdir) == bool(FLAGS.torchvision):
+    raise app.UsageError("Give one of --workdir and --torchvision.")
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config or (common.recorded_config(FLAGS.workdir)
+                            if FLAGS.workdir else ml_collections.ConfigDict(
+                                {"compilation_cache_dir": ""}))
+  common.setup(config)
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  from fcos_jax.inference import draw, images  # pylint: disable=import-outside-toplevel
+  from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel
+
+  paths = images.list_images(FLAGS.images)
+  t0 = time.perf_counter()
+  if FLAGS.workdir:
+    det = Detector.from_workdir(FLAGS.workdir, FLAGS.checkpoint,
+                                config=config, score_thresh=FLAGS.score_thresh,
+                                batch_size=FLAGS.batch_size)
+    logging.info("Restored %s step %s in %.1f s.", FLAGS.workdir, det.step,
+                 time.perf_counter() - t0)
+  else:
+    det = Detector.from_torchvision(FLAGS.torchvision,
+                                    score_thresh=FLAGS.score_thresh,
+                                    batch_size=FLAGS.batch_size)
+  names = _unique_names(paths)
+  out = FLAGS.out
+  storage.makedirs(out)
+  records, errors = [], {}
+  done = 0
+  progress = _Progress(len(paths))
+  category_names = {c["id"]: c["name"] for c in det.categories}
+  # The original pictures are kept only when something is drawn on them.
+  stream = det.predict_files(paths, heatmaps=FLAGS.heatmaps, exif=FLAGS.exif,
+                             workers=FLAGS.workers,
+                             keep_images=FLAGS.draw or FLAGS.heatmaps)
+  for i, (path, r) in enumerate(stream):
+    if isinstance(r, Exception):
+      errors[i] = str(r)
+      logging.error("Skipped %s", r)
+      progress.update(False)
+      continue
+    done += 1
+    if FLAGS.draw:
+      pic = draw.draw_detections(r["image"], r["boxes"], r["scores"],
+                                 r["labels"], r["names"],
+                                 min_score=FLAGS.draw_min_score)
+      _save_png(pic, storage.join(out, "draw", names[i] + ".png"))
+    if FLAGS.heatmaps:
+      pic = draw.draw_heatmaps(r["image"], r["maps"], det.cfg.strides)
+      _save_png(pic, storage.join(out, "heatmaps", names[i] + ".png"))
+    for rec in det.to_coco([r], [i]):
+      rec["category_name"] = category_names[rec["category_id"]]
+      rec["file_name"] = str(path)
+      records.append(rec)
+    progress.update(True)
+
+  image_records = []
+  for i, p in enumerate(paths):
+    entry = {"id": i, "file_name": str(p)}
+    if i in errors:
+      entry["error"] = errors[i]
+    image_records.append(entry)
+  storage.write_json_atomic(storage.join(out, "detections.json"), records)
+  storage.write_json_atomic(storage.join(out, "images.json"), image_records,
+                            indent=1)
+  print(f"predict: {done} images, {len(records)} detections, "
+        f"{progress.rate():.1f} images/s overall (decode + resize + model + "
+        f"NMS + files), {len(errors)} skipped; wrote "
+        f"{storage.join(out, 'detections.json')}", flush=True)
+  if errors:
+    print(f"error: {len(errors)} of {len(paths)} file(s) could not be read "
+          "and were skipped (listed above and in images.json): " +
+          "; ".join(errors[i] for i in sorted(errors)[:5]), file=sys.stderr,
+          flush=True)
+    sys.exit(1)
+
+
+def run():
+  """The console script's entry point (fcos-predict)."""
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()
