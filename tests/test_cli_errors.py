@@ -86,8 +86,8 @@ def test_config_by_name():
   want = os.path.join(root, "synthetic_cpu.py")
   assert common.resolve_config("synthetic_cpu") == want
   assert common.resolve_config("synthetic_cpu.py") == want
-  assert common.resolve_config("official_fcos:FCOS_R_50_FPN_1x") == (
-      os.path.join(root, "official_fcos.py") + ":FCOS_R_50_FPN_1x")
+  assert common.resolve_config("zoo:FCOS_R_50_FPN_1x") == (
+      os.path.join(root, "zoo.py") + ":FCOS_R_50_FPN_1x")
   here = str(ROOT / "configs" / "synthetic_cpu.py")
   assert common.resolve_config(here) == here  # A file stays as given.
   assert common.resolve_config(here + ":x") == here + ":x"

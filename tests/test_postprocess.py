@@ -167,7 +167,8 @@ def test_boxes_clipped_to_image_not_canvas():
   cfg = config_lib.official(num_classes=NUM_CLASSES)
   locations = compute_locations(CANVAS, cfg)
   outputs = head_outputs(2, locations.num_locations, NUM_CLASSES, cfg, seed=5)
-  outputs.box_regression *= 10.0  # Boxes far beyond the image.
+  outputs = outputs.replace(  # Boxes far beyond the image.
+      box_regression=outputs.box_regression * 10.0)
   image_hw = np.array([[100, 150], [64, 200]], np.int32)
   got = make_postprocess_fn(locations, cfg)(outputs, image_hw, image_hw)
   boxes, valid = np.asarray(got["boxes"]), np.asarray(got["valid"])
