@@ -231,7 +231,7 @@ def test_matches_torchvision_fcos():
 @pytest.mark.torch
 def test_benchmark_smoke(tmp_path):
   pytest.importorskip("torch")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / "bench.json"
   proc = subprocess.run(
       [sys.executable, os.path.join(root, "benchmarks", "bench_postprocess.py"),

@@ -17,7 +17,7 @@ from fcos_jax.inference import images as images_lib
 from fcos_jax.model.fcos import init_variables
 from tiny_run import tiny_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CFG = tiny_model(num_classes=3)
 CANVASES = ((64, 96), (96, 64))
 BATCH = 2

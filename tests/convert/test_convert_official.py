@@ -304,7 +304,7 @@ def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
   sd = random_official_state_dict(name)
   sd_path = tmp_path / "model.npz"
   np.savez(sd_path, **sd)
-  root = pathlib.Path(__file__).resolve().parents[1]
+  root = pathlib.Path(__file__).resolve().parents[2]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   run = lambda *args: subprocess.run(
       [sys.executable, "-m", "fcos_jax.cli.convert", f"--official={sd_path}",

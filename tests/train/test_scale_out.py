@@ -25,7 +25,7 @@ import pytest
 from jax.sharding import Mesh
 from tiny_run import TINY_RUN, as_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # For `configs` (the CLIs load it by path).
   sys.path.insert(0, str(ROOT))
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from cli_runs import run, tiny_args
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def analyze(*args):

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from test_train_cli import run, tiny_args
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 THRESH = "0.001"  # An untrained model: low scores, but many detections.
 
 

@@ -18,7 +18,7 @@ import pytest
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model import config as presets
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def random_torchvision_state_dict(seed=0):
