@@ -180,6 +180,9 @@ def _parse_flags(argv):
     key = hint.group(2) if hint else re.sub(r"\W", "", text.split("\\n")[0])
     where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
              and key in a.split("=")[0].split(".")]
+    if "object has no attribute" in text:
+      raise  # Python's own: a programming error (e.g. in a config file's
+      # get_config), shown with its traceback.
     name = where[0] if where else "a --config override"
     fix = f'; did you mean "{hint.group(1)}"?' if hint else "."
     print(f"error: {name}: the config has no field {key!r}{fix}",

@@ -17,9 +17,9 @@ def get_config():
   # The detector's architecture and assignment, with the RPN's class count
   # and proposal settings on top.
   rpn = model_presets.rpn()
-  keep = ("num_classes", "class_agnostic", "pre_nms_topk", "nms_iou",
-          "max_detections")
   config.model = model_config_dict(detector.replace(
-      **{k: getattr(rpn, k) for k in keep}))
+      num_classes=rpn.num_classes, class_agnostic=rpn.class_agnostic,
+      pre_nms_topk=rpn.inference.pre_nms_topk, nms_iou=rpn.inference.nms_iou,
+      max_detections=rpn.inference.max_detections))
   config.best_checkpoint_metric = "AR1000"
   return config
