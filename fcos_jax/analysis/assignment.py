@@ -12,7 +12,7 @@ Naming: B = images, P = locations over all levels, M = padded boxes.
   class. The shares are over positive locations (paper Table 2).
 
 The per-(location, box) test is the assigner's own per-axis test
-(`targets._axis_tests`), expanded to a dense [M, H_l, W_l] per level: the
+(`targets.axis_tests`), expanded to a dense [M, H_l, W_l] per level: the
 assigner only needs the first match, this needs them all.
 """
 
@@ -58,10 +58,10 @@ def _one_image_matches(boxes, classes, usable, grids, radius, inclusive):
   counts, differ = [], []
   big = jnp.iinfo(jnp.int32).max
   for xs, ys, stride, (lo, hi) in grids:
-    in_x, reach_x = targets._axis_tests(jnp.asarray(xs), boxes[:, 0:1],
+    in_x, reach_x = targets.axis_tests(jnp.asarray(xs), boxes[:, 0:1],
                                         boxes[:, 2:3], stride, radius, lo, hi,
                                         inclusive)             # [M, W]
-    in_y, reach_y = targets._axis_tests(jnp.asarray(ys), boxes[:, 1:2],
+    in_y, reach_y = targets.axis_tests(jnp.asarray(ys), boxes[:, 1:2],
                                         boxes[:, 3:4], stride, radius, lo, hi,
                                         inclusive)             # [M, H]
     in_x = in_x & usable[:, None]
@@ -83,7 +83,7 @@ def location_matches(boxes, classes, box_valid, is_crowd,
   Returns (count [B, P] int32, classes_differ [B, P] bool: the passing
   boxes are of two or more classes).
   """
-  grids = [targets._level_grid(locations, level)
+  grids = [targets.level_grid(locations, level)
            for level in range(cfg.num_levels)]
   usable = jnp.asarray(box_valid, bool) & ~jnp.asarray(is_crowd, bool)
 

@@ -125,8 +125,8 @@ def _level_top_k(cls, ctr, loc_max, sl: slice, k: int, cfg: ModelConfig):
   return jax.lax.cond(jnp.any(num_locations > cap), full, fast)
 
 
-def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
-                      cfg: ModelConfig, with_loc: bool = False):
+def level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
+                     cfg: ModelConfig, with_loc: bool = False):
   """The top candidates of one level, decoded.
 
   cls [B, P, C] logits, reg [B, P, 4] head distances, ctr [B, P] logits,
@@ -179,7 +179,7 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   cls, reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.centerness
   loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
   per_level = [
-      _level_candidates(cls, reg, ctr, loc_max, locations.points,
+      level_candidates(cls, reg, ctr, loc_max, locations.points,
                         locations.strides, locations.level_slice(level), cfg,
                         with_loc=True)
       for level in range(cfg.num_levels)]

@@ -58,8 +58,8 @@ class Targets(NamedTuple):
   matched_index: jax.Array
 
 
-def _axis_tests(coord, lo_edge, hi_edge, stride: float, radius: float,
-                size_lo: float, size_hi: float, inclusive: bool):
+def axis_tests(coord, lo_edge, hi_edge, stride: float, radius: float,
+               size_lo: float, size_hi: float, inclusive: bool):
   """The per-axis halves of the match test along x (or y) on one level.
 
   coord: [N] location coordinates along the axis (pixels); lo_edge, hi_edge:
@@ -86,7 +86,7 @@ def _axis_tests(coord, lo_edge, hi_edge, stride: float, radius: float,
   return inside & (m < size_hi), m > size_lo
 
 
-def _level_grid(locations: Locations, level: int):
+def level_grid(locations: Locations, level: int):
   """(xs [W], ys [H], stride, (lo, hi)) of a level; the points form a grid."""
   h, w = locations.level_sizes[level]
   sl = locations.level_slice(level)
@@ -138,9 +138,9 @@ def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
 
   first, points = [], []
   for xs, ys, stride, (lo, hi) in grids:  # 5 levels: static loop.
-    in_x, reach_x = _axis_tests(jnp.asarray(xs), sb[:, 0:1], sb[:, 2:3],
+    in_x, reach_x = axis_tests(jnp.asarray(xs), sb[:, 0:1], sb[:, 2:3],
                                 stride, radius, lo, hi, inclusive)  # [M, W]
-    in_y, reach_y = _axis_tests(jnp.asarray(ys), sb[:, 1:2], sb[:, 3:4],
+    in_y, reach_y = axis_tests(jnp.asarray(ys), sb[:, 1:2], sb[:, 3:4],
                                 stride, radius, lo, hi, inclusive)  # [M, H]
     in_x = in_x & su[:, None]
     # Pack the boxes (in rank order) as bits, 32 to a word: the pair test
@@ -229,7 +229,7 @@ def assign_targets(boxes, classes, box_valid, is_crowd, locations: Locations,
   classes = jnp.asarray(classes, jnp.int32)
   if cfg.class_agnostic:  # One 'object' class (FCOS as an RPN).
     classes = jnp.zeros_like(classes)
-  grids = [_level_grid(locations, level) for level in range(cfg.num_levels)]
+  grids = [level_grid(locations, level) for level in range(cfg.num_levels)]
 
   def one(b, c, u):
     return _assign_one(b, c, u, grids, float(cfg.assign.center_sampling_radius),

@@ -58,7 +58,7 @@ def candidates_function(cfg: ModelConfig, params, canvas_hw):
                      outputs.centerness)
     loc_max = cls.max(axis=-1)
     per_level = [
-        postprocess._level_candidates(  # pylint: disable=protected-access
+        postprocess.level_candidates(
             cls, reg, ctr, loc_max, locations.points, locations.strides,
             locations.level_slice(level), cfg)
         for level in range(cfg.num_levels)]
