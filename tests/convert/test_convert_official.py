@@ -316,7 +316,7 @@ def test_cli_writes_a_workdir_of_the_named_model(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   model = json.loads((workdir / "config.json").read_text())["model"]
   assert model["dcn_stages"] == [3, 4, 5] and model["head_dcn"] is True
-  assert model["score_thresh"] == 0.1 and model["num_classes"] == 80
+  assert model["inference"]["score_thresh"] == 0.1 and model["num_classes"] == 80
   cats = json.loads((workdir / "categories.json").read_text())["categories"]
   assert cats[0] == {"id": 1, "name": "person"} and len(cats) == 80
   cfg = official.published_config(name, score_thresh=0.1)

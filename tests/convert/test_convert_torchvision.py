@@ -194,7 +194,7 @@ def test_detections_match_torchvision_end_to_end(canvas):
   thresh = 0.05  # Random heads score ~0.07: many candidates on every image.
   cfg = CFG.replace(score_thresh=thresh)
   model = copy.deepcopy(tv_fcos(0))
-  model.inference.score_thresh = thresh
+  model.score_thresh = thresh
   with torch.no_grad():  # Boxes of positive area: a random relu head gives
     # many zero distances, and IoU of empty boxes is 0/0 (NaN in torch).
     model.head.regression_head.bbox_reg.bias.fill_(1.5)
