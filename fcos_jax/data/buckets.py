@@ -107,7 +107,7 @@ def assign_buckets(table: ExampleTable, canvases, min_size, max_size: int):
   if bad.any():
     i = int(np.argmax(bad))
     raise DataError(
-        f"image {table.paths[i]}: " + fit_problem(
+        f"{table.paths[i]}: " + fit_problem(
             int(table.heights[i]), int(table.widths[i]), int(oh[i]),
             int(ow[i]), canvases, min_size, max_size) + ".")
   return bucket.astype(np.int64)
