@@ -6,21 +6,25 @@
   fcos-predict --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
       --images photo.jpg --out /tmp/pred --draw
 
---images is a file, a directory (its image files) or a glob, local or a
-URL (gs://...); JPEG (grayscale and CMYK too), PNG, BMP, GIF. Writes
+--images is a file, a directory (its image files) or a glob (`**` across
+folders), local or a URL (gs://...); JPEG (grayscale and CMYK too), PNG,
+BMP, GIF. --out must be new or empty unless --overwrite. Writes
 OUT/detections.json (COCO results format: image_id, category_id, bbox
 [x, y, w, h], score, plus category_name and file_name; image_id is the
-file's position in the sorted list, OUT/images.json maps them), and with
+file's position in the sorted list), OUT/images.json (per input: id,
+file_name, detections, its outputs or the error that skipped it), and with
 --draw OUT/draw/<name>.png (boxes, class names, scores), with --heatmaps
-OUT/heatmaps/<name>.png (each FPN level's best class score x centerness).
+OUT/heatmaps/<name>.png (each FPN level's best class score x centerness);
+<name> is the input's stem, numbered where another input has it.
 
 The images are resized by the run's rule (data.min_size / max_size, the
 largest of a multi-scale range) onto the smallest of data.canvases that
 holds them, with the evaluation pipeline's decoder and resize, so the
 validation images get exactly fcos-evaluate's detections. EXIF orientation
 is applied (photos come out upright; --noexif turns it off, as COCO
-evaluation does). A file that cannot be read is named and skipped, and the
-exit code is then 1; an empty input is an error.
+evaluation does). A file that cannot be read, decoded or put on a canvas
+is named and skipped, and the exit code is then 1; an empty input is an
+error.
 """
 
 import math
