@@ -45,3 +45,8 @@ class CheckpointWriteError(UserError, OSError):
 
 class NonFiniteLossError(UserError, RuntimeError):
   """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class StorageError(UserError, OSError):
+  """A storage URL (gs://...) that cannot be reached after the client's
+  bounded retries, or a bucket that does not exist (path and cause named)."""

@@ -124,8 +124,27 @@ def _read_results(path: str) -> list:
   results = storage.read_json(path)
   if not isinstance(results, list):
     raise DataError(f"{path}: expected a COCO results list (what fcos-evaluate "
-                     "writes), got a JSON {type(results).__name__}.")
+                     f"writes), got a JSON {type(results).__name__}.")
+  if not results:
+    raise DataError(f"{path}: the detections list is empty: there is no "
+                    "curve or recall to measure (the model found nothing "
+                    "above its score threshold; lower "
+                    "model.inference.score_thresh and evaluate again).")
   return results
+
+
+def _check_gt(gt: str) -> None:
+  """The ground truth must have images and (non-crowd) boxes: pycocotools
+  scores an empty one as -1 (or fails), which reads like a result."""
+  from fcos_jax.data.coco_format import read_coco_json
+  data, _ = read_coco_json(gt)
+  if not data["images"]:
+    raise DataError(f"{gt}: the ground truth has no images: nothing to "
+                    "measure. Pass --gt_json of a split with images.")
+  if not any(not a.get("iscrowd", 0) for a in data["annotations"]):
+    raise DataError(f"{gt}: the ground truth has {len(data['images'])} "
+                    "image(s) but no (non-crowd) box: precision and recall "
+                    "are undefined. Pass --gt_json of an annotated split.")
 
 
 def run_bpr_ambiguity(config, which: str) -> None:
@@ -156,6 +175,7 @@ def run_pr_curves(config) -> None:
   from fcos_jax import storage
   from fcos_jax.analysis import pr_curves
   detections, gt = _detections_json(), _gt_json(config)
+  _check_gt(gt)
   curves = pr_curves.class_agnostic_curves(gt, _read_results(detections))
   out = _out_dir()
   png = storage.join(out, "pr_curves_class_agnostic.png")
@@ -175,6 +195,7 @@ def run_recall(config) -> None:
   from fcos_jax import storage
   from fcos_jax.evaluation import proposal_eval
   detections, gt = _detections_json(), _gt_json(config)
+  _check_gt(gt)
   results = _read_results(detections)
   image_ids = [im["id"] for im in storage.read_json(gt)["images"]]
   metrics = proposal_eval.proposal_evaluate(gt, results, image_ids)

@@ -32,9 +32,31 @@ flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                   "Platforms the StableHLO is lowered for (SavedModel too).")
 flags.DEFINE_integer("batch", 1, "Batch size of the per-canvas SavedModel "
                      "and ONNX models (the StableHLO takes any batch).")
+flags.DEFINE_bool("overwrite", False,
+                  "Write into an --out folder that already holds files (those "
+                  "of the same names are replaced, others kept).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 FORMATS = ("stablehlo", "saved_model", "onnx")
+PLATFORMS = ("cpu", "cuda", "tpu")  # jax.export's names (not "gpu").
+DTYPES = ("float32", "bfloat16")
+
+
+def _one_of(valid):
+  return lambda values: bool(values) and all(v in valid for v in values)
+
+
+flags.register_validator(
+    "platforms", _one_of(PLATFORMS),
+    f"must be a comma-separated list of {', '.join(PLATFORMS)} (jax.export's "
+    "names: an NVIDIA GPU is cuda, not gpu).")
+flags.register_validator(
+    "formats", _one_of(FORMATS),
+    f"must be a comma-separated list of {', '.join(FORMATS)}.")
+flags.register_validator(
+    "dtypes", _one_of(DTYPES),
+    f"must be a comma-separated list of {', '.join(DTYPES)}.")
+flags.register_validator("batch", lambda v: v >= 1, "must be at least 1.")
 
 
 def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
@@ -122,6 +144,8 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from fcos_jax.inference import outputs  # pylint: disable=import-outside-toplevel
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
   config = FLAGS.config or common.recorded_config(FLAGS.workdir)
   common.setup(config)
   from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel

@@ -6,24 +6,28 @@
   fcos-predict --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
       --images photo.jpg --out /tmp/pred --draw
 
---images is a file, a directory (its image files) or a glob, local or a
-URL (gs://...); JPEG (grayscale and CMYK too), PNG, BMP, GIF. Writes
+--images is a file, a directory (its image files) or a glob (`**` across
+folders), local or a URL (gs://...); JPEG (grayscale and CMYK too), PNG,
+BMP, GIF. --out must be new or empty unless --overwrite. Writes
 OUT/detections.json (COCO results format: image_id, category_id, bbox
 [x, y, w, h], score, plus category_name and file_name; image_id is the
-file's position in the sorted list, OUT/images.json maps them), and with
+file's position in the sorted list), OUT/images.json (per input: id,
+file_name, detections, its outputs or the error that skipped it), and with
 --draw OUT/draw/<name>.png (boxes, class names, scores), with --heatmaps
-OUT/heatmaps/<name>.png (each FPN level's best class score x centerness).
+OUT/heatmaps/<name>.png (each FPN level's best class score x centerness);
+<name> is the input's stem, numbered where another input has it.
 
 The images are resized by the run's rule (data.min_size / max_size, the
 largest of a multi-scale range) onto the smallest of data.canvases that
 holds them, with the evaluation pipeline's decoder and resize, so the
 validation images get exactly fcos-evaluate's detections. EXIF orientation
 is applied (photos come out upright; --noexif turns it off, as COCO
-evaluation does). A file that cannot be read is named and skipped, and the
-exit code is then 1; an empty input is an error.
+evaluation does). A file that cannot be read, decoded or put on a canvas
+is named and skipped, and the exit code is then 1; an empty input is an
+error.
 """
 
-import os
+import math
 import sys
 import time
 
@@ -52,7 +56,22 @@ flags.DEFINE_integer("batch_size", None,
                      "Images per device call; default: eval_batch_size.")
 flags.DEFINE_bool("exif", True, "Apply the EXIF orientation of photos.")
 flags.DEFINE_integer("workers", 4, "Threads that read and resize images.")
+flags.DEFINE_bool("overwrite", False,
+                  "Write into an --out folder that already holds files (those "
+                  "of the same names are replaced, others kept).")
 flags.mark_flags_as_required(["images", "out"])
+flags.register_validator(
+    "batch_size", lambda v: v is None or v >= 1,
+    "must be a whole number of images per device call, at least 1 (or left "
+    "out: the config's eval_batch_size).")
+flags.register_validator(
+    "score_thresh", lambda v: v is None or (math.isfinite(v) and 0 <= v <= 1),
+    "must be a number in [0, 1] (a score threshold), e.g. 0.05.")
+flags.register_validator(
+    "draw_min_score", lambda v: math.isfinite(v) and 0 <= v <= 1,
+    "must be a number in [0, 1], e.g. 0.3.")
+flags.register_validator("workers", lambda v: v >= 1,
+                         "must be at least 1 (reading threads).")
 
 
 class _Progress:
@@ -77,40 +96,24 @@ class _Progress:
     return self.done / max(time.perf_counter() - self.start, 1e-9)
 
 
-def _unique_names(paths):
-  """A picture name per input: its stem, numbered where stems repeat."""
-  seen, names = {}, []
-  for p in paths:
-    stem = os.path.splitext(os.path.basename(str(p).rstrip("/")))[0] or "image"
-    n = seen.get(stem, 0)
-    seen[stem] = n + 1
-    names.append(stem if n == 0 else f"{stem}_{n}")
-  return names
-
-
-def _save_png(picture, path):
-  import io  # pylint: disable=import-outside-toplevel
-  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
-  buf = io.BytesIO()
-  picture.save(buf, format="PNG")
-  storage.write_bytes_atomic(path, buf.getvalue())
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if bool(FLAGS.workdir) == bool(FLAGS.torchvision):
     raise app.UsageError("Give one of --workdir and --torchvision.")
+  from fcos_jax.inference import images, outputs  # pylint: disable=import-outside-toplevel
+  # Everything that needs no model first: a bad --out or --images costs
+  # no restore.
+  paths = images.list_images(FLAGS.images)
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
   import ml_collections  # pylint: disable=import-outside-toplevel
   config = FLAGS.config or (common.recorded_config(FLAGS.workdir)
                             if FLAGS.workdir else ml_collections.ConfigDict(
                                 {"compilation_cache_dir": ""}))
   common.setup(config)
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
-  from fcos_jax.inference import draw, images  # pylint: disable=import-outside-toplevel
   from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel
 
-  paths = images.list_images(FLAGS.images)
   t0 = time.perf_counter()
   if FLAGS.workdir:
     det = Detector.from_workdir(FLAGS.workdir, FLAGS.checkpoint,
@@ -122,53 +125,22 @@ def main(argv):
     det = Detector.from_torchvision(FLAGS.torchvision,
                                     score_thresh=FLAGS.score_thresh,
                                     batch_size=FLAGS.batch_size)
-  names = _unique_names(paths)
   out = FLAGS.out
-  storage.makedirs(out)
-  records, errors = [], {}
-  done = 0
   progress = _Progress(len(paths))
-  category_names = {c["id"]: c["name"] for c in det.categories}
-  # The original pictures are kept only when something is drawn on them.
-  stream = det.predict_files(paths, heatmaps=FLAGS.heatmaps, exif=FLAGS.exif,
-                             workers=FLAGS.workers,
-                             keep_images=FLAGS.draw or FLAGS.heatmaps)
-  for i, (path, r) in enumerate(stream):
-    if isinstance(r, Exception):
-      errors[i] = str(r)
-      logging.error("Skipped %s", r)
-      progress.update(False)
-      continue
-    done += 1
-    if FLAGS.draw:
-      pic = draw.draw_detections(r["image"], r["boxes"], r["scores"],
-                                 r["labels"], r["names"],
-                                 min_score=FLAGS.draw_min_score)
-      _save_png(pic, storage.join(out, "draw", names[i] + ".png"))
-    if FLAGS.heatmaps:
-      pic = draw.draw_heatmaps(r["image"], r["maps"], det.cfg.strides)
-      _save_png(pic, storage.join(out, "heatmaps", names[i] + ".png"))
-    for rec in det.to_coco([r], [i]):
-      rec["category_name"] = category_names[rec["category_id"]]
-      rec["file_name"] = str(path)
-      records.append(rec)
-    progress.update(True)
-
-  image_records = []
-  for i, p in enumerate(paths):
-    entry = {"id": i, "file_name": str(p)}
-    if i in errors:
-      entry["error"] = errors[i]
-    image_records.append(entry)
-  storage.write_json_atomic(storage.join(out, "detections.json"), records)
-  storage.write_json_atomic(storage.join(out, "images.json"), image_records,
-                            indent=1)
-  print(f"predict: {done} images, {len(records)} detections, "
-        f"{progress.rate():.1f} images/s overall (decode + resize + model + "
-        f"NMS + files), {len(errors)} skipped; wrote "
-        f"{storage.join(out, 'detections.json')}", flush=True)
+  result = outputs.predict_to_folder(
+      det, paths, out, draw=FLAGS.draw, heatmaps=FLAGS.heatmaps,
+      exif=FLAGS.exif, workers=FLAGS.workers,
+      draw_min_score=FLAGS.draw_min_score, on_image=progress.update)
+  errors, records = result["errors"], result["records"]
+  for i in sorted(errors):
+    logging.error("Skipped %s", errors[i])
+  print(f"predict: {len(paths) - len(errors)} images, {len(records)} "
+        f"detections, {progress.rate():.1f} images/s overall (decode + resize"
+        f" + model + NMS + files), {len(errors)} skipped; wrote "
+        f"{storage.join(out, 'detections.json')} and "
+        f"{storage.join(out, 'images.json')}", flush=True)
   if errors:
-    print(f"error: {len(errors)} of {len(paths)} file(s) could not be read "
+    print(f"error: {len(errors)} of {len(paths)} file(s) could not be used "
           "and were skipped (listed above and in images.json): " +
           "; ".join(errors[i] for i in sorted(errors)[:5]), file=sys.stderr,
           flush=True)

@@ -34,6 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from fcos_jax import errors, storage
+from fcos_jax.convert import safe_load
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import (CAFFE_BGR_MEAN, IMAGENET_RGB_MEAN,
                                    IMAGENET_RGB_STD, ModelConfig)
@@ -177,11 +178,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
   def find_class(self, module, name):
     target = _ALLOWED_GLOBALS.get((module, name))
     if target is None:
-      raise pickle.UnpicklingError(
-          f"{self._source}: refused to load {module}.{name}: a Detectron "
-          "weights pickle holds only NumPy arrays in plain containers, and "
-          "this one asks for something else (it could run code). Nothing "
-          "was run; get the file from a trusted source.")
+      raise safe_load.refused(self._source, f"{module}.{name}")
     import importlib  # pylint: disable=import-outside-toplevel
     return getattr(importlib.import_module(target[0]), target[1])
 
@@ -191,8 +188,17 @@ def load_detectron_pickle(source) -> dict[str, np.ndarray]:
   -> {blob name: array}; blobs may sit under a "blobs" key."""
   if isinstance(source, (str, os.PathLike)):
     path = os.fspath(source)
-    data = _ArraysOnlyUnpickler(io.BytesIO(storage.read_bytes(path)),
-                                path).load()
+    try:
+      data = _ArraysOnlyUnpickler(io.BytesIO(storage.read_bytes(path)),
+                                  path).load()
+    except safe_load.RefusedPickle:
+      raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
+            AttributeError, IndexError, KeyError, UnicodeDecodeError) as e:
+      raise errors.DataError(
+          f"{path}: not a readable Detectron weights pickle ("
+          f"{type(e).__name__}: {str(e)[:200]}); it may be truncated or of "
+          "another kind (see config.init_backbone_format).") from None
   else:
     path, data = "the given mapping", source
   if isinstance(data, Mapping) and "blobs" in data:

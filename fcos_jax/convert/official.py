@@ -31,7 +31,6 @@ The released models, the ModelConfig that computes what each computed
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 from typing import Mapping
@@ -40,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from fcos_jax import registry, storage
+from fcos_jax.convert import safe_load
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import CAFFE_BGR_MEAN, RESUME_POLICY, ModelConfig
 from fcos_jax.model.fcos import MODEL_STRIDES
@@ -110,13 +110,12 @@ def load_official_state_dict(state_dict) -> dict[str, np.ndarray]:
     if path.endswith(".npz"):
       return _strip(tv.load_state_dict(path))
     try:
-      import torch  # Lazy: only needed to read .pth files.
+      import torch  # noqa: F401  (lazy: only needed to read .pth files)
     except ImportError as e:
       raise ImportError(
           f"Reading {path!r} needs PyTorch (pip install torch). Without it, "
           "save checkpoint['model'] as .npz elsewhere and pass that.") from e
-    data = io.BytesIO(storage.read_bytes(path))
-    state_dict = torch.load(data, map_location="cpu", weights_only=True)
+    state_dict = safe_load.torch_load(path, storage.read_bytes(path))
   if isinstance(state_dict, Mapping) and isinstance(
       state_dict.get("model"), Mapping):
     state_dict = state_dict["model"]

@@ -30,6 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from fcos_jax import errors, storage
+from fcos_jax.convert import safe_load
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
                                    CenternessQuality,
                                    ModelConfig)
@@ -57,10 +58,15 @@ def load_state_dict(state_dict) -> dict[str, np.ndarray]:
   """A path (.pth / .pt via torch, .npz via NumPy) or a mapping -> NumPy."""
   if isinstance(state_dict, (str, os.PathLike)):
     path = os.fspath(state_dict)
-    data = io.BytesIO(storage.read_bytes(path))  # Local or a URL.
+    raw = storage.read_bytes(path)  # Local or a URL.
     if path.endswith(".npz"):
-      with np.load(data) as arrays:
-        return {k: np.asarray(arrays[k]) for k in arrays.files}
+      try:  # No pickles: object arrays are refused.
+        with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
+          return {k: np.asarray(arrays[k]) for k in arrays.files}
+      except ValueError as e:
+        if "allow_pickle" in str(e):
+          raise safe_load.refused(path, "a pickled object array") from None
+        raise errors.DataError(f"{path}: not a readable .npz ({e}).") from None
     try:
       import torch  # Lazy: only needed to read .pth files.
     except ImportError as e:
@@ -69,7 +75,7 @@ def load_state_dict(state_dict) -> dict[str, np.ndarray]:
           "save the state dict as .npz elsewhere "
           "(np.savez(f, **{k: v.numpy() for k, v in sd.items()})) and pass "
           "that file or the np.load()ed dict.") from e
-    state_dict = torch.load(data, map_location="cpu", weights_only=True)
+    state_dict = safe_load.torch_load(path, raw)
   if not isinstance(state_dict, Mapping):
     raise TypeError(
         f"state_dict must be a path or a mapping of names to arrays, got "

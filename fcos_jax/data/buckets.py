@@ -42,15 +42,20 @@ def resized_hw_np(heights, widths, min_size: int, max_size: int):
           np.where(same, w, ow).astype(np.int64))
 
 
-def assign_buckets(table: ExampleTable, canvases, min_size, max_size: int):
-  """[N] canvas index of each image: the smallest canvas that holds it."""
+def _fit(heights, widths, canvases, min_size, max_size: int):
+  """(canvases, oh [N], ow [N], bucket [N], bad [N]) of images of these
+  sizes: each image's resized size, its canvas (least overflow, then the
+  smallest) and whether it fits none (or resizes to nothing)."""
   canvases = [tuple(int(v) for v in c) for c in canvases]
   for c in canvases:
     if len(c) != 2 or c[0] % 32 or c[1] % 32:
       raise DataError(f"data.canvases: {c} must be (H, W) with both a "
                       "multiple of 32 (the largest FPN stride).")
-  oh, ow = resized_hw_np(table.heights, table.widths, _max_min_size(min_size),
-                         max_size)
+  heights = np.asarray(heights, np.int64)
+  widths = np.asarray(widths, np.int64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    oh, ow = resized_hw_np(np.maximum(heights, 1), np.maximum(widths, 1),
+                           _max_min_size(min_size), max_size)
   ch = np.asarray([c[0] for c in canvases])[None]
   cw = np.asarray([c[1] for c in canvases])[None]
   # Overflow by a few pixels (rounding at extreme aspect ratios) is clamped.
@@ -60,13 +65,51 @@ def assign_buckets(table: ExampleTable, canvases, min_size, max_size: int):
   bucket = np.argmin(over * 1e12 + area, axis=1) if len(oh) else np.zeros(
       0, np.int64)
   worst = over[np.arange(len(oh)), bucket] if len(oh) else np.zeros(0)
-  bad = worst > 2 + 0.01 * np.maximum(oh, ow)
+  bad = ((worst > 2 + 0.01 * np.maximum(oh, ow)) | (oh < 1) | (ow < 1) |
+         (heights < 1) | (widths < 1))
+  return canvases, oh, ow, bucket, bad
+
+
+def fit_problem(h: int, w: int, oh: int, ow: int, canvases, min_size,
+                max_size: int) -> str:
+  """Why an h x w image that resizes to oh x ow fits no canvas: an extreme
+  shape (the resize rule leaves a side under a pixel or the long side past
+  every canvas) or canvases too small for ordinary images."""
+  if h < 1 or w < 1:
+    return f"the image is empty ({h}x{w} pixels)"
+  ratio = max(h, w) / min(h, w)
+  biggest = max(max(c) for c in canvases)
+  if oh < 1 or ow < 1 or ratio > biggest / 32:
+    return (f"a {h}x{w} image (aspect ratio {ratio:.0f}:1) resizes to "
+            f"{oh}x{ow} under data.min_size={min_size}, data.max_size="
+            f"{max_size}; no detector input can hold it. Crop or pad it to a "
+            "usual aspect ratio")
+  return (f"it resizes to {oh}x{ow}, which fits no canvas of "
+          f"data.canvases {list(canvases)}. Add a canvas at least that large "
+          "(multiples of 32) or lower data.min_size / data.max_size")
+
+
+def fit_problems(table: ExampleTable, canvases, min_size, max_size: int
+                 ) -> list[tuple[int, str]]:
+  """(index, why) of every image of `table` that fits no canvas."""
+  canvases, oh, ow, _, bad = _fit(table.heights, table.widths, canvases,
+                                  min_size, max_size)
+  return [(int(i), fit_problem(int(table.heights[i]), int(table.widths[i]),
+                               int(oh[i]), int(ow[i]), canvases, min_size,
+                               max_size)) for i in np.flatnonzero(bad)]
+
+
+def assign_buckets(table: ExampleTable, canvases, min_size, max_size: int):
+  """[N] canvas index of each image: the smallest canvas that holds it.
+  DataError naming the first image that fits none (`fit_problem`)."""
+  canvases, oh, ow, bucket, bad = _fit(table.heights, table.widths, canvases,
+                                       min_size, max_size)
   if bad.any():
     i = int(np.argmax(bad))
     raise DataError(
-        f"data.canvases {canvases}: image {table.paths[i]} resizes to "
-        f"{oh[i]}x{ow[i]}, which fits no canvas. Add a canvas at least that "
-        "large (multiples of 32) or lower data.min_size / data.max_size.")
+        f"{table.paths[i]}: " + fit_problem(
+            int(table.heights[i]), int(table.widths[i]), int(oh[i]),
+            int(ow[i]), canvases, min_size, max_size) + ".")
   return bucket.astype(np.int64)
 
 

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import json
 import math
+import posixpath
 
 import numpy as np
 
@@ -237,6 +238,20 @@ def _image_problem(im) -> str | None:
   return None
 
 
+def outside_path_problem(file_name: str) -> str | None:
+  """Why `file_name` would name a file outside its image folder (None if
+  it stays inside): an absolute path, a URL, or a path that climbs out
+  with "..". Backslashes count as separators (Windows-made JSONs)."""
+  name = file_name.replace("\\", "/")
+  if "://" in name:
+    return "is a URL"
+  if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    return "is an absolute path"
+  if posixpath.normpath(name).split("/")[0] == "..":
+    return "climbs out of the image folder with '..'"
+  return None
+
+
 def _bbox_problem(bbox) -> str | None:
   """Why `bbox` is not 4 finite JSON numbers [x, y, width, height]."""
   want = "4 numbers [x, y, width, height]"
@@ -256,7 +271,8 @@ def _bbox_problem(bbox) -> str | None:
 
 
 def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
-                    info: DatasetInfo | None = None
+                    info: DatasetInfo | None = None,
+                    allow_outside_paths: bool = False
                     ) -> tuple[ExampleTable, DatasetInfo]:
   """Reads one split: its example table and its DatasetInfo.
 
@@ -269,7 +285,9 @@ def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
   integer image_id of a listed image; bbox exactly 4 finite numbers with
   non-negative size, not entirely outside the image; integer category_id
   of a listed category; iscrowd 0 or 1). Boxes partly outside are clipped
-  later, zero-size ones dropped later (`transforms.py`).
+  later, zero-size ones dropped later (`transforms.py`). A file_name that
+  leaves `image_dir` (absolute, a URL, or "../") is a problem too unless
+  `allow_outside_paths` (data.allow_outside_paths).
   """
   data, own_info = read_coco_json(json_path)
   info = info or own_info
@@ -289,6 +307,16 @@ def load_coco_split(json_path: str, image_dir: str, skip_bad: bool = False,
         bad_images.add(_meant_id(im["id"]))
       continue
     iid = im["id"]
+    outside = None if allow_outside_paths else outside_path_problem(
+        im["file_name"])
+    if outside:
+      problems.add(
+          f"image {iid}: file_name {im['file_name']!r} {outside}, so it "
+          f"names a file outside the image folder {image_dir!r}. Write it "
+          "relative to that folder, or set data.allow_outside_paths=True "
+          "if reading files outside it is intended", images=[("index", k)])
+      bad_images.add(iid)
+      continue
     if id_counts[iid] > 1:
       problems.add(f"image id {iid} appears {id_counts[iid]} times in 'images'"
                    f" (this one: {im['file_name']!r}); give every image a "

@@ -68,6 +68,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Bad images (missing, corrupt) and bad annotations: False = stop with an
   # error naming the file / annotation; True = skip them, counted and logged.
   c.skip_bad_examples = False
+  # An annotation's file_name must name a file inside its image folder: a
+  # "../val/x.jpg" or "/abs/x.jpg" is refused (it would read another
+  # split's or anyone's files). True allows such paths, for every source.
+  c.allow_outside_paths = False
 
   # --- Performance and order ------------------------------------------------
   c.num_parallel_calls = -1  # Parallel decode/augment calls; -1 = AUTOTUNE.

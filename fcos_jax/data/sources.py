@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from fcos_jax import runtime
+from fcos_jax.data import buckets
 from fcos_jax.data import categories as categories_lib
 from fcos_jax.data.coco_format import (DatasetInfo, ExampleTable,
                                        dataset_info_of_file, load_coco_split)
+from fcos_jax.data.problems import Problems
 from fcos_jax.errors import DataError
 
 SOURCES = ("synthetic", "coco_format", "tfds")
@@ -132,7 +136,12 @@ def load_split(data_cfg, split: str, categories: list[dict] | None = None,
   against nothing. A mismatch is a DataError naming the ids on each side.
   """
   js, im, gt = split_files(data_cfg, split)
-  table, info = load_coco_split(js, im, skip_bad=bool(data_cfg.skip_bad_examples))
+  skip = bool(data_cfg.skip_bad_examples)
+  table, info = load_coco_split(
+      js, im, skip_bad=skip,
+      allow_outside_paths=bool(data_cfg.get("allow_outside_paths", False)))
+  table = _without_unfit_images(table, data_cfg, js, skip)
+  _check_not_empty(table, data_cfg, split, js)
   if categories is None and split == "val":
     categories, categories_from = training_categories(data_cfg)
   if categories is not None:
@@ -142,3 +151,41 @@ def load_split(data_cfg, split: str, categories: list[dict] | None = None,
       categories_lib.check_categories(categories, dataset_info_of_file(gt),
                                       gt, expected_from)
   return table, dataclasses.replace(info, gt_json=gt)
+
+
+def _without_unfit_images(table: ExampleTable, data_cfg, js: str,
+                          skip: bool) -> ExampleTable:
+  """The table without images the resize rule cannot put on any canvas
+  (a 3x5000 strip, a 0-pixel side): a DataError naming the first, or with
+  data.skip_bad_examples those images dropped, counted and logged."""
+  bad = buckets.fit_problems(table, data_cfg.canvases, data_cfg.min_size,
+                             data_cfg.max_size)
+  if not bad:
+    return table
+  problems = Problems(skip, js)
+  for i, why in bad:
+    problems.add(f"image {int(table.image_ids[i])} ({table.paths[i]}): {why}",
+                 images=[i])
+  problems.report()
+  keep = np.ones(len(table), bool)
+  keep[[i for i, _ in bad]] = False
+  return table.subset(keep)
+
+
+def _check_not_empty(table: ExampleTable, data_cfg, split: str, js: str):
+  """A split with no image, or no (non-crowd) box, is refused in one line:
+  training would learn nothing, and COCO evaluation of no ground truth is
+  undefined (pycocotools reports AP -1, which reads like a score)."""
+  skipped = (" after skipping bad ones (data.skip_bad_examples=True)"
+             if data_cfg.skip_bad_examples else "")
+  if not len(table):
+    raise DataError(
+        f"The {split} split {js} has no images{skipped}: nothing to "
+        f"{'train on' if split == 'train' else 'evaluate or analyze'}. "
+        "Point the data config at a split with images.")
+  if not (~table.is_crowd).any():
+    raise DataError(
+        f"The {split} split {js} has {len(table)} image(s) but no "
+        f"(non-crowd) box{skipped}: "
+        f"{'there is nothing to learn' if split == 'train' else 'COCO AP is undefined without ground truth'}. "
+        "Add annotations or point the data config at another split.")

@@ -20,6 +20,7 @@ never deletes anything else; any folder `fcos_jax.storage` reaches works
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -224,6 +225,26 @@ def _legacy_params(directory: str, entries: list[str]) -> dict | None:
   return p if isinstance(p, dict) and set(p) == keys else None
 
 
+_OUR_IMAGE = re.compile(r"^(\d{8}\.jpg|\.\d{8}\.jpg\.tmp-[0-9a-f]{8})$")
+
+
+def _remove_our_images(folder) -> None:
+  """Deletes the images the generator writes in a split folder (named
+  NNNNNNNN.jpg, or a temporary of one) and nothing else: a file a user put
+  there (train/my_extra_photo.jpg) stays, and so does the folder then."""
+  others = False
+  for p in folder.iterdir():
+    if _OUR_IMAGE.match(p.name) and not p.is_dir():
+      p.unlink()
+    else:
+      others = True
+  if not others:
+    try:
+      folder.rmdir()
+    except (OSError, NotImplementedError):  # Object stores: no empty folders.
+      pass
+
+
 def is_complete(directory: str, params: dict) -> bool:
   s = _stamp(directory)
   return bool(s) and s.get("complete") is True and s["params"] == params
@@ -245,8 +266,10 @@ def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
 
   image_size: side of square images, or (H, W). `directory` must be new,
   empty, or made by this generator (with other parameters it is remade:
-  only what the generator wrote is deleted); a folder with anything else
-  in it is refused with a DataError, never emptied.
+  only what the generator wrote is deleted, i.e. train.json, val.json and
+  the NNNNNNNN.jpg images in train/ and val/; a file a user added there
+  survives); a folder with anything else in it is refused with a
+  DataError, never emptied.
   """
   params = dataset_params(num_train, num_val, image_size, seed)
   if is_complete(directory, params):
@@ -276,7 +299,10 @@ def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
   for name in (*_OURS, _LEGACY_STAMP):
     if name in entries:
       p = root / name
-      p.rmtree() if p.is_dir() else p.unlink()
+      if p.is_dir():
+        _remove_our_images(p)
+      else:
+        p.unlink()
   write_split(directory, "train", num_train, image_size, seed,
               first_image_id=1)
   write_split(directory, "val", num_val, image_size, seed,

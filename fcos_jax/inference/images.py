@@ -15,9 +15,11 @@ width/height fields say so): evaluation and `exif=False` ignore the tag.
 
 from __future__ import annotations
 
+import fnmatch
 import glob as glob_lib
 import io
 import os
+import re
 
 import numpy as np
 
@@ -31,36 +33,84 @@ _WILDCARDS = "*?["
 _EXIF_ORIENTATION = 0x0112
 
 
+def _url_glob(spec: str) -> list[str]:
+  """The files matching a URL pattern: `*`, `?` and `[...]` within one path
+  part, `**` across any number of folders (walked here: the gs:// clients
+  refuse `**` themselves)."""
+  first = min(spec.index(c) for c in _WILDCARDS if c in spec)
+  base = spec[:spec.rindex("/", 0, first)]
+  pattern = spec[len(base) + 1:]
+  if "**" not in pattern:
+    return [os.fspath(p) for p in storage.path(base).glob(pattern)]
+  regex = ""
+  for i, part in enumerate(pattern.split("/")):
+    last = i == len(pattern.split("/")) - 1
+    if part == "**":
+      regex += ".*" if last else "(?:[^/]+/)*"
+      continue
+    # fnmatch's translation of one part, its "." kept within the part.
+    one = fnmatch.translate(part)[len("(?s:"):-len(")\\Z")]
+    regex += one.replace(".*", "[^/]*").replace(".", "[^/]").replace(
+        "\\[^/]", "\\.") + ("" if last else "/")
+  matcher = re.compile(f"(?s:{regex})\\Z")
+  found, todo = [], [storage.path(base)]
+  while todo:
+    for q in todo.pop().iterdir():
+      if q.is_dir():
+        todo.append(q)
+      else:
+        rel = os.fspath(q)[len(base) + 1:]
+        if matcher.match(rel):
+          found.append(os.fspath(q))
+  return found
+
+
 def list_images(spec: str) -> list[str]:
   """Image paths of a file, a directory (its image files, sorted; not
-  recursive) or a glob pattern (`dir/*.jpg`, `gs://b/x/**/*.png`), sorted.
+  recursive) or a glob pattern (`dir/*.jpg`, `dir/**/*.jpg`, the same on
+  gs://), sorted.
 
-  Raises FileNotFoundError when nothing matches, naming what was looked at.
+  Raises MissingFileError when nothing matches, naming what was looked at
+  (StorageError for a bucket that does not exist or storage that does not
+  answer).
   """
   spec = str(spec)
+  forms = ("a file, a folder, or a pattern with * ? [...] within a path "
+           "part and ** across folders (e.g. gs://bucket/photos/**/*.jpg)")
   if any(c in spec for c in _WILDCARDS):
     if storage.is_url(spec):
-      first = min(spec.index(c) for c in _WILDCARDS if c in spec)
-      base = spec[:spec.rindex("/", 0, first)]
-      pattern = spec[len(base) + 1:]
-      paths = [os.fspath(p) for p in storage.path(base).glob(pattern)]
+      with storage.guard(spec, "list"):
+        try:
+          paths = _url_glob(spec)
+        except FileNotFoundError:
+          storage.check_bucket(spec)
+          paths = []
+        except (NotImplementedError, ValueError) as e:
+          raise MissingFileError(f"--images={spec}: {e}; give {forms}.") \
+              from None
+        paths = [p for p in paths if not storage.path(p).is_dir()]
     else:
       paths = glob_lib.glob(os.path.expanduser(spec), recursive=True)
-    paths = sorted(p for p in paths if not storage.path(p).is_dir())
+      paths = [p for p in paths if not os.path.isdir(p)]
+    paths = sorted(paths)
     if not paths:
+      storage.check_bucket(spec)
       raise MissingFileError(f"--images={spec}: the pattern matches no file.")
     return paths
   p = storage.path(spec)
-  if not p.exists():
-    raise MissingFileError(f"--images={spec}: no such file or directory.")
-  if p.is_dir():
-    paths = sorted(os.fspath(q) for q in p.iterdir()
-                   if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir())
-    if not paths:
-      raise MissingFileError(
-          f"--images={spec}: the directory has no image files "
-          f"({', '.join(IMAGE_EXTENSIONS)}).")
-    return paths
+  with storage.guard(spec, "list"):
+    if not p.exists():
+      storage.check_bucket(spec)
+      raise MissingFileError(f"--images={spec}: no such file or directory "
+                             f"(give {forms}).")
+    if p.is_dir():
+      paths = sorted(os.fspath(q) for q in p.iterdir()
+                     if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir())
+      if not paths:
+        raise MissingFileError(
+            f"--images={spec}: the directory has no image files "
+            f"({', '.join(IMAGE_EXTENSIONS)}).")
+      return paths
   return [spec]
 
 

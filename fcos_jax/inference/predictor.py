@@ -98,9 +98,11 @@ class Predictor:
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-      raise ValueError(
+      raise errors.DataError(
           f"{name}: expected a uint8 [H, W, 3] RGB array, got {image.dtype} "
           f"{image.shape}.")
+    # An empty or extreme shape is refused by name here (`Resizer` asks the
+    # bucket rule), before TF's resize could fail on it.
     index, canvas, image_hw = self.resizer(image, name)
     return Prepared(key, index, canvas, image_hw, tuple(image.shape[:2]))
 

@@ -83,7 +83,7 @@ def test_bad_files_are_skipped_and_counted_and_empty_input_refused(trained):
   out = tmp / "pred_mixed"
   proc = predict(workdir, f"--images={mixed}/*", f"--out={out}", check=False)
   assert proc.returncode == 1
-  assert "2 of 3 file(s) could not be read" in proc.stderr
+  assert "2 of 3 file(s) could not be used" in proc.stderr
   assert "broken.jpg" in proc.stderr and "notes.png" in proc.stderr
   records = json.loads((out / "images.json").read_text())
   assert [("error" in r) for r in records] == [False, True, True]
