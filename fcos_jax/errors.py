@@ -45,3 +45,11 @@ class CheckpointWriteError(UserError, OSError):
 
 class NonFiniteLossError(UserError, RuntimeError):
   """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class CheckpointReadError(UserError, OSError):
+  """No checkpoint of a run can be restored (each one named, with the fix)."""
+
+
+class WorkdirLockedError(WorkdirError):
+  """Another live process writes this workdir (the holder is named)."""
