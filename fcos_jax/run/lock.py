@@ -96,15 +96,15 @@ class WorkdirLock:
       with os.fdopen(fd, "wb") as f:
         f.write(data)
       return True
+    if storage.exists(self.path):
+      return False
     fs = _fsspec(self.path)
-    if fs is not None:
+    if fs is not None:  # A create-only upload: GCS refuses a second one.
       try:
         fs.pipe_file(self.path, data, mode="create")
       except FileExistsError:
         return False
     else:
-      if storage.exists(self.path):
-        return False
       storage.write_bytes_atomic(self.path, data)
     time.sleep(0.5)  # Another writer's upload may have landed after ours.
     held = self.read()
