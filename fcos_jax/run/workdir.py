@@ -89,13 +89,14 @@ class Run:
 
   def evaluation_dir(self, config, step: int, val_json: str) -> str:
     """Where fcos-evaluate writes detections/metrics of `step`: the run's
-    own eval/ (eval/metrics_stepN.json) when `config` has the recorded
-    model and data fields and that step has no metrics there yet;
-    otherwise eval/<val json stem>_step<N>_<8 hex of the model and data
-    fields>/, a name that cannot collide with training's files."""
+    own eval/ (eval/metrics_stepN.json) when that step has no metrics
+    there yet and `config` has the recorded model and data fields (or the
+    workdir records none: e.g. another run's checkpoint evaluated into a
+    new folder); otherwise eval/<val json stem>_step<N>_<8 hex of the model
+    and data fields>/, a name that cannot collide with training's files."""
     recorded = self.read_config()
     plain = record.as_plain(config)
-    same = recorded is not None and all(
+    same = recorded is None or all(
         record.as_plain(recorded).get(k) == plain.get(k)
         for k in ("model", "data"))
     if same and not storage.exists(

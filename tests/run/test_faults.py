@@ -529,3 +529,10 @@ def test_nan_learning_rate_saves_only_finite_checkpoints(tmp_path,
   assert "at step 1" in str(e.value) and "no checkpoint yet" in str(e.value)
   assert checkpoint_steps(workdir) == []
   assert not (workdir / "lock.json").exists()
+
+
+def test_evaluation_into_a_new_folder_uses_the_plain_names(tmp_path):
+  from fcos_jax.configs import synthetic_cpu
+  run_ = Run(str(tmp_path / "evaluated"))  # No record: nothing to collide.
+  assert run_.evaluation_dir(synthetic_cpu.get_config(), 4,
+                             "/d/val.json") == run_.eval_dir
