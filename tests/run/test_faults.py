@@ -536,3 +536,46 @@ def test_evaluation_into_a_new_folder_uses_the_plain_names(tmp_path):
   run_ = Run(str(tmp_path / "evaluated"))  # No record: nothing to collide.
   assert run_.evaluation_dir(synthetic_cpu.get_config(), 4,
                              "/d/val.json") == run_.eval_dir
+
+
+def test_a_start_whose_first_batch_fails_leaves_no_record(tmp_path):
+  """Every training image unreadable: the first batch cannot be built, so
+  neither config.json nor categories.json is written (nor a lock left)."""
+  from coco_files import write_coco
+  js, im = write_coco(str(tmp_path / "data"),
+                      [(128, 128, [(10, 10, 60, 70, 1, 0)])] * 8,
+                      categories=[(1, "cat")])
+  for p in pathlib.Path(im).iterdir():
+    p.write_bytes(b"not an image")
+  workdir = tmp_path / "run"
+  args = tiny_args(tmp_path, 2, eval_at_end=False) + [
+      "--config.data.source=coco_format",
+      f"--config.data.coco.train_json={js}",
+      f"--config.data.coco.train_images={im}",
+      "--config.model.num_classes=1"]
+  line = _one_error_line(run("train.py", workdir, args, check=False))
+  assert im in line or "not an image" in line or ".png" in line, line
+  left = {p.name for p in workdir.iterdir()}
+  assert not left & {"config.json", "categories.json", "lock.json"}, left
+  assert checkpoint_steps(workdir) == []
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_releases_the_lock(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      command("train.py", workdir, tiny_args(tmp_path, 50, eval_at_end=False)),
+      env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True)
+  try:
+    wait_for(lambda: (workdir / "lock.json").exists(), [proc], "the lock")
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  err = proc.stderr.read()
+  assert rc in (0, 128 + signal.SIGTERM), err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  assert not (workdir / "lock.json").exists()
