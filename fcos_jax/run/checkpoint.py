@@ -140,7 +140,8 @@ def restore_newest(manager, step: int | None, restore_one):
   that one only. restore_one(step) returns what was restored; a UserError
   from it (e.g. the checkpoint does not fit the config) is raised as it is,
   any other error marks the step damaged. skipped: the damaged steps newer
-  than the one restored. Raises CheckpointReadError naming every damaged
+  than the one restored (complete checkpoints that do not restore; folders
+  of interrupted saves, which orbax does not list, are logged only). Raises CheckpointReadError naming every damaged
   step when none restores, MissingFileError when there is none.
   """
   directory = manager.directory
@@ -158,12 +159,12 @@ def restore_newest(manager, step: int | None, restore_one):
           "for the newest one that restores.") from None
   steps = sorted(manager.all_steps(), reverse=True)
   newest = steps[0] if steps else None
-  skipped = [s for s in unlisted_steps(manager)
-             if newest is None or s > newest]
-  for s in skipped:
-    logging.warning("Skipping %s/%d: not a complete checkpoint (left in "
-                    "place).", directory, s)
-  failures = []
+  unfinished = [s for s in unlisted_steps(manager)
+                if newest is None or s > newest]
+  for s in unfinished:
+    logging.warning("Skipping %s/%d: not a complete checkpoint (a save that "
+                    "was interrupted?).", directory, s)
+  skipped, failures = [], []
   for s in steps:
     try:
       restored = restore_one(s)
@@ -180,11 +181,14 @@ def restore_newest(manager, step: int | None, restore_one):
       logging.warning("Restored step %d of %s; skipped damaged step(s) %s.",
                       s, directory, sorted(skipped))
     return restored, s, sorted(skipped)
-  if not steps and not skipped:
-    raise errors.MissingFileError(f"No checkpoint found in {directory}.")
+  if not steps:
+    raise errors.MissingFileError(
+        f"No checkpoint found in {directory}" + (
+            f" (step folder(s) {unfinished} are incomplete)." if unfinished
+            else "."))
   raise errors.CheckpointReadError(
       f"No checkpoint in {directory} can be restored: step(s) "
-      f"{', '.join(failures) or ', '.join(map(str, skipped))} are damaged. "
+      f"{', '.join(failures)} are damaged. "
       "Restore them from a copy, or move the step folders elsewhere to start "
       "the run again from scratch (nothing was deleted).")
 

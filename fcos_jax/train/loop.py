@@ -261,8 +261,7 @@ def _set_aside(run: Run, manager, steps) -> None:
       if dst.exists():
         dst = storage.path(f"{dst}.{np.random.randint(1 << 30):08x}")
       try:
-        storage.makedirs(str(dst.parent))
-        src.rename(dst)
+        _move_tree(src, dst)
       except OSError as e:
         raise errors.CheckpointReadError(
             f"The damaged checkpoint {src} could not be moved out of the way "
@@ -274,6 +273,23 @@ def _set_aside(run: Run, manager, steps) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("damaged checkpoints set aside")
   manager.reload()
+
+
+def _move_tree(src, dst) -> None:
+  """Moves a folder (local: one rename; URL: each object copied, then the
+  source removed once every copy is written)."""
+  if not storage.is_url(str(src)):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)
+    return
+  files, folders = [], [src]
+  while folders:  # epath has no recursive glob on gs://: walk the folders.
+    for p in folders.pop().iterdir():
+      (folders if p.is_dir() else files).append(p)
+  for p in files:
+    target = dst / p.relative_to(src)
+    target.write_bytes(p.read_bytes())
+  src.rmtree()
 
 
 def _run(config, run, cfg, mesh, train_split, tx, schedule, state,

@@ -579,3 +579,44 @@ def test_sigterm_during_start_up_releases_the_lock(tmp_path):
   assert rc in (0, 128 + signal.SIGTERM), err[-3000:]
   assert "Traceback" not in err, err[-3000:]
   assert not (workdir / "lock.json").exists()
+
+
+def _walk(root):
+  """Relative names of the files under an epath folder (no `**` on gs://)."""
+  out, folders = [], [root]
+  while folders:
+    for p in folders.pop().iterdir():
+      if p.is_dir():
+        folders.append(p)
+      else:
+        out.append(str(p.relative_to(root)))
+  return sorted(out)
+
+
+def test_damaged_checkpoint_on_gcs_is_skipped_and_set_aside(gcs, caplog):  # noqa: F811
+  from fcos_jax.train import loop
+  directory = f"gs://{BUCKET}/damaged_run/checkpoints"
+  manager = checkpoint.make_manager(directory, keep=10, async_save=False)
+  saved = {}
+  for s in (1, 2):
+    params = {"w": jax.random.normal(jax.random.key(s), (16, 8))}
+    checkpoint.save(manager, s, {"params": params, "step": jnp.int32(s)},
+                    {"step": s})
+    saved[s] = jax.device_get(params)
+  manager.wait_until_finished()
+  manager.close()
+  storage.path(f"{directory}/2/state/manifest.ocdbt").unlink()
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = checkpoint.abstract_like(saved[1], sharding)
+  with caplog.at_level(logging.WARNING):
+    params, step = checkpoint.restore_params(directory, None, abstract)
+  assert step == 1
+  np.testing.assert_array_equal(np.asarray(params["w"]), saved[1]["w"])
+  assert any(f"{directory}/2 cannot be restored" in r.getMessage()
+             for r in caplog.records)
+  src = storage.path(f"{directory}/2")
+  names = _walk(src)
+  dst = storage.path(f"gs://{BUCKET}/damaged_run/checkpoints_damaged/2")
+  loop._move_tree(src, dst)
+  assert not storage.exists(f"{directory}/2/_CHECKPOINT_METADATA")
+  assert _walk(dst) == names and names
