@@ -50,3 +50,11 @@ class NonFiniteLossError(UserError, RuntimeError):
 class StorageError(UserError, OSError):
   """A storage URL (gs://...) that cannot be reached after the client's
   bounded retries, or a bucket that does not exist (path and cause named)."""
+
+
+class CheckpointReadError(UserError, OSError):
+  """No checkpoint of a run can be restored (each one named, with the fix)."""
+
+
+class WorkdirLockedError(WorkdirError):
+  """Another live process writes this workdir (the holder is named)."""

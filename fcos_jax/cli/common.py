@@ -67,6 +67,14 @@ def setup(config) -> None:
   runtime.enable_compilation_cache(config.compilation_cache_dir)
 
 
+def validate_config(config, needs=("train", "eval", "model")) -> None:
+  """The config's user-set fields checked before anything is set up,
+  written or compiled (fcos_jax.run.validate); a ConfigError names the
+  field, the value and a valid example."""
+  from fcos_jax.run.validate import validate  # pylint: disable=import-outside-toplevel
+  validate(config, needs=needs)
+
+
 def _without_closed_loop_noise(hook):
   """After a failed asynchronous checkpoint write, orbax's event loop is
   closed while tensorstore still completes the other writes; each of their

@@ -17,7 +17,9 @@ Writes WORKDIR/config.json (configs/torchvision_r50.py, or --config, with
 any --config.FIELD overrides: set the data fields fcos-evaluate should use),
 WORKDIR/categories.json (the 80 COCO categories; torchvision's 91 class
 slots mapped by COCO category id) and WORKDIR/checkpoints/0 (the
-parameters). Reading a .pth needs torch; the same state dict saved as .npz
+parameters), built in a folder beside WORKDIR and moved in only once
+complete: with --overwrite, a failed conversion leaves the old run as it
+was. The workdir is locked meanwhile (WORKDIR/lock.json). Reading a .pth needs torch; the same state dict saved as .npz
 does not.
 """
 
@@ -52,27 +54,126 @@ flags.mark_flags_as_mutual_exclusive(["torchvision", "official", "adelaidet"],
 STEP = 0  # The step number of the converted checkpoint.
 
 
+def _read_state_dict(state_dict, source: str):
+  """The weights file read up front: one DataError naming it when it is
+  no state dict (a bogus .npz, a truncated .pth), before anything is
+  written. Mappings pass through."""
+  import os  # pylint: disable=import-outside-toplevel
+  if not isinstance(state_dict, (str, os.PathLike)):
+    return state_dict
+  import pickle  # pylint: disable=import-outside-toplevel
+  import zipfile  # pylint: disable=import-outside-toplevel
+  from fcos_jax import errors  # pylint: disable=import-outside-toplevel
+  from fcos_jax.convert import official  # pylint: disable=import-outside-toplevel
+  from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
+  path = os.fspath(state_dict)
+  load = (tv.load_state_dict if source == "torchvision"
+          else official.load_official_state_dict)
+  try:
+    return load(path)
+  except errors.UserError:
+    raise
+  except FileNotFoundError:
+    raise errors.MissingFileError(
+        f"--{source}={path}: no such file.") from None
+  except ImportError:
+    raise
+  except (ValueError, OSError, EOFError, RuntimeError, KeyError,
+          zipfile.BadZipFile, pickle.UnpicklingError) as e:
+    kind = ("a NumPy .npz archive (np.savez)" if path.endswith(".npz") else
+            "a PyTorch state dict (torch.save)")
+    raise errors.DataError(
+        f"--{source}={path}: cannot be read as {kind} ({type(e).__name__}); "
+        "the file is damaged or of another format. Download it again, or "
+        "save the state dict with np.savez / torch.save.") from None
+
+
 def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
                        source="torchvision"):
   """Writes the converted run into `workdir`; returns its ModelConfig.
 
   source: "torchvision" (its 91-slot COCO FCOS), "official" or "adelaidet"
   (the released model of that zoo that config.model describes).
+  The run is written into a new folder beside `workdir` and moved into
+  place only once complete, so a failed conversion leaves the old run (with
+  --overwrite) or nothing (without) behind. The workdir is locked while
+  this runs (one writer at a time).
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
-  from fcos_jax.run import Run, checkpoint  # pylint: disable=import-outside-toplevel
-  from fcos_jax.model.config_dict import model_config_from  # pylint: disable=import-outside-toplevel
-
-  cfg = model_config_from(config.model)
+  from fcos_jax.run import Run  # pylint: disable=import-outside-toplevel
+  from fcos_jax.run.validate import validate  # pylint: disable=import-outside-toplevel
+  validate(config, needs=("eval", "model"))
   run = Run(workdir)
-  if run.has_checkpoints():
-    if not overwrite:
+  if run.has_checkpoints() and not overwrite:
+    raise UserError(
+        f"{run.checkpoints} already has checkpoints; pass --overwrite to "
+        "replace them, or another --workdir.")
+  state_dict = _read_state_dict(state_dict, source)
+  storage.makedirs(workdir)
+  with run.lock("fcos-convert"):
+    if run.has_checkpoints() and not overwrite:  # Another writer meanwhile.
       raise UserError(
           f"{run.checkpoints} already has checkpoints; pass --overwrite to "
           "replace them, or another --workdir.")
-    storage.path(run.checkpoints).rmtree()
+    staging = _staging_dir(workdir)
+    try:
+      cfg = _write_converted(state_dict, Run(staging), config, source)
+      _swap_in(staging, run)
+    finally:
+      if storage.exists(staging):
+        storage.path(staging).rmtree()
+  return cfg
+
+
+def _staging_dir(workdir: str) -> str:
+  """A new folder beside `workdir` (same file system / bucket)."""
+  import uuid  # pylint: disable=import-outside-toplevel
+  return f"{str(workdir).rstrip('/')}.converting-{uuid.uuid4().hex[:8]}"
+
+
+# What a converted run consists of: these entries of the workdir are
+# replaced by --overwrite; anything else there (e.g. the user's notes) stays.
+_RUN_ENTRIES = ("checkpoints", "config.json", "categories.json", "eval")
+
+
+def _swap_in(staging: str, run) -> None:
+  """Moves the finished run from `staging` into `run.workdir`: the old run's
+  entries are moved aside first and removed only once the new ones are in
+  place (restored if a move fails)."""
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  aside = staging + ".old"
+  storage.makedirs(aside)
+  moved = []
+  old_records = [p for p in run.config_records()
+                 if p.rsplit("/", 1)[-1] != "config.json"]
+  try:
+    for name in _RUN_ENTRIES + tuple(p.rsplit("/", 1)[-1]
+                                     for p in old_records):
+      src = storage.path(run.path(name))
+      if src.exists():
+        src.rename(storage.path(storage.join(aside, name)))
+        moved.append(name)
+    for p in storage.path(staging).iterdir():
+      p.rename(storage.path(run.path(p.name)))
+  except BaseException:
+    for name in moved:  # Put the old run back.
+      dst = storage.path(run.path(name))
+      if dst.exists():
+        (dst.rmtree() if dst.is_dir() else dst.unlink())
+      storage.path(storage.join(aside, name)).rename(dst)
+    raise
+  storage.path(aside).rmtree()
+
+
+def _write_converted(state_dict, run, config, source):
+  """Converts `state_dict` into the (new, empty) run directory `run`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  from fcos_jax.run import checkpoint  # pylint: disable=import-outside-toplevel
+  from fcos_jax.model.config_dict import model_config_from  # pylint: disable=import-outside-toplevel
+
+  cfg = model_config_from(config.model)
   from fcos_jax.convert import official  # pylint: disable=import-outside-toplevel
   inference = official.inference_fields(cfg)  # What a converted run may set.
   if source in ("official", "adelaidet"):
@@ -92,7 +193,7 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
         "config.model does not describe torchvision's COCO FCOS: " +
         "; ".join(bad) + ". Use configs/torchvision_r50.py (only the "
         "inference fields may change).")
-  storage.makedirs(workdir)
+  storage.makedirs(run.workdir)
   run.write_config(config)
   run.write_categories(categories)
   manager = run.checkpoint_manager(keep=1, async_save=False)
@@ -108,6 +209,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
+  common.validate_config(config, needs=("eval", "model"))
   common.setup(config)
   source = next(s for s in ("official", "adelaidet", "torchvision")
                 if getattr(FLAGS, s))

@@ -6,7 +6,11 @@
   fcos-evaluate --config ... --workdir ... --checkpoint /path/to/checkpoints/5000
 
 Prints the standard 12-number COCO table and writes detections (COCO results
-format) and metrics (JSON) to WORKDIR/eval. A class-agnostic model (the
+format) and metrics (JSON) to --out, or to WORKDIR/eval: under the run's own
+names (eval/metrics_stepN.json) only with the recorded config and when
+training wrote none for that step, otherwise in
+eval/<val json stem>_stepN_<config hash>/, so training's results are never
+overwritten. A class-agnostic model (the
 `rpn` preset) is scored as proposals instead: AR@100/300/1000 and
 small/medium/large @1000 (pycocotools, useCats=0). Only the parameters are
 restored (read-only), so the optimizer fields of the config do not matter.
@@ -21,6 +25,8 @@ from fcos_jax.cli import common
 FLAGS = flags.FLAGS
 common.define_trained_run_flags(
     "Run directory or gs:// URL (its checkpoints/ are used).")
+flags.DEFINE_string("out", None, "Folder (or gs:// URL) for the detections "
+                    "and metrics; default: under WORKDIR/eval.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -28,9 +34,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config or common.recorded_config(FLAGS.workdir)
+  common.validate_config(config, needs=("eval", "model"))
   common.setup(config)
   from fcos_jax.evaluation.evaluate_checkpoint import evaluate_checkpoint
-  evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+  evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint, out=FLAGS.out)
 
 
 def run():

@@ -6,7 +6,8 @@
 
 A run resumes by itself from the latest checkpoint in --workdir (a local
 folder or a gs:// URL). SIGTERM/SIGINT stop every process at one agreed step
-with a checkpoint. Any config field can be overridden with
+with a checkpoint. One process writes a workdir at a time (WORKDIR/lock.json
+names it; a second train.py there is refused). Any config field can be overridden with
 --config.FIELD=value; an unknown field or a value of the wrong type is
 refused.
 """
@@ -27,6 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  common.validate_config(FLAGS.config)  # Before anything is set up or written.
   common.setup(FLAGS.config)
   from fcos_jax.train.loop import train_and_evaluate  # After jax is set up.
   metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -79,7 +79,8 @@ def _pictures(config, ev, dets, expected_categories, out_dir, step, writer):
 
 
 def evaluate_params(config, params, mesh, workdir: str, step: int,
-                    expected_categories, writer=None) -> dict:
+                    expected_categories, writer=None,
+                    out_dir: str | None = None) -> dict:
   """COCO metrics of `params` on the evaluation split; files in workdir/eval
   (detections, metrics, and the PR curves at IoU 0.5/0.75 as a PNG). A
   class-agnostic model (`model.class_agnostic`, the `rpn` preset) gets the
@@ -89,7 +90,8 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
   validation images with ground truth and detections drawn (TensorBoard).
   expected_categories: the categories the model was trained on ([{"id",
   "name"}] in label order, or the training split's DatasetInfo); the
-  evaluation split must list the same ones.
+  evaluation split must list the same ones. out_dir: where the files go
+  (default: workdir/eval, training's own names).
   """
   # A class-agnostic model (FCOS as an RPN) is scored as proposals: AR at
   # 100 / 300 / 1000 boxes per image, useCats=0 (proposal_eval.py).
@@ -105,7 +107,7 @@ def evaluate_params(config, params, mesh, workdir: str, step: int,
   if jax.process_index() == 0:
     label_to_id = [int(c["id"]) for c in expected_categories]
     results = coco_results.detections_to_coco(dets, label_to_id)
-    out_dir = Run(workdir).eval_dir
+    out_dir = out_dir or Run(workdir).eval_dir
     storage.write_json_atomic(
         storage.join(out_dir, f"detections_step{step}.json"), results)
     if proposals:  # FCOS as an RPN: average recall, class-agnostic.

@@ -1,6 +1,7 @@
 """WORKDIR/categories.json: the training split's categories, in label order.
 
-Written with the first checkpoint (train.py) or by a converter; read by
+Written when the first start has worked (train.py: first batch built,
+step compiled) or by a converter; read by
 evaluation, prediction, analysis and resuming.
 """
 

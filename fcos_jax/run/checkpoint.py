@@ -110,6 +110,89 @@ def _shapes_by_path(tree) -> dict[str, tuple]:
           jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _root_cause(error: BaseException) -> str:
+  """The innermost cause of a chained exception, as one short line."""
+  seen = error
+  while seen.__cause__ is not None or seen.__context__ is not None:
+    seen = seen.__cause__ or seen.__context__
+  text = str(seen).strip().splitlines()
+  text = text[0] if text else ""
+  return f"{type(seen).__name__}: {text[:160]}"
+
+
+def unlisted_steps(manager) -> list[int]:
+  """Step folders (named by a number) that orbax does not list as
+  checkpoints (e.g. emptied or never finished), newest first."""
+  d = storage.path(str(manager.directory))
+  if not d.exists():
+    return []
+  listed = set(manager.all_steps())
+  return sorted((int(p.name) for p in d.iterdir()
+                 if p.name.isdigit() and int(p.name) not in listed),
+                reverse=True)
+
+
+def restore_newest(manager, step: int | None, restore_one):
+  """(restore_one(s), s, skipped): the newest checkpoint that restores.
+
+  step: None = try the steps newest first, falling back to older ones (each
+  one skipped is logged in one line and left in place); a step number =
+  that one only. restore_one(step) returns what was restored; a UserError
+  from it (e.g. the checkpoint does not fit the config) is raised as it is,
+  any other error marks the step damaged. skipped: the damaged steps newer
+  than the one restored (complete checkpoints that do not restore; folders
+  of interrupted saves, which orbax does not list, are logged only). Raises CheckpointReadError naming every damaged
+  step when none restores, MissingFileError when there is none.
+  """
+  directory = manager.directory
+  if step is not None:
+    step = _check_step(manager, step)
+    try:
+      return restore_one(step), step, []
+    except errors.UserError:
+      raise
+    except Exception as e:  # orbax/tensorstore errors of a damaged folder.
+      raise errors.CheckpointReadError(
+          f"The checkpoint {directory}/{step} cannot be restored "
+          f"({_root_cause(e)}); it may be damaged. Pick another step "
+          f"(available: {sorted(manager.all_steps())}) or omit --checkpoint "
+          "for the newest one that restores.") from None
+  steps = sorted(manager.all_steps(), reverse=True)
+  newest = steps[0] if steps else None
+  unfinished = [s for s in unlisted_steps(manager)
+                if newest is None or s > newest]
+  for s in unfinished:
+    logging.warning("Skipping %s/%d: not a complete checkpoint (a save that "
+                    "was interrupted?).", directory, s)
+  skipped, failures = [], []
+  for s in steps:
+    try:
+      restored = restore_one(s)
+    except errors.UserError:
+      raise
+    except Exception as e:  # orbax/tensorstore errors of a damaged folder.
+      failures.append(f"{s} ({_root_cause(e)})")
+      logging.warning("Checkpoint %s/%d cannot be restored (%s); trying the "
+                      "previous one. It is left in place.", directory, s,
+                      _root_cause(e))
+      skipped.append(s)
+      continue
+    if skipped:
+      logging.warning("Restored step %d of %s; skipped damaged step(s) %s.",
+                      s, directory, sorted(skipped))
+    return restored, s, sorted(skipped)
+  if not steps:
+    raise errors.MissingFileError(
+        f"No checkpoint found in {directory}" + (
+            f" (step folder(s) {unfinished} are incomplete)." if unfinished
+            else "."))
+  raise errors.CheckpointReadError(
+      f"No checkpoint in {directory} can be restored: step(s) "
+      f"{', '.join(failures)} are damaged. "
+      "Restore them from a copy, or move the step folders elsewhere to start "
+      "the run again from scratch (nothing was deleted).")
+
+
 def restore(manager: ocp.CheckpointManager, step: int | None, abstract_state):
   """Restores (state, meta) at `step` (latest if None) onto the current mesh.
 
@@ -132,18 +215,27 @@ def restore(manager: ocp.CheckpointManager, step: int | None, abstract_state):
 def restore_params(directory: str, step: int | None, abstract_params):
   """(params, step) of a checkpoint, without the optimizer state.
 
-  directory: a run's checkpoints folder (local or URL); step None = latest.
+  directory: a run's checkpoints folder (local or URL); step None = the
+  newest that restores (damaged ones are skipped, logged, left in place).
   abstract_params: ShapeDtypeStructs of the parameters (shardings set for
   jax arrays). A read-only manager: nothing is written or deleted.
-  Raises FileNotFoundError when there is no such checkpoint, ValueError
-  naming the parameters whose shapes differ from the checkpoint's.
+  Raises MissingFileError when there is no such checkpoint,
+  CheckpointReadError when none restores, ConfigError naming the
+  parameters whose shapes differ from the checkpoint's.
   """
   if not storage.exists(directory):
     raise errors.MissingFileError(f"No checkpoints in {directory}.")
   manager = make_manager(directory, keep=1, read_only=True)
-  step = _check_step(manager, step)
-  if step is None:
-    raise errors.MissingFileError(f"No checkpoint found in {directory}.")
+  try:
+    params, step, _ = restore_newest(
+        manager, step, lambda s: _restore_params_at(manager, s, directory,
+                                                   abstract_params))
+  finally:
+    manager.close()
+  return params, int(step)
+
+
+def _restore_params_at(manager, step, directory, abstract_params):
   bad = shape_mismatches(manager, step, abstract_params, key="params")
   if bad:
     raise errors.ConfigError(
@@ -157,5 +249,4 @@ def restore_params(directory: str, step: int | None, abstract_params):
           item=item,
           restore_args=ocp.checkpoint_utils.construct_restore_args(item),
           partial_restore=True)))
-  manager.close()
-  return restored["state"]["params"], int(step)
+  return restored["state"]["params"]

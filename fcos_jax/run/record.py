@@ -78,7 +78,7 @@ def _flat(d, prefix=""):
   return out
 
 
-def _as_plain(config) -> dict:
+def as_plain(config) -> dict:
   """A config as JSON values (tuples as lists, inf as the string JSON gives)."""
   return json.loads(config.to_json_best_effort())
 
@@ -125,7 +125,7 @@ def check_resume(old: dict, config, record_path: str) -> list[str]:
   Returns the fields changed with allow_config_change (to log); raises
   ConfigChangeError naming every field that may not change.
   """
-  plain = _as_plain(config)
+  plain = as_plain(config)
   new = _flat({k: v for k, v in plain.items() if k != "model"})
   new.update(_model_keys(plain))
   old_model = _model_keys(old)

@@ -4,9 +4,11 @@
     config.json, config.<UTC>.json   the config of every start (record.py)
     categories.json                  the training split's categories
     checkpoints/<step>/              orbax checkpoints (checkpoint.py)
+    checkpoints_damaged/<step>/      damaged ones a resume skipped (kept)
     eval/                            evaluate.py's detections and metrics
     tensorboard/                     TensorBoard events and profiles
     analysis/                        analyze.py's default output
+    lock.json                        the live writer (lock.py), while it runs
 
 train.py, evaluate.py, predict.py, analyze.py, the converters, the exporter
 and `fcos_jax.Detector` all reach these files through a `Run`; nothing else
@@ -24,6 +26,7 @@ from fcos_jax.errors import ConfigError, MissingFileError
 from fcos_jax.model.fcos import init_variables
 from fcos_jax.run import categories as categories_lib
 from fcos_jax.run import checkpoint, record
+from fcos_jax.run import lock as lock_lib
 
 
 class Run:
@@ -51,6 +54,11 @@ class Run:
     return self.path(self.CHECKPOINTS)
 
   @property
+  def damaged_checkpoints(self) -> str:
+    """Where a resumed training run moves damaged checkpoints it skipped."""
+    return self.path(self.CHECKPOINTS + "_damaged")
+
+  @property
   def eval_dir(self) -> str:
     return self.path(self.EVAL)
 
@@ -65,6 +73,43 @@ class Run:
   @property
   def categories_file(self) -> str:
     return self.path(categories_lib.FILE)
+
+  @property
+  def lock_file(self) -> str:
+    return self.path(lock_lib.FILE)
+
+  # --- One writer at a time -----------------------------------------------------
+
+  def lock(self, command: str, **options) -> lock_lib.WorkdirLock:
+    """The workdir's writer lock (a context manager; see lock.py): entering
+    it takes the lock or raises WorkdirLockedError naming the holder."""
+    return lock_lib.WorkdirLock(self.workdir, command, **options)
+
+  # --- Where evaluate.py writes -------------------------------------------------
+
+  def evaluation_dir(self, config, step: int, val_json: str) -> str:
+    """Where fcos-evaluate writes detections/metrics of `step`: the run's
+    own eval/ (eval/metrics_stepN.json) when that step has no metrics
+    there yet and `config` has the recorded model and data fields (or the
+    workdir records none: e.g. another run's checkpoint evaluated into a
+    new folder); otherwise eval/<val json stem>_step<N>_<8 hex of the model
+    and data fields>/, a name that cannot collide with training's files."""
+    recorded = self.read_config()
+    plain = record.as_plain(config)
+    same = recorded is None or all(
+        record.as_plain(recorded).get(k) == plain.get(k)
+        for k in ("model", "data"))
+    if same and not storage.exists(
+        storage.join(self.eval_dir, f"metrics_step{step}.json")):
+      return self.eval_dir
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import json  # pylint: disable=import-outside-toplevel
+    digest = hashlib.sha256(json.dumps(
+        {k: plain.get(k) for k in ("model", "data")},
+        sort_keys=True).encode()).hexdigest()[:8]
+    stem = storage.path(val_json).name
+    stem = stem[:-5] if stem.endswith(".json") else stem
+    return self.path(self.EVAL, f"{stem}_step{step}_{digest}")
 
   # --- The config record and the resume policy -------------------------------
 

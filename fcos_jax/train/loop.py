@@ -22,10 +22,12 @@ from jax.experimental import multihost_utils
 from fcos_jax import errors, runtime, storage
 from fcos_jax.errors import CheckpointWriteError, NonFiniteLossError, WorkdirError
 from fcos_jax.data import categories, global_batch, pipeline, sources
+from fcos_jax.data.coco_format import dataset_info_of_file
 from fcos_jax.evaluation import coco_eval, evaluator
 from fcos_jax.train import param_groups
 from fcos_jax.model.fcos import init_variables
 from fcos_jax.run import Run, checkpoint
+from fcos_jax.run.validate import validate
 from fcos_jax.train import optimizer, steps
 from fcos_jax.model.config_dict import model_config_from
 from fcos_jax.train.initial_weights import load_initial_params
@@ -106,6 +108,58 @@ def _check_batch(config) -> None:
           f"{jax.device_count()}.")
 
 
+def _check_val_categories(config, info) -> None:
+  """The evaluation split must have the training split's categories: refused
+  at start-up, not after the whole run. Reads the annotation JSONs' headers
+  only (TFDS: the fixed COCO categories, and data.tfds.val_gt_json if set)."""
+  if not (config.eval_at_end or config.eval_every_steps):
+    return
+  if config.data.source == "tfds" and not config.data.tfds.val_gt_json:
+    return
+  expected = categories.as_records(info)
+  names = ([config.data.tfds.val_gt_json] if config.data.source == "tfds"
+           else sorted(set(sources.split_files(config.data, "val")[::2])))
+  for js in names:
+    categories.check_categories(
+        expected, dataset_info_of_file(js), f"the evaluation split ({js})",
+        f"the training split ({info.gt_json})")
+
+
+@contextlib.contextmanager
+def _holding_workdir(run: Run, command: str):
+  """The workdir's writer lock, held by process 0 for the whole run (the
+  other processes learn whether it was taken). SIGTERM before the loop's own
+  handler is installed ends the start-up through the `finally`s, so the
+  lock is released."""
+  if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    def _exit(signum, frame):
+      del frame
+      raise SystemExit(128 + signum)
+    try:
+      signal.signal(signal.SIGTERM, _exit)
+    except ValueError:  # Not the main thread.
+      pass
+  lock, failure = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = run.lock(command).acquire()
+    except errors.WorkdirLockedError as e:
+      failure = e
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(lock is not None))
+    if not int(taken) and failure is None:
+      failure = errors.WorkdirLockedError(
+          f"{run.workdir} is in use by another process (process 0 could not "
+          "take its lock); use another --workdir.")
+  if failure is not None:
+    raise failure
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per `config`, checkpointing to and resuming from `workdir`
   (a local path or a URL such as gs://bucket/run).
@@ -113,10 +167,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns the last evaluation metrics (empty if none ran).
   """
   # --- Set-up and checks: nothing is written before they pass ------------
+  validate(config)
   mesh = runtime.make_mesh()
   cfg = model_config_from(config.model)
   _check_batch(config)
   coco_eval.check_backend(config.eval_backend)  # Fail now, not after training.
+  run = Run(workdir)
+  _require_workdir(run)
+  with _holding_workdir(run, "train.py"):
+    return _train(config, run, cfg, mesh)
+
+
+def _train(config, run, cfg, mesh) -> dict:
   global_bs = config.global_batch_size
   is_chief = jax.process_index() == 0
   train_split = sources.load_split(config.data, "train")  # Read once.
@@ -126,6 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"config.model.num_classes={cfg.num_classes} but the training data has "
         f"{info.num_classes} categories; set --config.model.num_classes="
         f"{info.num_classes}.")
+  _check_val_categories(config, info)
 
   # --- Model and optimizer ---------------------------------------------
   labels_fn = lambda params: param_groups.param_labels(params, cfg)
@@ -133,9 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = optimizer.lr_schedule(config.optim, global_bs)
   state = create_train_state(config, cfg, tx, mesh)
 
-  # --- Checkpoint: resume by itself from the latest one ----------------
-  run = Run(workdir)
-  _require_workdir(run)
+  # --- Checkpoint: resume by itself from the newest that restores -------
   manager = run.checkpoint_manager(
       keep=config.keep_checkpoints,
       keep_best=config.keep_best_checkpoints,
@@ -170,16 +231,65 @@ def _restore_or_init(config, run, cfg, mesh, info, tx, state, manager):
   for line in run.check_resume(config):
     logging.warning("Config changed on resume (allow_config_change): %s", line)
   abstract = checkpoint.abstract_like(state, runtime.replicated(mesh))
-  bad = checkpoint.shape_mismatches(manager, latest, abstract)
-  if bad:
-    raise errors.ConfigChangeError(
-        f"The checkpoint at step {latest} in {manager.directory} does not fit "
-        f"this config ({len(bad)} array(s) differ): " + "; ".join(bad[:8]) +
-        ". Resume with the config the run was started with (its config.json) "
-        "or use another --workdir.")
-  state, meta = checkpoint.restore(manager, latest, abstract)
+
+  def restore_one(step):
+    bad = checkpoint.shape_mismatches(manager, step, abstract)
+    if bad:
+      raise errors.ConfigChangeError(
+          f"The checkpoint at step {step} in {manager.directory} does not fit "
+          f"this config ({len(bad)} array(s) differ): " + "; ".join(bad[:8]) +
+          ". Resume with the config the run was started with (its "
+          "config.json) or use another --workdir.")
+    return checkpoint.restore(manager, step, abstract)
+
+  (state, meta), step, skipped = checkpoint.restore_newest(
+      manager, None, restore_one)
+  if skipped:
+    _set_aside(run, manager, skipped)
   logging.info("Resumed from %s at step %d.", manager.directory, meta["step"])
   return state, meta
+
+
+def _set_aside(run: Run, manager, steps) -> None:
+  """Moves damaged step folders newer than the restored one to
+  WORKDIR/checkpoints_damaged/ (kept, not deleted), so the resumed run can
+  write those steps again."""
+  if jax.process_index() == 0:
+    for step in steps:
+      src = storage.path(storage.join(run.checkpoints, str(step)))
+      dst = storage.path(storage.join(run.damaged_checkpoints, str(step)))
+      if dst.exists():
+        dst = storage.path(f"{dst}.{np.random.randint(1 << 30):08x}")
+      try:
+        _move_tree(src, dst)
+      except OSError as e:
+        raise errors.CheckpointReadError(
+            f"The damaged checkpoint {src} could not be moved out of the way "
+            f"({e}); move it out of {run.checkpoints} yourself, then resume."
+        ) from None
+      logging.warning("Moved the damaged checkpoint %s to %s (kept for "
+                      "inspection); training goes on from the step before.",
+                      src, dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("damaged checkpoints set aside")
+  manager.reload()
+
+
+def _move_tree(src, dst) -> None:
+  """Moves a folder (local: one rename; URL: each object copied, then the
+  source removed once every copy is written)."""
+  if not storage.is_url(str(src)):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)
+    return
+  files, folders = [], [src]
+  while folders:  # epath has no recursive glob on gs://: walk the folders.
+    for p in folders.pop().iterdir():
+      (folders if p.is_dir() else files).append(p)
+  for p in files:
+    target = dst / p.relative_to(src)
+    target.write_bytes(p.read_bytes())
+  src.rmtree()
 
 
 def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
@@ -191,13 +301,18 @@ def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
   total = config.num_train_steps
   global_bs = config.global_batch_size
 
-  # --- The run's record: config of this start, the categories ------------
   if is_chief:
-    storage.makedirs(run.workdir)
-    logging.info("Config recorded in %s.", run.write_config(config))
-    if meta is None:
-      run.write_categories(info)
     _log_parameter_counts(state.params, cfg)
+
+  def write_record():
+    """The run's record (this start's config; the categories on the first
+    start), written once the start has worked (first batch built, step
+    compiled): a start that fails leaves the record as it was."""
+    if is_chief:
+      storage.makedirs(run.workdir)
+      logging.info("Config recorded in %s.", run.write_config(config))
+      if meta is None:
+        run.write_categories(info)
 
   # --- Input ------------------------------------------------------------
   train_iter = pipeline.build_train_dataset(
@@ -236,6 +351,8 @@ def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
         with progress.timed("compile"):
           runtime.compile_everywhere(train_step, state, batch,
                                      name="train_step")
+        if not compiled_canvases:
+          write_record()
         compiled_canvases.add(canvas)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
@@ -341,10 +458,14 @@ def _check_finite(state: TrainState, manager) -> None:
   if bad >= 0:
     _finish_saves(manager)
     good = manager.latest_step()
+    kept = (f"The last good checkpoint (step {good}) in {manager.directory} "
+            "is intact." if good is not None else
+            f"There is no checkpoint yet in {manager.directory} (none was "
+            "saved before that step).")
     raise NonFiniteLossError(
-        f"The loss or gradient became NaN/inf at step {bad + 1}; no update "
-        f"from that step on was applied. The last good checkpoint "
-        f"(step {good}) in {manager.directory} is intact. Likely causes: a LR "
+        f"The loss, gradient or update became NaN/inf at step {bad + 1}; no "
+        f"update from that step on was applied or saved. {kept} Likely "
+        "causes: a LR "
         "too high for this batch size (lower config.optim.base_lr or raise "
         "warmup_steps), broken boxes in the data, or bfloat16 overflow "
         "(try --config.model.numerics.dtype=float32).")

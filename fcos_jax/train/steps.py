@@ -40,6 +40,13 @@ def compute_loss(params, batch, cfg: ModelConfig):
   return loss, (metrics, stats)
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point entry of `tree` is finite (a bool scalar)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def train_step(state: TrainState, batch, *, cfg: ModelConfig,
                tx: optax.GradientTransformation, schedule):
   """One SGD update. Returns (new_state, metrics)."""
@@ -50,10 +57,12 @@ def train_step(state: TrainState, batch, *, cfg: ModelConfig,
   if stats:  # Trainable BatchNorm: move its running statistics.
     params = batch_stats.update_running_stats(params, stats, cfg.bn_momentum)
 
-  # A non-finite loss or gradient never reaches the parameters: keep the last
+  # A non-finite loss, gradient or update (e.g. a NaN learning rate) never
+  # reaches the parameters, so no checkpoint can hold one: keep the last
   # good state and remember the step, so the host can stop with a clear error.
   grad_norm = optax.tree.norm(grads)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.first_bad_step < 0)
+  ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) &
+        all_finite((params, opt_state)) & (state.first_bad_step < 0))
   keep = lambda new, old: jax.tree.map(
       lambda n, o: jnp.where(ok, n, o), new, old)
   first_bad = jnp.where((state.first_bad_step < 0) & ~ok, state.step,

@@ -47,8 +47,9 @@ def _val(tmp):
 def test_predict_equals_evaluate_on_the_val_images(trained):
   tmp, workdir = trained
   run("evaluate.py", workdir, tiny_args(tmp, steps=4) + [
-      "--checkpoint=4", f"--config.model.inference.score_thresh={THRESH}"])
-  want = json.loads((workdir / "eval" / "detections_step4.json").read_text())
+      "--checkpoint=4", f"--config.model.inference.score_thresh={THRESH}",
+      f"--out={tmp / 'evaluated'}"])
+  want = json.loads((tmp / "evaluated" / "detections_step4.json").read_text())
 
   out = tmp / "pred"
   val_dir, gt = _val(tmp)

@@ -47,10 +47,12 @@ def test_train_then_evaluate_through_the_clis(tmp_path):
   proc = run("evaluate.py", workdir, tiny_args(tmp_path) + [
       "--checkpoint=4", "--config.model.inference.score_thresh=0.0"])
   assert "COCO bbox evaluation at step 4" in proc.stdout
-  metrics = json.loads((workdir / "eval" / "metrics_step4.json").read_text())
+  # Another config than the recorded one: its own folder under eval/.
+  (out,) = (workdir / "eval").glob("val_step4_*")
+  metrics = json.loads((out / "metrics_step4.json").read_text())
   assert set(metrics) >= {"AP", "AP50", "ARl"} and metrics["num_images"] == 8
   assert all(0 <= metrics[k] <= 1 for k in ("AP", "AP50"))
-  detections = json.loads((workdir / "eval" / "detections_step4.json").read_text())
+  detections = json.loads((out / "detections_step4.json").read_text())
   val = json.loads((tmp_path.parent / "synthetic_tiny" / "val.json").read_text())
   image_ids = {im["id"] for im in val["images"]}
   category_ids = {c["id"] for c in val["categories"]}

@@ -80,7 +80,7 @@ def _run_config(model: ModelConfig, **top):
     (dict(fpn_channels=128), "architecture"),
 ])
 def test_resume_policy_follows_the_part(change, policy):
-  old = record._as_plain(_run_config(config_lib.official()))
+  old = record.as_plain(_run_config(config_lib.official()))
   new = _run_config(config_lib.official(**change))
   if policy == "free":
     assert record.check_resume(old, new, "config.json") == []
@@ -100,7 +100,7 @@ def test_a_flat_record_of_an_older_run_is_compared_by_part():
                 if f.name not in config_lib.PARTS
                 for v in [getattr(config_lib.official(), f.name)]}
   flat_model.update(score_thresh=0.05, reg_loss="giou", centerness_on="reg")
-  old = record._as_plain(ml_collections.ConfigDict(
+  old = record.as_plain(ml_collections.ConfigDict(
       {"num_train_steps": 8, "model": flat_model}))
   same = _run_config(config_lib.official())
   assert record.check_resume(old, same, "config.json") == []
