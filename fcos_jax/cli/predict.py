@@ -20,7 +20,9 @@ holds them, with the evaluation pipeline's decoder and resize, so the
 validation images get exactly fcos-evaluate's detections. EXIF orientation
 is applied (photos come out upright; --noexif turns it off, as COCO
 evaluation does). A file that cannot be read is named and skipped, and the
-exit code is then 1; an empty input is an error.
+exit code is then 1; an empty input is an error. --tta=cheap|official
+runs test-time augmentation (passes merged as the official FCOS; no
+--heatmaps then).
 """
 
 import os
@@ -52,6 +54,11 @@ flags.DEFINE_integer("batch_size", None,
                      "Images per device call; default: eval_batch_size.")
 flags.DEFINE_bool("exif", True, "Apply the EXIF orientation of photos.")
 flags.DEFINE_integer("workers", 4, "Threads that read and resize images.")
+flags.DEFINE_enum("tta", None, ["none", "cheap", "official"],
+                  "Test-time augmentation (--workdir runs): 'cheap' (the "
+                  "run's scale and 1.25x, flipped), 'official' (FCOS's "
+                  "400..1200 by 100, max 2000, flipped) or 'none'; default: "
+                  "the config's tta fields (off).")
 flags.mark_flags_as_required(["images", "out"])
 
 
@@ -106,6 +113,11 @@ def main(argv):
                             if FLAGS.workdir else ml_collections.ConfigDict(
                                 {"compilation_cache_dir": ""}))
   common.setup(config)
+  if FLAGS.tta and FLAGS.tta != "none" and not FLAGS.workdir:
+    raise app.UsageError("--tta needs --workdir (a run's resize rule).")
+  if FLAGS.tta and FLAGS.workdir:
+    from fcos_jax.inference import tta  # pylint: disable=import-outside-toplevel
+    tta.apply_to_config(config, FLAGS.tta)
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
   from fcos_jax.inference import draw, images  # pylint: disable=import-outside-toplevel
   from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel

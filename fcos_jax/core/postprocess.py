@@ -167,6 +167,57 @@ def _level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
   return out + (loc,) if with_loc else out
 
 
+def _clipped_candidates(outputs, locations: Locations, image_hw,
+                        cfg: ModelConfig):
+  """Steps 1-2 of the module docstring over all levels: (boxes [B, N, 4] in
+  canvas pixels clipped to the resized image, scores, classes, valid, loc),
+  each [B, N]."""
+  cls, reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.centerness
+  loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
+  per_level = [
+      _level_candidates(cls, reg, ctr, loc_max, locations.points,
+                        locations.strides, locations.level_slice(level), cfg,
+                        with_loc=True)
+      for level in range(cfg.num_levels)]
+  boxes, scores, classes, valid, loc = (jnp.concatenate(x, axis=1)
+                                        for x in zip(*per_level))
+
+  # Clip to the resized image: the canvas padding lies outside the image.
+  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
+  hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
+  return jnp.clip(boxes, 0.0, hi), scores, classes, valid, loc
+
+
+def to_original_pixels(boxes, image_hw, orig_hw):
+  """boxes [B, N, 4] in resized-image pixels -> original pixels, with
+  torchvision's float32 ratios orig / resized, clipped to the original."""
+  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
+  orig_hw = jnp.asarray(orig_hw).astype(jnp.float32)
+  ratio = orig_hw / image_hw  # [B, 2] (h, w)
+  scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)[:, None, :]
+  # The ratio can round up by an ulp (XLA:GPU's division is not correctly
+  # rounded): clip again so no box leaves the original image.
+  orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
+  return jnp.clip(boxes * scale, 0.0, orig_hi)
+
+
+def candidates(outputs, locations: Locations, image_hw, cfg: ModelConfig):
+  """The candidates of every level before NMS (steps 1-2), in the resized
+  image's pixels (clipped to it): what test-time augmentation merges over
+  passes (the official FCOS with BBOX_AUG skips the per-pass NMS the same
+  way; fcos_jax/core/tta.py).
+
+  Returns boxes [B, N, 4] float32, scores [B, N], classes [B, N] int32,
+  valid [B, N] bool (invalid slots: zero boxes and scores); N = the sum of
+  the per-level top-k, fixed by the canvas."""
+  _check_inputs(outputs, locations, image_hw, image_hw, cfg)
+  boxes, scores, classes, valid, _ = _clipped_candidates(
+      outputs, locations, image_hw, cfg)
+  return {"boxes": jnp.where(valid[..., None], boxes, 0.0),
+          "scores": jnp.where(valid, scores, 0.0),
+          "classes": jnp.where(valid, classes, 0), "valid": valid}
+
+
 def postprocess(outputs, locations: Locations, image_hw, orig_hw,
                 cfg: ModelConfig, with_locations: bool = False):
   """Head outputs -> at most K = cfg.inference.max_detections detections per image.
@@ -193,20 +244,8 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   `make_postprocess_fn`).
   """
   _check_inputs(outputs, locations, image_hw, orig_hw, cfg)
-  cls, reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.centerness
-  loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
-  per_level = [
-      _level_candidates(cls, reg, ctr, loc_max, locations.points,
-                        locations.strides, locations.level_slice(level), cfg,
-                        with_loc=True)
-      for level in range(cfg.num_levels)]
-  boxes, scores, classes, valid, loc = (jnp.concatenate(x, axis=1)
-                                        for x in zip(*per_level))
-
-  # Clip to the resized image: the canvas padding lies outside the image.
-  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
-  hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
-  boxes = jnp.clip(boxes, 0.0, hi)
+  boxes, scores, classes, valid, loc = _clipped_candidates(
+      outputs, locations, image_hw, cfg)
 
   nms = functools.partial(batched_nms, iou_threshold=float(cfg.inference.nms_iou),
                           max_output=int(cfg.inference.max_detections))
@@ -215,15 +254,7 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
   scores = jnp.take_along_axis(scores, keep, axis=1)
   classes = jnp.take_along_axis(classes, keep, axis=1)
-
-  # To original pixels, with torchvision's float32 ratios orig / resized.
-  orig_hw = jnp.asarray(orig_hw).astype(jnp.float32)
-  ratio = orig_hw / image_hw  # [B, 2] (h, w)
-  scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)[:, None, :]
-  # The ratio can round up by an ulp (XLA:GPU's division is not correctly
-  # rounded): clip again so no box leaves the original image.
-  orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
-  boxes = jnp.clip(boxes * scale, 0.0, orig_hi)
+  boxes = to_original_pixels(boxes, image_hw, orig_hw)
   dets = {
       "boxes": jnp.where(keep_valid[..., None], boxes, 0.0),
       "scores": jnp.where(keep_valid, scores, 0.0),

@@ -91,9 +91,10 @@ class Predictor:
       self._compiled[key] = jitted.lower(*args).compile()
     return self._compiled[key]
 
-  def prepare(self, image: np.ndarray, key=None, name: str = "image"
-              ) -> Prepared:
-    """uint8 [h, w, 3] RGB (or [h, w] gray) -> the image on its canvas."""
+  def prepare(self, image: np.ndarray, key=None, name: str = "image",
+              resizer: images_lib.Resizer | None = None) -> Prepared:
+    """uint8 [h, w, 3] RGB (or [h, w] gray) -> the image on its canvas
+    (of `resizer`, default: the predictor's own)."""
     image = np.asarray(image)
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=-1)
@@ -101,7 +102,7 @@ class Predictor:
       raise ValueError(
           f"{name}: expected a uint8 [H, W, 3] RGB array, got {image.dtype} "
           f"{image.shape}.")
-    index, canvas, image_hw = self.resizer(image, name)
+    index, canvas, image_hw = (resizer or self.resizer)(image, name)
     return Prepared(key, index, canvas, image_hw, tuple(image.shape[:2]))
 
   def run_batch(self, items: list[Prepared], heatmaps: bool = False
