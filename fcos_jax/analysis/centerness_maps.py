@@ -42,6 +42,10 @@ def level_maps(flat, locations, image_hw) -> list[np.ndarray]:
 
 
 def _maps_fn(cfg: ModelConfig, canvas_hw):
+  if cfg.quality.name != "centerness":
+    raise errors.ConfigError(
+        f"centerness maps: model.quality.name={cfg.quality.name!r} has no "
+        "centre-ness branch; this analysis needs a FCOS (centerness) model.")
   locations = compute_locations(canvas_hw, cfg)
 
   @jax.jit

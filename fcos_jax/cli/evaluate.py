@@ -15,7 +15,8 @@ overwritten. A class-agnostic model (the
 small/medium/large @1000 (pycocotools, useCats=0). Only the parameters are
 restored (read-only), so the optimizer fields of the config do not matter.
 Without --config, the run's recorded config (WORKDIR/config.json, latest) is
-used.
+used. --tta=cheap|official evaluates with test-time augmentation (config.tta;
+one process).
 """
 
 from absl import app, flags
@@ -27,6 +28,11 @@ common.define_trained_run_flags(
     "Run directory or gs:// URL (its checkpoints/ are used).")
 flags.DEFINE_string("out", None, "Folder (or gs:// URL) for the detections "
                     "and metrics; default: under WORKDIR/eval.")
+flags.DEFINE_enum("tta", None, ["none", "cheap", "official"],
+                  "Test-time augmentation: 'cheap' (the run's scale and "
+                  "1.25x, flipped: 4 passes), 'official' (FCOS's 400..1200 "
+                  "by 100, max 2000, flipped: 18 passes) or 'none'; default: "
+                  "the config's tta fields (off).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -36,6 +42,9 @@ def main(argv):
   config = FLAGS.config or common.recorded_config(FLAGS.workdir)
   common.validate_config(config, needs=("eval", "model"))
   common.setup(config)
+  if FLAGS.tta:
+    from fcos_jax.inference import tta  # pylint: disable=import-outside-toplevel
+    tta.apply_to_config(config, FLAGS.tta)
   from fcos_jax.evaluation.evaluate_checkpoint import evaluate_checkpoint
   evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint, out=FLAGS.out)
 

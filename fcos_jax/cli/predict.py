@@ -24,7 +24,9 @@ validation images get exactly fcos-evaluate's detections. EXIF orientation
 is applied (photos come out upright; --noexif turns it off, as COCO
 evaluation does). A file that cannot be read, decoded or put on a canvas
 is named and skipped, and the exit code is then 1; an empty input is an
-error.
+error. --tta=cheap|official
+runs test-time augmentation (passes merged as the official FCOS; no
+--heatmaps then).
 """
 
 import math
@@ -59,6 +61,11 @@ flags.DEFINE_integer("workers", 4, "Threads that read and resize images.")
 flags.DEFINE_bool("overwrite", False,
                   "Write into an --out folder that already holds files (those "
                   "of the same names are replaced, others kept).")
+flags.DEFINE_enum("tta", None, ["none", "cheap", "official"],
+                  "Test-time augmentation (--workdir runs): 'cheap' (the "
+                  "run's scale and 1.25x, flipped), 'official' (FCOS's "
+                  "400..1200 by 100, max 2000, flipped) or 'none'; default: "
+                  "the config's tta fields (off).")
 flags.mark_flags_as_required(["images", "out"])
 flags.register_validator(
     "batch_size", lambda v: v is None or v >= 1,
@@ -111,6 +118,11 @@ def main(argv):
                             if FLAGS.workdir else ml_collections.ConfigDict(
                                 {"compilation_cache_dir": ""}))
   common.setup(config)
+  if FLAGS.tta and FLAGS.tta != "none" and not FLAGS.workdir:
+    raise app.UsageError("--tta needs --workdir (a run's resize rule).")
+  if FLAGS.tta and FLAGS.workdir:
+    from fcos_jax.inference import tta  # pylint: disable=import-outside-toplevel
+    tta.apply_to_config(config, FLAGS.tta)
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
   from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel
 

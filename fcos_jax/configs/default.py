@@ -59,6 +59,20 @@ def get_config() -> ml_collections.ConfigDict:
   # "faster_coco_eval" (same 12 numbers, ~20x faster on 500 images).
   config.eval_backend = "pycocotools"
 
+  # Test-time augmentation in evaluation and prediction (fcos_jax/
+  # inference/tta.py; the official FCOS TEST.BBOX_AUG): the run's own
+  # resize is the first pass; each of `scales` (short sides, long side <=
+  # max_size) is another; with `flip` every pass is also run mirrored. All
+  # candidates are merged by class-wise NMS (model.inference.nms_iou) and
+  # the best model.inference.max_detections kept. The CLIs' --tta=cheap
+  # (the run's scale and 1.25x, flipped) or --tta=official (400..1200 by
+  # 100, max 2000, flipped) fill these in. Off by default.
+  config.tta = ml_collections.ConfigDict()
+  config.tta.enabled = False
+  config.tta.scales = ()  # E.g. (400, 500, 600, 700, 900, 1000, 1100, 1200).
+  config.tta.max_size = 2000
+  config.tta.flip = False
+
   # Backbone initialisation, used when the run starts (not on resume):
   # "" = random; else a torchvision ImageNet ResNet state dict (.pth, needs
   # torch) or the same saved with numpy (.npz), format "torchvision_resnet".

@@ -68,8 +68,11 @@ def score_maps(outputs, level_sizes):
   class's sqrt(sigmoid(cls) * sigmoid(centerness)), the score detections
   are ranked by. Returns a tuple over levels of float32 [B, H_l, W_l]."""
   prob = jax.nn.sigmoid(outputs.cls_logits.astype(jnp.float32)).max(-1)
-  ctr = jax.nn.sigmoid(outputs.centerness.astype(jnp.float32))
-  score = jnp.sqrt(prob * ctr)
+  if outputs.centerness is None:  # GFL: the class score is the quality.
+    score = prob
+  else:
+    ctr = jax.nn.sigmoid(outputs.centerness.astype(jnp.float32))
+    score = jnp.sqrt(prob * ctr)
   maps, start = [], 0
   for h, w in level_sizes:
     maps.append(score[:, start:start + h * w].reshape(-1, h, w))

@@ -162,7 +162,13 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     (total, metrics): total = loss_cls + loss_reg + loss_ctr, a float32
     scalar; metrics has loss_cls, loss_reg, loss_ctr and num_pos (the raw
     positive count over the batch, float32).
+
+  The entry point of every loss: another `cfg.loss.name` is computed by its
+  own module (loss "gfl": `fcos_jax.core.gfl.gfl_loss`).
   """
+  if cfg.loss.name == "gfl":
+    from fcos_jax.core import gfl  # pylint: disable=import-outside-toplevel
+    return gfl.gfl_loss(outputs, targets, locations, cfg)
   _check_inputs(outputs, targets, locations, cfg)
   positive = targets.positive
   pos = positive.astype(jnp.float32)                        # [B, P]

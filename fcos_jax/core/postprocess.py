@@ -13,6 +13,11 @@ by `cfg.inference.score_thresh_on`:
 3. Concatenate the levels, class-aware NMS at `nms_iou`, keep the best
    `max_detections`; map the boxes to the original image.
 
+Without a quality branch (GFL's joint score, `outputs.centerness` None),
+the class probability is the score: candidates prob > score_thresh, ranked
+by prob, score = prob (mmdetection's GFLHead), decoded from the expected
+distances (`box_regression`) the same way.
+
 The official code also calls `remove_small_boxes` with min_size 0, which
 removes nothing (its widths carry +1), so there is no such step here. Unlike
 the official code (clip to w - 1, IoU with +1 widths) we use torchvision's
@@ -57,10 +62,14 @@ CANDIDATE_LOCATIONS_PER_TOPK = 2
 
 def _rank(cls, ctr, cfg: ModelConfig):
   """cls [..., C] and ctr [...] logits -> [..., C] ranking key, -inf where
-  the pair is no candidate (see the module docstring)."""
+  the pair is no candidate (see the module docstring). ctr None (no quality
+  branch, GFL): prob > score_thresh, ranked by prob, whatever
+  score_thresh_on."""
   prob = jax.nn.sigmoid(cls.astype(jnp.float32))
-  ctr_prob = jax.nn.sigmoid(ctr.astype(jnp.float32))[..., None]
   neg_inf = jnp.float32(-jnp.inf)
+  if ctr is None:
+    return jnp.where(prob > cfg.inference.score_thresh, prob, neg_inf)
+  ctr_prob = jax.nn.sigmoid(ctr.astype(jnp.float32))[..., None]
   if cfg.inference.score_thresh_on == "prob":
     # Official: threshold on prob, rank by prob * ctr, sqrt after top-k.
     return jnp.where(prob > cfg.inference.score_thresh, prob * ctr_prob, neg_inf)
@@ -69,11 +78,14 @@ def _rank(cls, ctr, cfg: ModelConfig):
   return jnp.where(score > cfg.inference.score_thresh, score, neg_inf)
 
 
-def _logit_lower_bound(cfg: ModelConfig) -> float:
+def _logit_lower_bound(cfg: ModelConfig, quality: bool = True) -> float:
   """A logit below which no (location, class) pair can be a candidate:
-  prob > t (official) or sqrt(prob * ctr) > t, hence prob > t^2 (ctr <= 1).
-  The margin absorbs float32 rounding; the exact test follows anyway."""
+  prob > t (official, or no quality branch) or sqrt(prob * ctr) > t, hence
+  prob > t^2 (ctr <= 1). The margin absorbs float32 rounding; the exact
+  test follows anyway."""
   t = cfg.inference.score_thresh if cfg.inference.score_thresh_on == "prob" else cfg.inference.score_thresh**2
+  if not quality:
+    t = cfg.inference.score_thresh
   if t <= 0.0:
     return -math.inf
   if t >= 1.0:
@@ -101,7 +113,8 @@ def _level_top_k(cls, ctr, loc_max, sl: slice, k: int, cfg: ModelConfig):
   l = sl.stop - sl.start
 
   def full():
-    rank = _rank(cls[:, sl], ctr[:, sl], cfg).reshape(b, l * c)
+    rank = _rank(cls[:, sl], None if ctr is None else ctr[:, sl],
+                 cfg).reshape(b, l * c)
     top, flat = jax.lax.top_k(rank, k)
     return (top, (flat // c + sl.start).astype(jnp.int32),
             (flat % c).astype(jnp.int32))
@@ -111,13 +124,15 @@ def _level_top_k(cls, ctr, loc_max, sl: slice, k: int, cfg: ModelConfig):
     return full()
 
   level_max = loc_max[:, sl]
-  num_locations = jnp.sum(level_max > _logit_lower_bound(cfg), axis=1)
+  num_locations = jnp.sum(
+      level_max > _logit_lower_bound(cfg, ctr is not None), axis=1)
 
   def fast():
     _, sel = jax.lax.top_k(level_max, cap)  # Every candidate location.
     sel = jnp.sort(sel, axis=1) + sl.start
     rows = jnp.take_along_axis(cls, sel[..., None], axis=1)  # [B, cap, C]
-    rank = _rank(rows, jnp.take_along_axis(ctr, sel, axis=1), cfg)
+    rank = _rank(rows, None if ctr is None else
+                 jnp.take_along_axis(ctr, sel, axis=1), cfg)
     top, flat = jax.lax.top_k(rank.reshape(b, cap * c), k)
     loc = jnp.take_along_axis(sel, flat // c, axis=1)
     return top, loc.astype(jnp.int32), (flat % c).astype(jnp.int32)
@@ -140,7 +155,9 @@ def level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
   k = min(cfg.inference.pre_nms_topk, (sl.stop - sl.start) * cls.shape[-1])
   top, loc, classes = _level_top_k(cls, ctr, loc_max, sl, k, cfg)
   valid = top > -jnp.inf
-  scores = jnp.sqrt(top) if cfg.inference.score_thresh_on == "prob" else top
+  # Official: rank prob * ctr, score its sqrt; no quality branch: prob.
+  scores = (jnp.sqrt(top) if cfg.inference.score_thresh_on == "prob"
+            and ctr is not None else top)
 
   reg = jnp.take_along_axis(reg, loc[..., None], axis=1).astype(jnp.float32)
   ltrb = box_coding.distances_to_pixels(
@@ -148,6 +165,57 @@ def level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
   boxes = jax.vmap(box_coding.decode_boxes)(jnp.asarray(points)[loc], ltrb)
   out = (boxes, jnp.where(valid, scores, 0.0), classes, valid)
   return out + (loc,) if with_loc else out
+
+
+def _clipped_candidates(outputs, locations: Locations, image_hw,
+                        cfg: ModelConfig):
+  """Steps 1-2 of the module docstring over all levels: (boxes [B, N, 4] in
+  canvas pixels clipped to the resized image, scores, classes, valid, loc),
+  each [B, N]."""
+  cls, reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.centerness
+  loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
+  per_level = [
+      level_candidates(cls, reg, ctr, loc_max, locations.points,
+                       locations.strides, locations.level_slice(level), cfg,
+                       with_loc=True)
+      for level in range(cfg.num_levels)]
+  boxes, scores, classes, valid, loc = (jnp.concatenate(x, axis=1)
+                                        for x in zip(*per_level))
+
+  # Clip to the resized image: the canvas padding lies outside the image.
+  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
+  hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
+  return jnp.clip(boxes, 0.0, hi), scores, classes, valid, loc
+
+
+def to_original_pixels(boxes, image_hw, orig_hw):
+  """boxes [B, N, 4] in resized-image pixels -> original pixels, with
+  torchvision's float32 ratios orig / resized, clipped to the original."""
+  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
+  orig_hw = jnp.asarray(orig_hw).astype(jnp.float32)
+  ratio = orig_hw / image_hw  # [B, 2] (h, w)
+  scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)[:, None, :]
+  # The ratio can round up by an ulp (XLA:GPU's division is not correctly
+  # rounded): clip again so no box leaves the original image.
+  orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
+  return jnp.clip(boxes * scale, 0.0, orig_hi)
+
+
+def candidates(outputs, locations: Locations, image_hw, cfg: ModelConfig):
+  """The candidates of every level before NMS (steps 1-2), in the resized
+  image's pixels (clipped to it): what test-time augmentation merges over
+  passes (the official FCOS with BBOX_AUG skips the per-pass NMS the same
+  way; fcos_jax/core/tta.py).
+
+  Returns boxes [B, N, 4] float32, scores [B, N], classes [B, N] int32,
+  valid [B, N] bool (invalid slots: zero boxes and scores); N = the sum of
+  the per-level top-k, fixed by the canvas."""
+  _check_inputs(outputs, locations, image_hw, image_hw, cfg)
+  boxes, scores, classes, valid, _ = _clipped_candidates(
+      outputs, locations, image_hw, cfg)
+  return {"boxes": jnp.where(valid[..., None], boxes, 0.0),
+          "scores": jnp.where(valid, scores, 0.0),
+          "classes": jnp.where(valid, classes, 0), "valid": valid}
 
 
 def postprocess(outputs, locations: Locations, image_hw, orig_hw,
@@ -176,20 +244,8 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   `make_postprocess_fn`).
   """
   _check_inputs(outputs, locations, image_hw, orig_hw, cfg)
-  cls, reg, ctr = outputs.cls_logits, outputs.box_regression, outputs.centerness
-  loc_max = cls.max(axis=-1)  # One pass over all levels, for the fast path.
-  per_level = [
-      level_candidates(cls, reg, ctr, loc_max, locations.points,
-                        locations.strides, locations.level_slice(level), cfg,
-                        with_loc=True)
-      for level in range(cfg.num_levels)]
-  boxes, scores, classes, valid, loc = (jnp.concatenate(x, axis=1)
-                                        for x in zip(*per_level))
-
-  # Clip to the resized image: the canvas padding lies outside the image.
-  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
-  hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
-  boxes = jnp.clip(boxes, 0.0, hi)
+  boxes, scores, classes, valid, loc = _clipped_candidates(
+      outputs, locations, image_hw, cfg)
 
   nms = functools.partial(batched_nms, iou_threshold=float(cfg.inference.nms_iou),
                           max_output=int(cfg.inference.max_detections))
@@ -198,15 +254,7 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
   scores = jnp.take_along_axis(scores, keep, axis=1)
   classes = jnp.take_along_axis(classes, keep, axis=1)
-
-  # To original pixels, with torchvision's float32 ratios orig / resized.
-  orig_hw = jnp.asarray(orig_hw).astype(jnp.float32)
-  ratio = orig_hw / image_hw  # [B, 2] (h, w)
-  scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)[:, None, :]
-  # The ratio can round up by an ulp (XLA:GPU's division is not correctly
-  # rounded): clip again so no box leaves the original image.
-  orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
-  boxes = jnp.clip(boxes * scale, 0.0, orig_hi)
+  boxes = to_original_pixels(boxes, image_hw, orig_hw)
   dets = {
       "boxes": jnp.where(keep_valid[..., None], boxes, 0.0),
       "scores": jnp.where(keep_valid, scores, 0.0),

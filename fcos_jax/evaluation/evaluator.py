@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
@@ -20,7 +21,8 @@ from fcos_jax import errors, runtime, storage
 from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import coco_eval, pictures, proposal_eval
 from fcos_jax.core import detect
-from fcos_jax.inference import coco_results
+from fcos_jax.inference import coco_results, images, tta
+from fcos_jax.inference.predictor import Predictor
 from fcos_jax.run import Run
 from fcos_jax.model.config_dict import model_config_from
 
@@ -39,6 +41,10 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
     raise errors.ConfigError(
         f"config.eval_batch_size={config.eval_batch_size} is not divisible by "
         f"the {jax.device_count()} devices.")
+  settings = tta.TTASettings.from_config(config)
+  if settings is not None:
+    return _predict_tta(config, cfg, params, mesh, settings, categories,
+                        categories_from)
   ds = pipeline.build_eval_dataset(
       config.data, process_batch_size=config.eval_batch_size // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -57,6 +63,46 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
   out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   keep = out.pop("example_valid").astype(bool)
   return {k: v[keep] for k, v in out.items()}, ds.info
+
+
+def _predict_tta(config, cfg, params, mesh, settings, categories,
+                 categories_from):
+  """`predict` with test-time augmentation (config.tta): the split's image
+  files through `inference.tta` (the same decode and resize as the eval
+  pipeline for the first pass), one process."""
+  if jax.process_count() > 1:
+    raise errors.ConfigError(
+        "config.tta.enabled: evaluation with test-time augmentation runs in "
+        f"one process; this job has {jax.process_count()}.")
+  table, info = sources.load_split(config.data, "val", categories,
+                                   categories_from)
+  resizer = images.Resizer(config.data.min_size, config.data.max_size,
+                           config.data.canvases)
+  predictor = Predictor(cfg, params, resizer,
+                        batch_size=config.eval_batch_size, mesh=mesh)
+  runner = tta.TTARunner(predictor, settings)
+  logging.info("Evaluation with test-time augmentation: %d passes (scales "
+               "%s besides the run's, flip %s).", len(runner.passes),
+               settings.scales, settings.flip)
+  k = cfg.inference.max_detections
+  n = len(table)
+  out = {"image_id": table.image_ids.astype(np.int64),
+         "boxes": np.zeros((n, k, 4), np.float32),
+         "scores": np.zeros((n, k), np.float32),
+         "classes": np.zeros((n, k), np.int32),
+         "valid": np.zeros((n, k), bool)}
+  bs = predictor.batch_size
+  for start in range(0, n, bs):
+    # COCO's boxes are in stored pixels: no EXIF rotation, as the pipeline.
+    arrays = [images.read_image(str(p), exif=False)
+              for p in table.paths[start:start + bs]]
+    for i, r in enumerate(runner(arrays)):
+      m = len(r["scores"])
+      out["boxes"][start + i, :m] = r["boxes"]
+      out["scores"][start + i, :m] = r["scores"]
+      out["classes"][start + i, :m] = r["labels"]
+      out["valid"][start + i, :m] = True
+  return out, info
 
 
 def _pictures(config, ev, dets, expected_categories, out_dir, step, writer):

@@ -17,6 +17,7 @@ each canvas is compiled once, on first use, and reused.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from typing import Iterable, Iterator, Sequence
 
@@ -24,10 +25,10 @@ import jax
 import numpy as np
 
 from fcos_jax import errors
-from fcos_jax import errors
 from fcos_jax.inference import coco_results
 from fcos_jax.inference import images as images_lib
 from fcos_jax.inference.predictor import Predictor, load_prepared
+from fcos_jax.inference.tta import TTARunner, TTASettings
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.config_dict import model_config_from
 from fcos_jax.run import Run
@@ -50,7 +51,7 @@ class Detector:
 
   def __init__(self, cfg: ModelConfig, params, categories: Sequence[dict], *,
                min_size, max_size: int, canvases, batch_size: int | None = None,
-               mesh=None):
+               mesh=None, tta: TTASettings | None = None):
     if len(categories) != cfg.num_classes:
       raise errors.ConfigError(
           f"Detector: {len(categories)} categories for a model of "
@@ -64,6 +65,8 @@ class Detector:
         cfg, params, images_lib.Resizer(min_size, max_size, canvases),
         batch_size=batch_size, mesh=mesh)
     self.step = None  # The checkpoint step, when loaded from a workdir.
+    # Test-time augmentation (passes merged as the official FCOS), or None.
+    self.tta = TTARunner(self.predictor, tta) if tta else None
 
   @property
   def params(self):
@@ -80,13 +83,16 @@ class Detector:
   @classmethod
   def from_workdir(cls, workdir: str, step=None, *, config=None,
                    score_thresh: float | None = None,
-                   batch_size: int | None = None) -> "Detector":
+                   batch_size: int | None = None,
+                   tta: TTASettings | None | str = "config") -> "Detector":
     """A train.py (or fcos-convert) workdir's checkpoint.
 
     step: a step number, a checkpoint directory, or None for the latest.
     config: the run config (default: the run's recorded config.json).
     score_thresh: overrides model.inference.score_thresh (the candidate threshold).
     batch_size: images per device call (default: config.eval_batch_size).
+    tta: test-time augmentation settings, None for none; default: the
+      config's (config.tta, off unless enabled).
     """
     run = Run(workdir)
     config = config or run.recorded_config()
@@ -102,7 +108,8 @@ class Detector:
                            max(jax.process_count(), 1), 1)
     det = cls(cfg, params, categories, min_size=_as_min_size(data.min_size),
               max_size=int(data.max_size), canvases=data.canvases,
-              batch_size=bs, mesh=mesh)
+              batch_size=bs, mesh=mesh,
+              tta=TTASettings.from_config(config) if tta == "config" else tta)
     det.step = restored_step
     return det
 
@@ -128,10 +135,19 @@ class Detector:
     (or [H, W] gray). A file that cannot be read raises UnreadableImage."""
     if isinstance(images, (str, os.PathLike, np.ndarray)):
       images = [images]
+    self._check_heatmaps(heatmaps)
     arrays = [images_lib.read_image(os.fspath(x), exif=exif)
               if isinstance(x, (str, os.PathLike)) else np.asarray(x)
               for x in images]
+    if self.tta:
+      return [self.describe(r) for r in self.tta(arrays)]
     return [self.describe(r) for r in self.predictor(arrays, heatmaps)]
+
+  def _check_heatmaps(self, heatmaps: bool):
+    if heatmaps and self.tta:
+      raise errors.ConfigError(
+          "heatmaps show one pass of the model; turn test-time augmentation "
+          "off (--tta=none, config.tta.enabled=False) to draw them.")
 
   def predict_files(self, paths: Iterable[str], *, heatmaps: bool = False,
                     exif: bool = True, workers: int = 4,
@@ -145,6 +161,10 @@ class Detector:
     per canvas; only a few batches of images and results are held at a
     time, whatever the number of files."""
     paths = [os.fspath(p) for p in paths]
+    self._check_heatmaps(heatmaps)
+    if self.tta:
+      yield from self._predict_files_tta(paths, exif, workers, keep_images)
+      return
     images = {}
 
     def prepared():
@@ -168,6 +188,39 @@ class Detector:
             r["image"] = images.pop(next_key)
         yield paths[next_key], r
         next_key += 1
+
+  def _predict_files_tta(self, paths, exif, workers, keep_images):
+    """predict_files with test-time augmentation: a batch of files at a
+    time through every pass and the merge."""
+    def read(path):
+      try:
+        return images_lib.read_image(path, exif=exif)
+      except errors.UnreadableImage as e:
+        return e
+
+    bs = self.predictor.batch_size
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+      for start in range(0, len(paths), bs):
+        chunk = paths[start:start + bs]
+        arrays = list(pool.map(read, chunk))
+        ok = [i for i, a in enumerate(arrays) if not isinstance(a, Exception)]
+        try:
+          results = dict(zip(ok, self.tta([arrays[i] for i in ok])))
+        except (errors.DataError, ValueError):  # One image fits no canvas.
+          results = {}
+          for i in ok:
+            try:
+              results[i] = self.tta([arrays[i]])[0]
+            except (errors.DataError, ValueError) as e:
+              arrays[i] = errors.UnreadableImage(f"{chunk[i]}: {e}")
+        for i, path in enumerate(chunk):
+          if i not in results:
+            yield path, arrays[i]
+            continue
+          r = self.describe(results[i])
+          if keep_images:
+            r["image"] = arrays[i]
+          yield path, r
 
   def to_coco(self, results: Sequence[dict], image_ids: Sequence[int]
               ) -> list[dict]:

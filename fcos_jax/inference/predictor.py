@@ -91,9 +91,10 @@ class Predictor:
       self._compiled[key] = jitted.lower(*args).compile()
     return self._compiled[key]
 
-  def prepare(self, image: np.ndarray, key=None, name: str = "image"
-              ) -> Prepared:
-    """uint8 [h, w, 3] RGB (or [h, w] gray) -> the image on its canvas."""
+  def prepare(self, image: np.ndarray, key=None, name: str = "image",
+              resizer: images_lib.Resizer | None = None) -> Prepared:
+    """uint8 [h, w, 3] RGB (or [h, w] gray) -> the image on its canvas
+    (of `resizer`, default: the predictor's own)."""
     image = np.asarray(image)
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=-1)
@@ -103,7 +104,7 @@ class Predictor:
           f"{image.shape}.")
     # An empty or extreme shape is refused by name here (`Resizer` asks the
     # bucket rule), before TF's resize could fail on it.
-    index, canvas, image_hw = self.resizer(image, name)
+    index, canvas, image_hw = (resizer or self.resizer)(image, name)
     return Prepared(key, index, canvas, image_hw, tuple(image.shape[:2]))
 
   def run_batch(self, items: list[Prepared], heatmaps: bool = False

@@ -110,6 +110,42 @@ class FCOSLoss:
 
 
 @dataclasses.dataclass(frozen=True)
+class GFLJointQuality:
+  """GFL's joint representation (Li et al. 2020; mmdetection GFLHead): no
+  separate quality branch, the class score itself is trained (QFL) towards
+  the IoU of the decoded box with its target; the box branch gives a
+  distribution over 0..reg_max (stride units) for each side, 4 x (reg_max +
+  1) logits, decoded by its expectation (the Integral). Needs loss `gfl`."""
+
+  name: str = "gfl_joint"
+  reg_max: int = 16  # The largest distance of the set {0, ..., reg_max}.
+
+  def __post_init__(self):
+    if self.reg_max < 1:
+      raise ConfigError(
+          f"model.quality.reg_max={self.reg_max}: must be >= 1 (GFL: 16).")
+
+
+@dataclasses.dataclass(frozen=True)
+class GFLLoss:
+  """GFL's loss (core/gfl.py): Quality Focal Loss on the joint class score,
+  GIoU and Distribution Focal Loss on the positives, both weighted by the
+  positive's best class probability (mmdetection's GFLHead). Needs quality
+  `gfl_joint`."""
+
+  name: str = "gfl"
+  qfl_beta: float = 2.0  # QFL's modulating exponent on |IoU - p|.
+  giou_weight: float = 2.0  # loss_bbox's weight (GIoULoss loss_weight).
+  dfl_weight: float = 0.25  # loss_dfl's weight.
+
+  def __post_init__(self):
+    if self.qfl_beta < 0 or self.giou_weight < 0 or self.dfl_weight < 0:
+      raise ConfigError(
+          f"model.loss: qfl_beta={self.qfl_beta}, giou_weight="
+          f"{self.giou_weight}, dfl_weight={self.dfl_weight} must be >= 0.")
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceConfig:
   """Candidates, NMS and detections (core/postprocess.py)."""
 
@@ -151,6 +187,9 @@ PARTS = {"quality": QUALITY, "assign": ASSIGNERS, "loss": LOSSES,
 # every field of ModelConfig itself is architecture and may not.
 RESUME_POLICY = {"quality": "architecture", "assign": "training",
                  "loss": "training", "inference": "free", "numerics": "free"}
+# GFL (Generalized Focal Loss): its joint quality and its loss, chosen together.
+QUALITY["gfl_joint"] = GFLJointQuality
+LOSSES["gfl"] = GFLLoss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +311,7 @@ class ModelConfig:
       raise ConfigError(
           f"ModelConfig: fpn_channels={self.fpn_channels} is not divisible by "
           f"gn_groups={self.gn_groups}.")
+    _check_gfl(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
@@ -315,6 +355,28 @@ class ModelConfig:
   @property
   def num_levels(self) -> int:
     return len(self.strides)
+
+
+def uses_distribution(cfg: "ModelConfig") -> bool:
+  """The head regresses a distribution per side (GFL): box_distribution
+  [B, P, 4, reg_max + 1] logits, box_regression its expectation, and no
+  centre-ness branch."""
+  return cfg.quality.name == "gfl_joint"
+
+
+def _check_gfl(cfg: "ModelConfig"):
+  """GFL's joint quality and its loss only make sense together; its
+  distances are in stride units."""
+  joint, gfl_loss = cfg.quality.name == "gfl_joint", cfg.loss.name == "gfl"
+  if joint != gfl_loss:
+    raise ConfigError(
+        f"ModelConfig: quality.name={cfg.quality.name!r} with loss.name="
+        f"{cfg.loss.name!r}: GFL's joint quality ('gfl_joint') and its loss "
+        "('gfl') go together; use the `gfl` preset or set both.")
+  if joint and not cfg.norm_reg_targets:
+    raise ConfigError(
+        "ModelConfig: quality 'gfl_joint' regresses distances in stride "
+        "units; set norm_reg_targets=True.")
 
 
 def _part_values(part: str, value) -> dict:
@@ -426,5 +488,24 @@ def rpn(**overrides) -> ModelConfig:
   return ModelConfig().replace(**base)
 
 
+def gfl(**overrides) -> ModelConfig:
+  """GFL (mmdetection gfl_r50_fpn_1x_coco, 40.2 AP published): torchvision
+  layout ResNet-50 with RGB ImageNet input, P6 from P5, a 4-conv GN head
+  with Scale and no centre-ness, locations at j * s (mmdetection's anchor
+  centres), QFL (beta 2) + GIoU (2.0) + DFL (0.25) over 0..16 bins.
+
+  Assignment: ATSS (topk 9) as the published model when an `atss` assigner
+  is registered in ASSIGNERS, else FCOS's rule (docs/algorithm.md, "GFL")."""
+  base = dict(
+      stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
+      pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
+      location_offset="zero", quality=GFLJointQuality(), loss=GFLLoss())
+  if "atss" in ASSIGNERS:
+    base["assign"] = ASSIGNERS["atss"]()
+  base.update(overrides)
+  return ModelConfig().replace(**base)
+
+
 PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
            "rpn": rpn}
+PRESETS["gfl"] = gfl

@@ -39,6 +39,9 @@ class FCOS(nn.Module):
                                       strides when cfg.norm_reg_targets
                                       (relu), else in pixels (exp).
     centerness     float32 [B, P]     centerness logits.
+  With GFL's joint quality centerness is None and box_distribution
+  float32 [B, P, 4, reg_max + 1] holds the logits whose expectation is
+  box_regression (fcos_jax/model/head.py).
   """
 
   cfg: ModelConfig
@@ -63,6 +66,11 @@ class FCOS(nn.Module):
     outs = self.level_outputs(images)
     flat = lambda x: x.reshape(x.shape[0], x.shape[1] * x.shape[2],
                                *x.shape[3:])
+    if len(outs[0]) == 4:  # GFL: no centre-ness, a distribution per side.
+      cls, reg, dist = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
+                        for i in (0, 1, 3))
+      return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=None,
+                         box_distribution=dist)
     cls, reg, ctr = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
                      for i in range(3))
     return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=ctr)

@@ -15,6 +15,12 @@ USE_DCN_IN_TOWER): cls_tower_{n-1}/{conv, offset}/{kernel, bias}.
 Parameter tree: cls_tower_{i}, box_tower_{i} (kernel, bias),
 cls_norm_{i}, box_norm_{i} (GroupNorm scale, bias), cls_logits,
 box_regression, centerness (kernel, bias), scale_{l} (scalar).
+
+GFL (`cfg.quality.name == "gfl_joint"`, mmdetection's GFLHead): the same
+towers, no centerness conv, and box_regression gives 4 x (reg_max + 1)
+logits, scaled by the level's Scale (before any activation, as mmdetection
+scales them), one distribution over {0, ..., reg_max} strides per side; its
+expectation (`integral`) is the distance.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from fcos_jax.model.config import ModelConfig
+from fcos_jax.model.config import ModelConfig, uses_distribution
 from fcos_jax.model.deform_conv import ModulatedDeformConv
 from fcos_jax.model.resnet import compute_dtype
 
@@ -32,9 +39,18 @@ from fcos_jax.model.resnet import compute_dtype
 GN_EPS = 1e-5
 
 
+def integral(logits):
+  """GFL's Integral: [..., n + 1] logits of a distribution over {0, ..., n}
+  -> [...] its expectation sum_i softmax(logits)_i * i, float32."""
+  logits = logits.astype(jnp.float32)
+  n = logits.shape[-1] - 1
+  return jax.nn.softmax(logits, axis=-1) @ jnp.arange(n + 1, dtype=jnp.float32)
+
+
 class FCOSHead(nn.Module):
   """One level's features [B, H, W, F] -> (cls [B, H, W, C], reg [B, H, W, 4],
   ctr [B, H, W]), all float32. Call it once per level with `level` set.
+  GFL: (cls, reg, None, dist [B, H, W, 4, reg_max + 1]).
 
   reg is `relu(scale_l * x)` in stride units when `cfg.norm_reg_targets`,
   else `exp(scale_l * x)` in pixels; ctr is a logit.
@@ -75,8 +91,11 @@ class FCOSHead(nn.Module):
       self.box_norm = [norm() for _ in range(n)]
     prior = -math.log((1 - cfg.prior_prob) / cfg.prior_prob)
     self.cls_logits = conv(cfg.num_classes, nn.initializers.constant(prior))
-    self.box_regression = conv(4)
-    self.centerness = conv(1)
+    if uses_distribution(cfg):
+      self.box_regression = conv(4 * (cfg.quality.reg_max + 1))
+    else:
+      self.box_regression = conv(4)
+      self.centerness = conv(1)
     if cfg.use_scale:
       self.scales = [self.param(f"scale_{l}", nn.initializers.ones, ())
                      for l in range(cfg.num_levels)]
@@ -95,6 +114,12 @@ class FCOSHead(nn.Module):
     box_feat = self._tower(x, self.box_tower, self.box_norm if gn else None)
     cls = self.cls_logits(cls_feat).astype(jnp.float32)
     reg = self.box_regression(box_feat).astype(jnp.float32)
+    if uses_distribution(self.cfg):
+      # GFL: (cls, distances [.., 4] in strides, None, logits [.., 4, n+1]).
+      if self.cfg.use_scale:
+        reg = reg * self.scales[level]
+      dist = reg.reshape(*reg.shape[:-1], 4, self.cfg.quality.reg_max + 1)
+      return cls, integral(dist), None, dist
     ctr_feat = box_feat if self.cfg.quality.on == "reg" else cls_feat
     ctr = self.centerness(ctr_feat).astype(jnp.float32)[..., 0]
     if self.cfg.use_scale:

@@ -20,7 +20,12 @@ class HeadOutputs:
   cls_logits: Any  # [B, P, C] class logits.
   box_regression: Any  # [B, P, 4] activated distances (l, t, r, b): stride
   # units when cfg.norm_reg_targets, else pixels.
-  centerness: Any  # [B, P] quality (centre-ness) logits.
+  centerness: Any  # [B, P] quality (centre-ness) logits; None when the
+  # quality has no branch of its own (GFL's joint score).
+  # [B, P, 4, reg_max + 1] logits of the distribution of each distance (l, t,
+  # r, b) over {0, ..., reg_max} strides (GFL); box_regression is then its
+  # expectation. None for FCOS.
+  box_distribution: Any = None
 
   def check(self, num_locations: int, num_classes: int, caller: str,
             batch: int | None = None) -> int:
@@ -33,7 +38,13 @@ class HeadOutputs:
     expected = {"cls_logits": (b, num_locations, num_classes),
                 "box_regression": (b, num_locations, 4),
                 "centerness": (b, num_locations)}
+    if self.box_distribution is not None:
+      expected["box_distribution"] = (
+          b, num_locations, 4, self.box_distribution.shape[-1])
     for key, shape in expected.items():
+      if getattr(self, key) is None and key in ("centerness",
+                                                "box_distribution"):
+        continue  # Optional by the config's quality (GFL has no ctr).
       got = tuple(getattr(self, key).shape)
       if got != shape:
         raise ConfigError(

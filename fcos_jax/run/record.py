@@ -47,6 +47,7 @@ FREE = (
     "data.skip_bad_examples", "data.coco.val_json", "data.coco.val_images",
     "data.tfds.val_split", "data.tfds.val_gt_json", "data.tfds.export_dir",
     "data.tfds.data_dir",
+    "tta.enabled", "tta.scales", "tta.max_size", "tta.flip",
 )
 
 
