@@ -205,6 +205,7 @@ def run(main, argv=None) -> None:
     `error: ...` on stderr, exit 1;
   - a bad flag, --config name or --config.FIELD: one line, exit 2;
   - anything else is a programming error and keeps its traceback;
+  - Ctrl-C before the training loop takes over SIGINT: one line, exit 130;
   - --version prints the package's version and exits 0.
   """
   from fcos_jax import __version__  # pylint: disable=import-outside-toplevel
@@ -222,5 +223,10 @@ def run(main, argv=None) -> None:
       py_logging.getLogger("fcos_jax").debug("Traceback:", exc_info=True)
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler is set.
+      print("error: interrupted (SIGINT) before the run started; nothing "
+            "was recorded. Run the same command again.", file=sys.stderr,
+            flush=True)
+      sys.exit(130)
 
   app.run(wrapped, argv=argv, flags_parser=_parse_flags)

@@ -87,10 +87,11 @@ def as_plain(config) -> dict:
 def records(workdir: str) -> list[str]:
   """Paths of the config records, oldest first."""
   d = storage.path(workdir)
-  if not d.exists():
-    return []
-  later = sorted(p.name for p in d.iterdir() if _LATER.match(p.name))
-  first = [FIRST] if (d / FIRST).exists() else []
+  with storage.guard(workdir, "list"):  # Storage down: one line, bounded.
+    if not d.exists():
+      return []
+    later = sorted(p.name for p in d.iterdir() if _LATER.match(p.name))
+    first = [FIRST] if (d / FIRST).exists() else []
   return [storage.join(workdir, n) for n in first + later]
 
 
