@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax.core import targets
+from fcos_jax.core import assign, targets
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.core.locations import Locations
 
@@ -98,9 +98,9 @@ def location_matches(boxes, classes, box_valid, is_crowd,
 
 def recalled_boxes(boxes, classes, box_valid, is_crowd, locations: Locations,
                    cfg: ModelConfig):
-  """[B, M] bool: a location is assigned to the box by `assign_targets`."""
-  tgt = targets.assign_targets(boxes, classes, box_valid, is_crowd,
-                               locations, cfg)
+  """[B, M] bool: a location is assigned to the box by the config's
+  assigner (`assign.assign`)."""
+  tgt = assign.assign(boxes, classes, box_valid, is_crowd, locations, cfg)
   m = boxes.shape[1]
   index = jnp.where(tgt.matched_index < 0, m, tgt.matched_index)  # [B, P]
   hit = jax.vmap(lambda i: jnp.zeros((m + 1,), bool).at[i].set(True))(index)
