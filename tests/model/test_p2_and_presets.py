@@ -85,3 +85,43 @@ def test_atss_preset_is_the_atss_repository_r50_1x():
   assert back == config_lib.official()
   with pytest.raises(errors.ConfigError, match="topk"):
     cfg.replace(assign={"topk": 0})
+
+
+@pytest.mark.parametrize("name, preset", [
+    ("fcos_iou_r50_1x", "iou"), ("atss_r50_1x", "atss")])
+def test_coco_configs_are_their_presets(name, preset):
+  import importlib
+  from fcos_jax.configs import default
+  module = importlib.import_module(f"fcos_jax.configs.{name}")
+  got = model_config_from(module.get_config().model)
+  layout = model_config_from(default.get_config().model)
+  keep = ("stride_in_1x1", "bn_eps", "input_bgr", "input_range", "pixel_mean",
+          "pixel_std")
+  assert got == config_lib.PRESETS[preset](
+      num_classes=80, **{k: getattr(layout, k) for k in keep})
+  assert module.PUBLISHED_AP == {"iou": 39.4, "atss": 39.3}[preset]
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("synthetic_iou_cpu", {"quality": config_lib.IoUQuality(),
+                           "reg_weighting": "none"}),
+    ("synthetic_atss_cpu", {"assign": config_lib.ATSSAssign(),
+                            "loss": config_lib.ATSSLoss()}),
+])
+def test_synthetic_variants_change_only_the_preset_part(name, parts):
+  import importlib
+  from fcos_jax.configs import synthetic_cpu
+  base = synthetic_cpu.get_config()
+  got = importlib.import_module(f"fcos_jax.configs.{name}").get_config()
+  assert model_config_from(got.model) == model_config_from(
+      base.model).replace(**parts)
+  base.model = got.model
+  assert got.to_dict() == base.to_dict()  # data, schedule: the same
+
+
+def test_synthetic_p2_config():
+  from fcos_jax.configs import synthetic_cpu, synthetic_p2_cpu
+  got = model_config_from(synthetic_p2_cpu.get_config().model)
+  assert got == config_lib.with_p2(
+      model_config_from(synthetic_cpu.get_config().model))
+  assert got.assign.size_ranges[:2] == ((-1.0, 16.0), (16.0, 32.0))
