@@ -168,7 +168,8 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     targets: `assign_targets(...)` for the same batch and locations.
     locations: the P locations (for the strides).
     cfg: reads focal_alpha, focal_gamma, reg_loss, reg_weighting, iou_smooth,
-      norm_reg_targets, num_classes.
+      reg_weight (ATSSLoss), quality.name (the quality target, see
+      `quality_targets`), norm_reg_targets, num_classes.
 
   Returns:
     (total, metrics): total = loss_cls + loss_reg + loss_ctr, a float32

@@ -514,13 +514,14 @@ def with_p2(cfg: ModelConfig) -> ModelConfig:
   if tuple(cfg.strides) != (8, 16, 32, 64, 128):
     raise ConfigError(
         f"with_p2: strides={cfg.strides}; P2 is added to P3-P7 (8 .. 128).")
-  changes = {"strides": P2_STRIDES}
-  ranges = getattr(cfg.assign, "size_ranges", None)
+  assign = cfg.assign
+  ranges = getattr(assign, "size_ranges", None)
   if ranges is not None:
     (lo, hi), rest = ranges[0], tuple(ranges[1:])
-    changes["size_ranges"] = ((lo, hi / 2), (hi / 2, hi)) + rest
-  return dataclasses.replace(cfg, strides=P2_STRIDES, assign=dataclasses.replace(
-      cfg.assign, **{k: v for k, v in changes.items() if k != "strides"}))
+    assign = dataclasses.replace(
+        assign, size_ranges=((lo, hi / 2), (hi / 2, hi)) + rest)
+  # Strides and ranges together: ModelConfig checks they agree.
+  return dataclasses.replace(cfg, strides=P2_STRIDES, assign=assign)
 
 
 def p2(**overrides) -> ModelConfig:
