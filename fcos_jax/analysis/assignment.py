@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax.core import targets
+from fcos_jax.core import assign, targets
+from fcos_jax.model import config as config_lib
 from fcos_jax.model.config import ModelConfig
 from fcos_jax.core.locations import Locations
 
@@ -35,20 +36,43 @@ P4_ALONE = dict(strides=(16,), size_ranges=((-1.0, math.inf),))
 DEFAULT_CENTER_RADIUS = 1.5
 
 
+def _fcos_rule(cfg: ModelConfig) -> ModelConfig:
+  """`cfg` with FCOS's assignment: its own, or the official one for its
+  levels (with_p2's ranges for P2-P7) when it uses another rule."""
+  if cfg.assign.name == "fcos":
+    return cfg
+  base = dataclasses.replace(cfg, strides=config_lib.ModelConfig().strides,
+                             assign=config_lib.FCOSAssign())
+  return config_lib.with_p2(base) if cfg.num_levels == 6 else base
+
+
+def _levels(cfg: ModelConfig) -> str:
+  first = int(math.log2(cfg.strides[0]))
+  return f"P{first}-P{first + cfg.num_levels - 1}"
+
+
 def fcos_settings(cfg: ModelConfig) -> dict[str, ModelConfig]:
   """The assignment rules of Tables 1-2, from the run's model config:
   its levels and size ranges (FPN) and P4 alone, each with and without
-  centre sampling (the config's radius, or 1.5 if it has none)."""
+  centre sampling (the config's radius, or 1.5 if it has none). A config
+  with another rule (ATSS) adds its own rule as a last setting (recall and
+  positives only: the ambiguity count is FCOS's match test)."""
+  own = {}
+  if cfg.assign.name != "fcos":
+    own = {f"{cfg.assign.name.upper()} (the config's rule), FPN "
+           f"{_levels(cfg)}": cfg}
+    cfg = _fcos_rule(cfg)
   radius = cfg.assign.center_sampling_radius or DEFAULT_CENTER_RADIUS
   fpn = cfg.replace(center_sampling_radius=0.0)
   p4 = fpn.replace(**P4_ALONE)
   return {
-      "FCOS, FPN P3-P7 with size ranges": fpn,
-      f"FCOS, FPN P3-P7, centre sampling r={radius:g}":
+      f"FCOS, FPN {_levels(cfg)} with size ranges": fpn,
+      f"FCOS, FPN {_levels(cfg)}, centre sampling r={radius:g}":
           fpn.replace(center_sampling_radius=radius),
       "FCOS, P4 alone (no FPN), no size limit": p4,
       f"FCOS, P4 alone, centre sampling r={radius:g}":
           p4.replace(center_sampling_radius=radius),
+      **own,
   }
 
 
@@ -98,9 +122,9 @@ def location_matches(boxes, classes, box_valid, is_crowd,
 
 def recalled_boxes(boxes, classes, box_valid, is_crowd, locations: Locations,
                    cfg: ModelConfig):
-  """[B, M] bool: a location is assigned to the box by `assign_targets`."""
-  tgt = targets.assign_targets(boxes, classes, box_valid, is_crowd,
-                               locations, cfg)
+  """[B, M] bool: a location is assigned to the box by the config's
+  assigner (`assign.assign`)."""
+  tgt = assign.assign(boxes, classes, box_valid, is_crowd, locations, cfg)
   m = boxes.shape[1]
   index = jnp.where(tgt.matched_index < 0, m, tgt.matched_index)  # [B, P]
   hit = jax.vmap(lambda i: jnp.zeros((m + 1,), bool).at[i].set(True))(index)
@@ -114,6 +138,11 @@ def assignment_counts(batch, locations: Locations, cfg: ModelConfig) -> dict:
           batch["is_crowd"], locations, cfg)
   usable = batch["box_valid"] & ~batch["is_crowd"]
   recalled = recalled_boxes(*args) & usable
+  if cfg.assign.name != "fcos":  # Another rule: recall and positives only.
+    tgt = assign.assign(*args)
+    return {"boxes": jnp.sum(usable, dtype=jnp.int32),
+            "recalled": jnp.sum(recalled, dtype=jnp.int32),
+            "positive": jnp.sum(tgt.positive, dtype=jnp.int32)}
   count, differ = location_matches(*args)
   return {
       "boxes": jnp.sum(usable, dtype=jnp.int32),

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from fcos_jax import errors, storage
-from fcos_jax.core import targets
+from fcos_jax.core import assign
 from fcos_jax.analysis import split_boxes
 from fcos_jax.data.coco_format import ExampleTable
 from fcos_jax.inference import draw, images
@@ -52,8 +52,7 @@ def _maps_fn(cfg: ModelConfig, canvas_hw):
   def fn(params, image, image_hw, boxes, classes, box_valid, is_crowd):
     outputs = detect.head_outputs(params, image, image_hw, cfg)
     predicted = jax.nn.sigmoid(outputs.centerness.astype(jnp.float32))
-    tgt = targets.assign_targets(boxes, classes, box_valid, is_crowd,
-                                 locations, cfg)
+    tgt = assign.assign(boxes, classes, box_valid, is_crowd, locations, cfg)
     return predicted, tgt.centerness
 
   return fn, locations

@@ -97,6 +97,10 @@ def assignment_statistics(config, split: str, with_anchors: bool = True
   for name in (RETINANET, RETINANET_LOW):  # Anchors: recall only.
     if name in out:
       out[name] = {k: out[name][k] for k in ("boxes", "recalled", "bpr")}
+  for name, rule in settings.items():  # Another rule (ATSS): no ambiguity.
+    if rule.assign.name != "fcos":
+      out[name] = {k: out[name][k]
+                   for k in ("boxes", "recalled", "bpr", "positive")}
   return out, len(table)
 
 
@@ -144,8 +148,7 @@ def bpr_table(stats: dict) -> str:
 
 def ambiguity_table(stats: dict) -> str:
   """Paper Table 2's analogue: ambiguous shares of the positive locations."""
-  rows = {n: s for n, s in stats.items() if n not in (RETINANET,
-                                                     RETINANET_LOW)}
+  rows = {n: s for n, s in stats.items() if "ambiguous_share" in s}
   width = max(len(n) for n in rows)
   lines = [f"{'assignment':<{width}}  {'positive':>9}  {'ambiguous':>9}  "
            f"{'amb. %':>7}  {'diff. classes %':>15}", "-" * (width + 49)]

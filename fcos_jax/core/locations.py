@@ -73,7 +73,10 @@ def compute_locations(canvas_hw: tuple[int, int], cfg: ModelConfig) -> Locations
   sizes = level_sizes(canvas_hw, cfg.strides)
   points, strides, ranges, starts = [], [], [], []
   start = 0
-  for (h, w), s, rng in zip(sizes, cfg.strides, cfg.assign.size_ranges):
+  # An assigner without size ranges (ATSS): every level takes every size.
+  size_ranges = getattr(cfg.assign, "size_ranges", None) or (
+      (-1.0, float("inf")),) * len(cfg.strides)
+  for (h, w), s, rng in zip(sizes, cfg.strides, size_ranges):
     offset = s // 2 if cfg.location_offset == "half" else 0
     sy, sx = ((canvas_hw[0] // h, canvas_hw[1] // w)
               if cfg.location_stride == "canvas" else (s, s))

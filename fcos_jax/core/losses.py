@@ -133,6 +133,18 @@ _REG_LOSSES = {"giou": giou_loss, "iou": iou_loss,
                "linear_iou": linear_iou_loss}
 
 
+def quality_targets(pred, target, targets: Targets, cfg: ModelConfig):
+  """[B, P] target of the quality branch: the centre-ness target, or with
+  IoUQuality (AdelaiDet BOX_QUALITY "iou") the IoU of the detached decoded
+  box `pred` with its target `target` ([B, P, 4] pixel distances), smoothed
+  as the regression loss (cfg.loss.iou_smooth). 0 on background."""
+  if cfg.quality.name == "iou":
+    iou, _, _ = _iou_terms(jax.lax.stop_gradient(pred), target,
+                           cfg.loss.iou_smooth)
+    return jnp.where(targets.positive, iou, 0.0)
+  return targets.centerness
+
+
 def _check_inputs(outputs, targets, locations, cfg):
   b, p = targets.positive.shape
   if p != locations.num_locations:
@@ -156,7 +168,8 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     targets: `assign_targets(...)` for the same batch and locations.
     locations: the P locations (for the strides).
     cfg: reads focal_alpha, focal_gamma, reg_loss, reg_weighting, iou_smooth,
-      norm_reg_targets, num_classes.
+      reg_weight (ATSSLoss), quality.name (the quality target, see
+      `quality_targets`), norm_reg_targets, num_classes.
 
   Returns:
     (total, metrics): total = loss_cls + loss_reg + loss_ctr, a float32
@@ -206,9 +219,10 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   else:
     weight, denom = pos, num_pos
   loss_reg = jnp.sum(jnp.where(positive, reg * weight, 0.0)) / denom
+  loss_reg = loss_reg * getattr(cfg.loss, "reg_weight", 1.0)  # ATSSLoss: 2.
 
   ctr_logits = outputs.centerness.astype(jnp.float32)
-  ctr = centerness_loss(ctr_logits, targets.centerness)
+  ctr = centerness_loss(ctr_logits, quality_targets(pred, target, targets, cfg))
   loss_ctr = jnp.sum(jnp.where(positive, ctr, 0.0)) / num_pos
 
   total = loss_cls + loss_reg + loss_ctr

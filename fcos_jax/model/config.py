@@ -72,6 +72,22 @@ class CenternessQuality:
 
 
 @dataclasses.dataclass(frozen=True)
+class IoUQuality:
+  """AdelaiDet's IoU quality branch (MODEL.FCOS.BOX_QUALITY "iou"): the
+  same one-logit branch, trained with BCE on positives (over N_pos) against
+  the IoU of the detached decoded box with its target; its sigmoid takes
+  centre-ness's place in the score at inference. AdelaiDet then leaves the
+  regression loss unweighted (over N_pos): the `iou` preset sets
+  reg_weighting="none"."""
+
+  name: str = "iou"
+  on: str = "reg"  # The tower it sits on: "reg" (AdelaiDet) or "cls".
+
+  def __post_init__(self):
+    _check_choice(self, "on", ("reg", "cls"))
+
+
+@dataclasses.dataclass(frozen=True)
 class FCOSAssign:
   """FCOS's assignment (core/targets.py): a location inside a box (or its
   centre region) whose largest distance lies in its level's size range;
@@ -89,6 +105,26 @@ class FCOSAssign:
       raise ConfigError(
           f"model.assign.center_sampling_radius={self.center_sampling_radius}:"
           " must be >= 0 (0 disables centre sampling; official: 1.5).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ATSSAssign:
+  """ATSS (Zhang et al. 2020, core/atss.py): each box's k nearest
+  locations per level (centre distance) are candidates; those whose square
+  anchor (anchor_scale strides wide, centred on the location) has IoU with
+  the box >= mean + std of the candidates' IoUs, and whose centre lies
+  inside the box, are positive; a location positive for several boxes takes
+  the one of highest IoU. No size ranges and no centre sampling."""
+
+  name: str = "atss"
+  topk: int = 9  # Candidates per level and box.
+  anchor_scale: float = 8.0  # Anchor side in strides (ATSS: 8 s).
+
+  def __post_init__(self):
+    if self.topk < 1 or self.anchor_scale <= 0:
+      raise ConfigError(
+          f"model.assign: topk={self.topk} and anchor_scale="
+          f"{self.anchor_scale} must be positive (ATSS: 9 and 8).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +182,25 @@ class GFLLoss:
 
 
 @dataclasses.dataclass(frozen=True)
+class ATSSLoss:
+  """The ATSS repository's loss: FCOS's terms (focal, GIoU weighted by the
+  centre-ness targets, centre-ness BCE) with the regression term scaled by
+  reg_weight (MODEL.ATSS.REG_LOSS_WEIGHT = 2)."""
+
+  name: str = "atss"
+  focal_alpha: float = 0.25
+  focal_gamma: float = 2.0
+  reg_loss: str = "giou"
+  reg_weighting: str = "centerness"
+  iou_smooth: float = 0.0  # ATSS's GIoULoss: I / (U + 1e-7), no +1.
+  reg_weight: float = 2.0
+
+  def __post_init__(self):
+    _check_choice(self, "reg_loss", ("giou", "iou", "linear_iou"))
+    _check_choice(self, "reg_weighting", ("centerness", "none"))
+
+
+@dataclasses.dataclass(frozen=True)
 class InferenceConfig:
   """Candidates, NMS and detections (core/postprocess.py)."""
 
@@ -180,6 +235,9 @@ class Numerics:
 QUALITY = {"centerness": CenternessQuality}
 ASSIGNERS = {"fcos": FCOSAssign}
 LOSSES = {"fcos": FCOSLoss}
+QUALITY["iou"] = IoUQuality
+ASSIGNERS["atss"] = ATSSAssign
+LOSSES["atss"] = ATSSLoss
 # Each part: its field in ModelConfig, its choices (by `name`) or its class.
 PARTS = {"quality": QUALITY, "assign": ASSIGNERS, "loss": LOSSES,
          "inference": InferenceConfig, "numerics": Numerics}
@@ -506,6 +564,53 @@ def gfl(**overrides) -> ModelConfig:
   return ModelConfig().replace(**base)
 
 
+def iou(**overrides) -> ModelConfig:
+  """AdelaiDet FCOS_R_50_1x_iou: the official model with the IoU quality
+  branch (on the box tower) and the GIoU loss unweighted, over N_pos."""
+  base = dict(quality=IoUQuality(), reg_weighting="none")
+  base.update(overrides)
+  return ModelConfig().replace(**base)
+
+
+def atss(**overrides) -> ModelConfig:
+  """FCOS with ATSS assignment as the ATSS repository's R-50 1x (regressing
+  from the point, POSITIVE_TYPE ATSS, k=9, anchors 8 s): P6 from P5, GN
+  head, centre-ness on the box tower, GIoU weighted by centre-ness targets
+  with weight 2, normalised distances with a per-level scale."""
+  base = dict(assign=ATSSAssign(), loss=ATSSLoss())
+  base.update(overrides)
+  return ModelConfig().replace(**base)
+
+
+P2_STRIDES = (4, 8, 16, 32, 64, 128)
+
+
+def with_p2(cfg: ModelConfig) -> ModelConfig:
+  """`cfg` with a P2 level (stride 4, from C2) before its P3-P7. P2 takes
+  the lower half (in scale) of P3's range: the first range (lo, hi) splits
+  into (lo, hi / 2) for P2 and (hi / 2, hi) for P3, the other levels keep
+  theirs (COCO: P2 below 32, P3 32-64, ..., P7 above 512). An assigner
+  without size ranges (ATSS) only gains the level."""
+  if tuple(cfg.strides) != (8, 16, 32, 64, 128):
+    raise ConfigError(
+        f"with_p2: strides={cfg.strides}; P2 is added to P3-P7 (8 .. 128).")
+  assign = cfg.assign
+  ranges = getattr(assign, "size_ranges", None)
+  if ranges is not None:
+    (lo, hi), rest = ranges[0], tuple(ranges[1:])
+    assign = dataclasses.replace(
+        assign, size_ranges=((lo, hi / 2), (hi / 2, hi)) + rest)
+  # Strides and ranges together: ModelConfig checks they agree.
+  return dataclasses.replace(cfg, strides=P2_STRIDES, assign=assign)
+
+
+def p2(**overrides) -> ModelConfig:
+  """The official model with a P2 level (`with_p2`): six levels, strides
+  4 .. 128, P2 for boxes below 32 px."""
+  return with_p2(ModelConfig()).replace(**overrides)
+
+
 PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
            "rpn": rpn}
 PRESETS["gfl"] = gfl
+PRESETS.update(iou=iou, atss=atss, p2=p2)

@@ -24,11 +24,21 @@ MODEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, what this network produces.
 INIT_CANVAS_HW = (64, 64)
 
 
+P2_MODEL_STRIDES = (4,) + MODEL_STRIDES  # P2..P7 (`config.with_p2`).
+
+
 def check_config(cfg: ModelConfig):
+  if tuple(cfg.strides) == P2_MODEL_STRIDES:
+    if cfg.backbone != "resnet":
+      raise errors.ConfigError(
+          f"ModelConfig.strides={cfg.strides}: P2 needs C2, which only "
+          f"backbone='resnet' gives (got {cfg.backbone!r}).")
+    return
   if tuple(cfg.strides) != MODEL_STRIDES:
     raise errors.ConfigError(
         f"ModelConfig.strides={cfg.strides}: the FCOS network produces P3-P7 "
-        f"with strides {MODEL_STRIDES}; set strides to that.")
+        f"with strides {MODEL_STRIDES} (or P2-P7, {P2_MODEL_STRIDES}, with "
+        f"config.with_p2); set strides to that.")
 
 
 class FCOS(nn.Module):

@@ -5,7 +5,8 @@ ReLU). P6 = conv3x3/2 on P5 (`p6_from="p5"`) or on C5 ("c5"); P7 = conv3x3/2
 on ReLU(P6). Init: kaiming_uniform(a=1), bias 0, as both the official FCOS
 (maskrcnn-benchmark `conv_with_kaiming_uniform`) and torchvision use.
 
-Parameter tree: lateral3..5, output3..5, p6, p7 (each kernel, bias).
+Parameter tree: lateral3..5, output3..5, p6, p7 (each kernel, bias); with
+P2 (`config.with_p2`, C2 from the ResNet) also lateral2, output2.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def upsample_to(x, hw: tuple[int, int]):
 
 
 class FPN(nn.Module):
-  """(C3, C4, C5) -> [P3, P4, P5, P6, P7], each [B, H_l, W_l, fpn_channels]."""
+  """(C3, C4, C5) -> [P3, P4, P5, P6, P7], each [B, H_l, W_l, fpn_channels];
+  (C2, C3, C4, C5) -> [P2, ..., P7] (`config.with_p2`)."""
 
   cfg: ModelConfig
 
@@ -46,12 +48,16 @@ class FPN(nn.Module):
                      bias_init=nn.initializers.zeros, dtype=dtype,
                      param_dtype=jnp.float32, name=name)
 
-    c3, c4, c5 = feats
-    laterals = [conv(1, 1, f"lateral{k}")(c) for k, c in zip((3, 4, 5), feats)]
-    top = laterals[2]
+    c5 = feats[-1]
+    # (C3, C4, C5), or (C2, .., C5) for P2 (strides from 4): lateral2 and
+    # output2 exist only then.
+    first = 6 - len(feats)
+    laterals = [conv(1, 1, f"lateral{k}")(c)
+                for k, c in zip(range(first, 6), feats)]
+    top = laterals[-1]
     outs = [conv(3, 1, "output5")(top)]
-    for k in (4, 3):
-      lat = laterals[k - 3]
+    for k in range(4, first - 1, -1):
+      lat = laterals[k - first]
       top = lat + upsample_to(top, lat.shape[1:3])
       outs.insert(0, conv(3, 1, f"output{k}")(top))
     p6 = conv(3, 2, "p6")(outs[-1] if cfg.p6_from == "p5" else c5)

@@ -293,4 +293,5 @@ class ResNet(nn.Module):
                 sg, name=f"res{k}")(x)
       x = freeze(k, x)
       outs.append(x)
-    return tuple(outs[1:])
+    # C2 too when the FPN makes P2 (strides from 4, `config.with_p2`).
+    return tuple(outs) if cfg.strides[0] == 4 else tuple(outs[1:])

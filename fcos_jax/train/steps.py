@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcos_jax.core import losses, targets
+from fcos_jax.core import assign, losses
 from fcos_jax.core.detect import head_outputs
 from fcos_jax.model import batch_stats
 from fcos_jax.train import cpu_conv
@@ -33,9 +33,8 @@ def compute_loss(params, batch, cfg: ModelConfig):
     else:
       outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
       stats = {}
-  tgt = targets.assign_targets(batch["boxes"], batch["classes"],
-                               batch["box_valid"], batch["is_crowd"],
-                               locations, cfg)
+  tgt = assign.assign(batch["boxes"], batch["classes"], batch["box_valid"],
+                      batch["is_crowd"], locations, cfg)
   loss, metrics = losses.fcos_loss(outputs, tgt, locations, cfg)
   return loss, (metrics, stats)
 
