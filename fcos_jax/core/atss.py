@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax.core import box_coding
 from fcos_jax.core.locations import Locations
+from fcos_jax.core import targets as targets_lib
 from fcos_jax.core.targets import Targets
 from fcos_jax.model.config import ModelConfig
 
@@ -121,18 +121,8 @@ def _assign_one(boxes, classes, usable, levels, all_points, anchor_scale):
 
   is_pos = first < num_boxes
   index = jnp.minimum(first, num_boxes - 1)
-  reg = box_coding.encode_boxes(all_points, boxes[index])              # [P, 4]
-  reg = jnp.where(is_pos[:, None], reg, 0.0)
-  safe = jnp.where(is_pos[:, None], reg, 1.0)
-  l, t, r, b = (safe[:, k] for k in range(4))
-  ctr = jnp.sqrt((jnp.minimum(l, r) / jnp.maximum(l, r))
-                 * (jnp.minimum(t, b) / jnp.maximum(t, b)))
-  return Targets(
-      labels=jnp.where(is_pos, classes[index], 0).astype(jnp.int32),
-      positive=is_pos,
-      reg_targets=reg,
-      centerness=jnp.where(is_pos, ctr, 0.0),
-      matched_index=jnp.where(is_pos, index, -1))
+  return targets_lib.targets_of_match(all_points, boxes, classes, index,
+                                      is_pos)
 
 
 def assign_atss(boxes, classes, box_valid, is_crowd, locations: Locations,

@@ -156,8 +156,14 @@ def _assign_one(boxes, classes, usable, grids, radius: float, inclusive: bool):
 
   positive = first < num_boxes
   index = order[jnp.minimum(first, num_boxes - 1)]     # [P]
-  box = boxes[index]                                   # [P, 4]
-  ltrb = box_coding.encode_boxes(points, box)         # [P, 4]
+  return targets_of_match(points, boxes, classes, index, positive)
+
+
+def targets_of_match(points, boxes, classes, index, positive) -> Targets:
+  """The `Targets` of one image once each location's box is chosen (any
+  assigner): points [P, 2], boxes [M, 4], classes [M], index [P] (a valid
+  box index everywhere), positive [P]."""
+  ltrb = box_coding.encode_boxes(points, boxes[index])  # [P, 4]
   ltrb = jnp.where(positive[:, None], ltrb, 0.0)
   # Safe operands on background so that no 0/0 appears (not differentiated,
   # but NaNs in dead lanes are still worth avoiding).
