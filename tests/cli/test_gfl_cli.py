@@ -40,12 +40,12 @@ def test_gfl_trains_and_evaluates_through_the_clis(tmp_path):
   recorded = json.loads((workdir / "config.json").read_text())
   assert recorded["model"]["quality"]["name"] == "gfl_joint"
 
+  out = tmp_path / "eval_gfl"  # Training's own eval/ files stay as written.
   proc = run("evaluate.py", workdir, tiny_args(tmp_path) + [
-      "--checkpoint=4", "--config.model.inference.score_thresh=0.0"],
-      config=GFL_CONFIG)
+      "--checkpoint=4", "--config.model.inference.score_thresh=0.0",
+      f"--out={out}"], config=GFL_CONFIG)
   assert "COCO bbox evaluation at step 4" in proc.stdout
-  metrics = json.loads((workdir / "eval" / "metrics_step4.json").read_text())
+  metrics = json.loads((out / "metrics_step4.json").read_text())
   assert metrics["num_images"] == 8 and 0 <= metrics["AP"] <= 1
-  detections = json.loads(
-      (workdir / "eval" / "detections_step4.json").read_text())
+  detections = json.loads((out / "detections_step4.json").read_text())
   assert detections and all(0 < d["score"] <= 1 for d in detections)

@@ -16,21 +16,22 @@ THRESH = "0.001"  # An untrained model: low scores, but many detections.
 def test_evaluate_and_predict_with_tta(tmp_path):
   workdir = tmp_path / "run"
   run("train.py", workdir, tiny_args(tmp_path, steps=4, eval_at_end=False))
-  evaluate = lambda *flags: run("evaluate.py", workdir, tiny_args(
-      tmp_path, steps=4) + ["--checkpoint=4",
+  # Each evaluation into its own --out (evaluate.py never overwrites).
+  evaluate = lambda out, *flags: run("evaluate.py", workdir, tiny_args(
+      tmp_path, steps=4) + ["--checkpoint=4", f"--out={tmp_path / out}",
                             f"--config.model.inference.score_thresh={THRESH}"]
       + list(flags))
-  read = lambda name: json.loads((workdir / "eval" / name).read_text())
+  read = lambda out, name: json.loads((tmp_path / out / name).read_text())
 
-  evaluate()
-  plain = read("detections_step4.json")
-  evaluate("--tta=none")
-  assert read("detections_step4.json") == plain
+  evaluate("plain")
+  plain = read("plain", "detections_step4.json")
+  evaluate("none", "--tta=none")
+  assert read("none", "detections_step4.json") == plain
 
-  proc = evaluate("--tta=cheap")
+  proc = evaluate("cheap", "--tta=cheap")
   assert "test-time augmentation: 4 passes" in proc.stderr
-  cheap = read("detections_step4.json")
-  metrics = read("metrics_step4.json")
+  cheap = read("cheap", "detections_step4.json")
+  metrics = read("cheap", "metrics_step4.json")
   assert metrics["num_images"] == 8 and 0 <= metrics["AP"] <= 1
   assert cheap != plain and len(cheap) >= 8 * 50
 
@@ -47,5 +48,6 @@ def test_evaluate_and_predict_with_tta(tmp_path):
   assert sorted(got, key=key) == sorted(cheap, key=key)
 
   proc = predict(workdir, "--checkpoint=4", f"--images={val_dir}",
-                 f"--out={out}", "--tta=cheap", "--heatmaps", check=False)
+                 f"--out={tmp_path / 'pred2'}", "--tta=cheap", "--heatmaps",
+                 check=False)
   assert proc.returncode != 0 and "heatmaps" in proc.stderr
