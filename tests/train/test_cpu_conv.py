@@ -1,7 +1,6 @@
 """Conv kernel gradients as GEMMs (fcos_jax/train/cpu_conv.py)
 against jax.grad of XLA's convolution and a NumPy brute force."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +109,7 @@ def test_train_loss_gradients_match_xla():
   batch = dummy_batch(1, (64, 64), 5, 4, seed=0)
   grads = {}
   for mode in ("xla", "gemm"):
-    c = dataclasses.replace(cfg, conv_kernel_grad=mode)
+    c = cfg.replace(conv_kernel_grad=mode)
     fn = jax.jit(jax.grad(lambda p, c=c: compute_loss(p, batch, c)[0]))
     grads[mode] = fn(params)
   flat_ref = jax.tree_util.tree_leaves_with_path(grads["xla"])
