@@ -139,8 +139,8 @@ def guard(p, what: str = "access"):
 # storage that went down waits about a quarter of an hour per request, in
 # orbax's background thread (more than 100 s measured before it was
 # killed). Bounded here like gcsfs's: 6 tries, under a minute (49 s
-# measured on a closed port). `tensorstore_context(spec)` adds it to a tensorstore context spec
-# (orbax: its get_ts_context's dict), for the checkpoint code to pass on.
+# measured on a closed port). `tensorstore_context(spec)` adds it to a
+# tensorstore context spec; fcos_jax.run.checkpoint gives it to orbax.
 TENSORSTORE_GCS_RETRIES = {"max_retries": 6, "initial_delay": "1s",
                            "max_delay": "16s"}
 

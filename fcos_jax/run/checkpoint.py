@@ -18,10 +18,27 @@ import logging
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.serialization import tensorstore_utils as _ts_utils
 
 from fcos_jax import errors, storage
 
 _policies = ocp.checkpoint_managers
+
+
+def _bound_orbax_storage_retries() -> None:
+  """orbax builds every tensorstore context of a save or restore from two
+  module-level dicts (its `get_ts_context`; no handler argument reaches
+  them), without a GCS retry bound: tensorstore's default of 32 retries
+  kept a run whose storage went down waiting (and its exit blocked) for a
+  quarter of an hour. Our bound (storage.TENSORSTORE_GCS_RETRIES) is added
+  to both; tests/run/test_storage_down_while_training.py checks that the
+  contexts orbax builds carry it (orbax is pinned)."""
+  for spec in (_ts_utils._BASE_TS_CONTEXT,  # pylint: disable=protected-access
+               _ts_utils._DEFAULT_OCDBT_TS_CONTEXT):  # pylint: disable=protected-access
+    spec.update(storage.tensorstore_context())
+
+
+_bound_orbax_storage_retries()
 
 
 def make_manager(directory: str, *, keep: int, keep_best: int = 0,

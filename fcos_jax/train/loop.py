@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
+import sys
+import threading
 
 import jax
 import ml_collections
@@ -46,6 +49,11 @@ def _require_workdir(run: Run) -> None:
         "URL) this process can write.") from None
 
 
+# After SIGTERM/SIGINT, how long the run may take to save and stop before it
+# exits regardless (a TPU VM's preemption notice leaves about 30 s).
+GRACE_S = 25.0
+
+
 class StopRequest:
   """SIGTERM/SIGINT become a flag; all processes agree on the step to stop.
 
@@ -55,11 +63,21 @@ class StopRequest:
   same step, saves the same checkpoint and exits cleanly. A preemption
   notice that jax's preemption sync manager receives (TPU maintenance)
   stops at its agreed step too.
+
+  A signal is always honoured: if the process has not ended `grace_s`
+  after the first signal (a checkpoint write to storage that stopped
+  answering, say), or at a second signal, it exits at once with status
+  128 + signal and one line; the checkpoints already complete are intact
+  (orbax commits a step atomically) and a lock left behind is taken over by
+  the next start.
   """
 
-  def __init__(self, check_every: int):
+  def __init__(self, check_every: int, describe_wait=lambda: "",
+               grace_s: float = GRACE_S):
     self.received = None
     self.check_every = max(int(check_every), 1)
+    self._describe_wait = describe_wait
+    self._grace_s = grace_s
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         signal.signal(sig, self._handle)
@@ -68,10 +86,22 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     del frame
-    if self.received is None:
-      logging.warning("%s received: stopping at the next agreed step.",
-                      signal.Signals(signum).name)
-    self.received = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if self.received is not None:
+      self._exit_now(signum, f"a second {name}")
+    logging.warning("%s received: stopping at the next agreed step.", name)
+    self.received = name
+    watchdog = threading.Timer(self._grace_s, self._exit_now,
+                               args=(signum, f"{name} {self._grace_s:.0f} s ago"))
+    watchdog.daemon = True
+    watchdog.start()
+
+  def _exit_now(self, signum, what):
+    print(f"error: stopped by {what} before the run could stop cleanly"
+          f"{self._describe_wait()}; exiting now. The checkpoints already "
+          "complete are intact; run the same command to resume.",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)  # pylint: disable=protected-access
 
   def should_stop(self, step: int, manager) -> str | None:
     """The reason to stop after `step`, the same on every process, or None."""
@@ -337,7 +367,8 @@ def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
                       first_step=max(config.profile_first_step, start_step + 1),
                       num_steps=config.profile_steps)
     trace(start_step)
-  stop = StopRequest(config.stop_check_every_steps)
+  stop = StopRequest(config.stop_check_every_steps, lambda: _save_in_flight(
+      manager))
   compiled_canvases = set()
   pending, last_eval, stopped = [], {}, None
   logging.info("Training steps %d..%d, global batch %d on %d devices.",
@@ -391,11 +422,31 @@ def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
       last_eval = evaluator.evaluate_params(config, state.params, mesh,
                                             run.workdir, total, info, writer)
       writer.write_scalars(total, {f"eval/{k}": v for k, v in last_eval.items()})
-  finally:
-    if trace:
-      trace.close()
-    writer.close()
+  except BaseException:
+    _close_quietly(trace, writer)  # The first error surfaces alone.
+    raise
+  if trace:
+    trace.close()
+  writer.close()
   return last_eval
+
+
+def _close_quietly(*closables) -> None:
+  for c in closables:
+    try:
+      if c is not None:
+        c.close()
+    except Exception as e:  # e.g. the TensorBoard copy to storage that is down.
+      logging.error("While stopping: %s", e)
+
+
+def _save_in_flight(manager) -> str:
+  try:
+    saving = manager.is_saving_in_progress()
+  except Exception:  # Only a detail of the message.
+    saving = False
+  return (f" (a checkpoint write to {manager.directory} had not finished: "
+          "is the storage answering?)" if saving else "")
 
 
 def _log_parameter_counts(params, cfg) -> None:
@@ -419,10 +470,14 @@ def _writing_checkpoints(manager):
   try:
     yield
   except Exception as e:  # orbax wraps the OSError in several layers.
+    cause = _root_cause(e)
+    fix = ("Free space there or choose another --workdir" if "No space" in
+           cause or "RESOURCE_EXHAUSTED" in cause else "Check that the storage answers "
+           "and can be written (network, permissions, space), then run the "
+           "same command to resume")
     raise CheckpointWriteError(
-        f"Could not write a checkpoint to {manager.directory}: "
-        f"{_root_cause(e)}. Free space there or choose another --workdir; "
-        "the checkpoints already complete are intact.") from None
+        f"Could not write a checkpoint to {manager.directory}: {cause}. "
+        f"{fix}; the checkpoints already complete are intact.") from None
 
 
 def _finish_saves(manager) -> None:
