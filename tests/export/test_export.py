@@ -264,3 +264,48 @@ def test_export_cli_writes_every_artifact_and_a_manifest(tmp_path, params):
   np.testing.assert_allclose(got["boxes"][:n], r["boxes"], atol=1e-3)
   np.testing.assert_allclose(got["scores"][:n], r["scores"], atol=1e-5)
   np.testing.assert_array_equal(got["classes"][:n], r["labels"])
+
+
+def _family_variant(name):
+  """The tiny model with one family part changed (fcos_jax/model/config.py)."""
+  from fcos_jax.model import config as presets
+  if name == "gfl":  # No centre-ness; boxes from the 0..reg_max distribution.
+    # With random weights every box decodes to about the same size: a high
+    # NMS IoU keeps enough detections to compare.
+    return CFG.replace(quality=presets.GFLJointQuality(),
+                       loss=presets.GFLLoss(), location_offset="zero",
+                       nms_iou=0.95)
+  if name == "iou":
+    return CFG.replace(quality=presets.IoUQuality())
+  return presets.with_p2(CFG)  # Six levels, stride 4 .. 128.
+
+
+@pytest.mark.parametrize("variant", ["gfl", "iou", "p2"])
+def test_family_variants_export_to_stablehlo(tmp_path, variant):
+  cfg = _family_variant(variant)
+  params = serving.as_numpy_params(
+      init_variables(cfg, jax.random.key(3))["params"])
+  path = str(tmp_path / "m.jax_export")
+  stablehlo.save(stablehlo.export(cfg, params, CANVASES[0],
+                                  platforms=("cpu",)), path)
+  args = inputs(0, seed=7)
+  assert_same_detections(jax.device_get(stablehlo.load(path).call(*args)),
+                         reference(cfg, params, args))
+
+
+def test_gfl_exports_to_onnx(tmp_path):
+  """The GFL head (no centre-ness, integral box decoding) through jax2onnx
+  and ONNX's NMS: the same detections up to the order of equal scores."""
+  pytest.importorskip("onnxruntime")
+  pytest.importorskip("jax2onnx")
+  from fcos_jax.export import onnx_export
+  cfg = _family_variant("gfl").replace(pre_nms_topk=20)
+  params = serving.as_numpy_params(
+      init_variables(cfg, jax.random.key(4))["params"])
+  path = str(tmp_path / "gfl.onnx")
+  onnx_export.export(cfg, params, CANVASES[0], path, batch=1)
+  run = onnx_export.load(path)
+  args = tuple(a[:1] for a in inputs(0, seed=8))
+  want = reference(cfg, params, args)
+  assert want["valid"].sum() >= 5
+  assert_matching_detections(run(*args), want, 1e-3, 1e-5, 1.0)
