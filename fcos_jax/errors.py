@@ -58,3 +58,13 @@ class CheckpointReadError(UserError, OSError):
 
 class WorkdirLockedError(WorkdirError):
   """Another live process writes this workdir (the holder is named)."""
+
+
+def root_cause(error: BaseException, limit: int = 160) -> str:
+  """'Type: first line' of the innermost cause of a chained exception (for
+  one-line messages about errors that libraries wrap in several layers)."""
+  seen = error
+  while seen.__cause__ is not None or seen.__context__ is not None:
+    seen = seen.__cause__ or seen.__context__
+  text = str(seen).strip().splitlines()
+  return f"{type(seen).__name__}: {(text[0] if text else '')[:limit]}"

@@ -127,16 +127,6 @@ def _shapes_by_path(tree) -> dict[str, tuple]:
           jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _root_cause(error: BaseException) -> str:
-  """The innermost cause of a chained exception, as one short line."""
-  seen = error
-  while seen.__cause__ is not None or seen.__context__ is not None:
-    seen = seen.__cause__ or seen.__context__
-  text = str(seen).strip().splitlines()
-  text = text[0] if text else ""
-  return f"{type(seen).__name__}: {text[:160]}"
-
-
 def unlisted_steps(manager) -> list[int]:
   """Step folders (named by a number) that orbax does not list as
   checkpoints (e.g. emptied or never finished), newest first."""
@@ -171,7 +161,7 @@ def restore_newest(manager, step: int | None, restore_one):
     except Exception as e:  # orbax/tensorstore errors of a damaged folder.
       raise errors.CheckpointReadError(
           f"The checkpoint {directory}/{step} cannot be restored "
-          f"({_root_cause(e)}); it may be damaged. Pick another step "
+          f"({errors.root_cause(e)}); it may be damaged. Pick another step "
           f"(available: {sorted(manager.all_steps())}) or omit --checkpoint "
           "for the newest one that restores.") from None
   steps = sorted(manager.all_steps(), reverse=True)
@@ -188,10 +178,10 @@ def restore_newest(manager, step: int | None, restore_one):
     except errors.UserError:
       raise
     except Exception as e:  # orbax/tensorstore errors of a damaged folder.
-      failures.append(f"{s} ({_root_cause(e)})")
+      failures.append(f"{s} ({errors.root_cause(e)})")
       logging.warning("Checkpoint %s/%d cannot be restored (%s); trying the "
                       "previous one. It is left in place.", directory, s,
-                      _root_cause(e))
+                      errors.root_cause(e))
       skipped.append(s)
       continue
     if skipped:

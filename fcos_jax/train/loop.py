@@ -470,7 +470,7 @@ def _writing_checkpoints(manager):
   try:
     yield
   except Exception as e:  # orbax wraps the OSError in several layers.
-    cause = _root_cause(e)
+    cause = errors.root_cause(e)
     fix = ("Free space there or choose another --workdir" if "No space" in
            cause or "RESOURCE_EXHAUSTED" in cause else "Check that the storage answers "
            "and can be written (network, permissions, space), then run the "
@@ -492,20 +492,11 @@ def _abandon(manager) -> None:
   try:
     manager.wait_until_finished()
   except Exception as e:  # The first error is already on its way up.
-    logging.error("A checkpoint in flight also failed: %s", _root_cause(e))
+    logging.error("A checkpoint in flight also failed: %s", errors.root_cause(e))
   try:
     manager.close()
   except Exception:  # Nothing more to save; don't hide the first error.
     pass
-
-
-def _root_cause(error: BaseException) -> str:
-  """The innermost cause of a chained exception, as one line."""
-  seen = error
-  while seen.__cause__ is not None or seen.__context__ is not None:
-    seen = seen.__cause__ or seen.__context__
-  text = str(seen).strip().splitlines()
-  return f"{type(seen).__name__}: {text[0] if text else ''}"
 
 
 def _check_finite(state: TrainState, manager) -> None:
