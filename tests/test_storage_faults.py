@@ -3,9 +3,6 @@ that stops answering (bounded retries, then one line naming the path and
 the cause; SIGTERM still ends the command), `**` patterns on gs://, a
 truncated JSON."""
 
-import json
-import os
-import pathlib
 import signal
 import socket
 import subprocess

@@ -15,7 +15,6 @@ from gcs_emulator import BUCKET, _free_port, emulator_env
 
 from fcos_jax import storage
 from fcos_jax.run import checkpoint  # noqa: F401  (bounds orbax's retries)
-from fcos_jax.train.loop import GRACE_S
 
 # gcsfs: 6 tries with 1+2+4+8+16 s of back-off; tensorstore: our bound of
 # 6 tries (storage.TENSORSTORE_GCS_RETRIES). A command may meet both.
