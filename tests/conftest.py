@@ -24,3 +24,11 @@ except ImportError:
 from fcos_jax import runtime  # noqa: E402  (imports jax: after the flags)
 
 runtime.enable_compilation_cache(_CACHE)  # As the CLIs do.
+
+
+def pytest_collection_modifyitems(items):
+  """Files with slow end-to-end tests first (stable otherwise): with the
+  suite spread over processes (pytest-xdist, `--dist loadfile` in
+  pytest.ini), a long file that starts last would run alone at the end."""
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)
