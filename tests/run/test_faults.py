@@ -561,7 +561,9 @@ def test_a_start_whose_first_batch_fails_leaves_no_record(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_during_start_up_releases_the_lock(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_start_up_releases_the_lock(tmp_path, sig):
+  """Before the loop: no traceback, no lock left, no record written."""
   workdir = tmp_path / "run"
   proc = subprocess.Popen(
       command("train.py", workdir, tiny_args(tmp_path, 50, eval_at_end=False)),
@@ -569,16 +571,18 @@ def test_sigterm_during_start_up_releases_the_lock(tmp_path):
       text=True)
   try:
     wait_for(lambda: (workdir / "lock.json").exists(), [proc], "the lock")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     rc = proc.wait(timeout=300)
   finally:
     if proc.poll() is None:
       proc.kill()
       proc.wait()
   err = proc.stderr.read()
-  assert rc in (0, 128 + signal.SIGTERM), err[-3000:]
+  assert rc in (0, 128 + sig), err[-3000:]
   assert "Traceback" not in err, err[-3000:]
   assert not (workdir / "lock.json").exists()
+  if rc:  # Stopped before the first step: nothing recorded.
+    assert not (workdir / "config.json").exists()
 
 
 def _walk(root):
