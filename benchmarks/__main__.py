@@ -355,7 +355,10 @@ def main(argv=None):
                       "float32 on both sides (convs in TF32 on both).")
   p.add_argument("--json", metavar="PATH", help="Also write all figures.")
   p.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS),
-                 choices=SECTIONS, help="CPU sections to run.")
+                 choices=SECTIONS,
+                 help="Sections to run (CPU mode); with --gpu, only "
+                      "`family` is heeded (on the GPU instead of the R-50 "
+                      "comparison).")
   p.add_argument("--repeats", type=int, default=10,
                  help="Timed repeats of the small and family rows.")
   p.add_argument("--r50-repeats", type=int, default=3)
