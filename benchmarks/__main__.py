@@ -5,6 +5,7 @@
   python -m benchmarks --smoke           # tiny sizes, end to end (tests)
   python -m benchmarks --gpu [--smoke]   # bf16 on one NVIDIA GPU, MFU
   python -m benchmarks --gpu --gpu-dtype float32   # both sides float32
+  python -m benchmarks --sections family [--smoke] [--gpu]   # the family
 
 Sections (CPU mode; see BENCHMARKS.md for what each figure includes):
   r50    our train/eval steps vs torchvision's FCOS-R50-FPN, float32,
@@ -30,6 +31,12 @@ Sections (CPU mode; see BENCHMARKS.md for what each figure includes):
          benchmarks/bench_predict.py: predict.py's path on JPEG files
          (images/s), and the exported StableHLO / SavedModel / ONNX
          against the jitted model (latency ratio), on the small config.
+  family benchmarks/bench_family.py: the train step (ms/step, XLA memory,
+         parameters, ratios to FCOS) of each preset of the family
+         (official, iou, atss, gfl, p2) on the main command's setting
+         (configs/synthetic_cpu.py: 256x256, batch 16). Not run unless
+         named in --sections; with --gpu, `--sections family` runs it on
+         the GPU (numerics --gpu-dtype) instead of the R-50 comparison.
 Every figure: min / median / max over repeats after warm-up; ratio =
 torchvision median / our median (> 1: we are faster).
 """
@@ -48,7 +55,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco",
-            "predict", "export", "dcn", "zoo")
+            "predict", "export", "dcn", "zoo", "family")
 DEFAULT_SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco")
 
 
@@ -206,6 +213,9 @@ def run_cpu(args) -> dict:
   if "zoo" in args.sections:
     from benchmarks import bench_zoo  # pylint: disable=import-outside-toplevel
     sections["zoo"] = bench_zoo.run(args.smoke, repeats=args.zoo_repeats)
+  if "family" in args.sections:
+    from benchmarks import bench_family  # pylint: disable=import-outside-toplevel
+    sections["family"] = bench_family.run(args.smoke, repeats=args.repeats)
   if "predict" in args.sections:
     from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
     sections["predict"] = bench_predict.predict_files(args.smoke)
@@ -286,6 +296,9 @@ def print_cpu_table(r: dict):
   if "zoo" in s:
     from benchmarks import bench_zoo  # pylint: disable=import-outside-toplevel
     bench_zoo.print_table(s["zoo"])
+  if "family" in s:
+    from benchmarks import bench_family  # pylint: disable=import-outside-toplevel
+    bench_family.print_table(s["family"])
   for key in ("r50", "small"):
     if key not in s:
       continue
@@ -342,9 +355,12 @@ def main(argv=None):
                       "float32 on both sides (convs in TF32 on both).")
   p.add_argument("--json", metavar="PATH", help="Also write all figures.")
   p.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS),
-                 choices=SECTIONS, help="CPU sections to run.")
+                 choices=SECTIONS,
+                 help="Sections to run (CPU mode); with --gpu, only "
+                      "`family` is heeded (on the GPU instead of the R-50 "
+                      "comparison).")
   p.add_argument("--repeats", type=int, default=10,
-                 help="Timed repeats of the small rows.")
+                 help="Timed repeats of the small and family rows.")
   p.add_argument("--r50-repeats", type=int, default=3)
   p.add_argument("--zoo-repeats", type=int, default=2)
   p.add_argument("--r50-train-batch", type=int, default=1)
@@ -356,7 +372,14 @@ def main(argv=None):
     # XLA's threads on a busy machine (that made smoke runs take minutes).
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(1)
-  if args.gpu:
+  if args.gpu and "family" in args.sections:
+    from benchmarks import gpu  # pylint: disable=import-outside-toplevel
+    result = {"mode": "gpu", "smoke": args.smoke, "env": environment(),
+              "sections": {"family": gpu.run_family(
+                  args.smoke, args.gpu_dtype, args.repeats)}}
+    from benchmarks import bench_family  # pylint: disable=import-outside-toplevel
+    bench_family.print_table(result["sections"]["family"])
+  elif args.gpu:
     from benchmarks import gpu  # pylint: disable=import-outside-toplevel
     result = gpu.run(smoke=args.smoke, dtype=args.gpu_dtype)
     result["mode"] = "gpu"

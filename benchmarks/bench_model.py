@@ -76,14 +76,17 @@ def _block(tree):
 
 class Ours:
   """Our compiled train step (batch `train_batch`) and eval steps (each of
-  `infer_batches`) on one canvas, with their compile figures."""
+  `infer_batches`) on one canvas, with their compile figures. `optim`: a
+  config's `optim` (as `train.py` builds its optimizer from it); the
+  official SGD of `default_optim_config()` when None."""
 
   def __init__(self, cfg: ModelConfig, canvas_hw, train_batch: int,
-               infer_batches, num_boxes: int, seed: int = 0):
+               infer_batches, num_boxes: int, seed: int = 0, optim=None):
     self.cfg = cfg
     self.last_loss = None
     params = init_variables(cfg, jax.random.key(seed))["params"]
-    optim = optimizer_lib.default_optim_config()
+    if optim is None:
+      optim = optimizer_lib.default_optim_config()
     tx = optimizer_lib.make_optimizer(optim, train_batch,
                                       param_labels(params, cfg))
     schedule = optimizer_lib.lr_schedule(optim, train_batch)

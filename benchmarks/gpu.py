@@ -160,6 +160,26 @@ def run(smoke: bool = False, dtype: str = "bfloat16") -> dict:
   return result
 
 
+def run_family(smoke: bool = False, dtype: str = "bfloat16",
+               repeats: int = 10) -> dict:
+  """The family section (benchmarks/bench_family.py) on one GPU, every
+  model in `dtype`; as `run`, TensorFlow blocked, and `smoke` runs the
+  same code on the CPU at tiny sizes."""
+  if dtype not in ("bfloat16", "float32"):
+    raise ValueError(f"benchmarks --gpu-dtype: {dtype!r} is not bfloat16 or "
+                     "float32.")
+  block_tensorflow()
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "gpu" and not smoke:
+    raise SystemExit("benchmarks --gpu --sections family: no CUDA device for "
+                     "JAX; use --smoke to check the path on a CPU.")
+  from benchmarks import bench_family  # pylint: disable=import-outside-toplevel
+  r = bench_family.run(smoke, repeats=repeats, dtype=dtype,
+                       warmup=1 if smoke else 2)
+  r["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
+  return r
+
+
 def print_table(r: dict):
   """The GPU table: seconds per call, throughput, ratio, MFU."""
   s = r["settings"]

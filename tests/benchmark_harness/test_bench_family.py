@@ -1,0 +1,113 @@
+"""The family section of `python -m benchmarks`: each row is its preset on
+the main command's setting, and the smoke run times and sizes every
+preset's train step."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import bench_family
+from fcos_jax.model import config as presets
+from fcos_jax.model.config_dict import model_config_from
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_rows_are_the_presets_on_the_main_setting():
+  configs = bench_family.family_configs()
+  assert list(configs) == ["official", "iou", "atss", "gfl", "p2"]
+  main = model_config_from(configs["official"].model)
+  for preset, config in configs.items():
+    cfg = model_config_from(config.model)
+    # The main command's architecture, data and optimizer.
+    for field in ("depth", "width", "fpn_channels", "head_convs",
+                  "num_classes"):
+      assert getattr(cfg, field) == getattr(main, field), (preset, field)
+    for key in ("canvases", "max_boxes"):
+      assert config.data[key] == configs["official"].data[key]
+    assert config.global_batch_size == configs["official"].global_batch_size
+    assert config.optim == configs["official"].optim
+    # The preset's parts (P2: the preset's strides).
+    ref = presets.PRESETS[preset]()
+    if preset == "p2":
+      assert cfg.strides == ref.strides == presets.P2_STRIDES
+    else:
+      assert (cfg.quality, cfg.assign.name, cfg.loss) == (
+          ref.quality, ref.assign.name, ref.loss), preset
+  assert bench_family.settings(False, 7) == {
+      "canvases": ((256, 256),), "batch": 16, "max_boxes": 32, "repeats": 7}
+
+
+@pytest.mark.slow
+def test_smoke_times_and_sizes_every_preset(tmp_path):
+  out = tmp_path / "family.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks", "--smoke", "--sections", "family",
+       "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  r = json.loads(out.read_text())["sections"]["family"]
+  assert r["smoke"] and r["settings"]["canvases"] == [[64, 64]]
+  rows = {row["preset"]: row for row in r["rows"]}
+  assert list(rows) == ["official", "iou", "atss", "gfl", "p2"]
+  for preset, row in rows.items():
+    s = row["s"]
+    assert s["n"] == 2 and all(math.isfinite(v) and v > 0 for v in s["values"])
+    mem = row["xla_memory"]
+    assert mem["peak"] > 0 and mem["argument"] > 0 and mem["temp"] > 0
+    assert math.isfinite(row["time_ratio"]) and row["time_ratio"] > 0
+    assert math.isfinite(row["memory_ratio"]) and row["memory_ratio"] > 0
+    assert math.isfinite(row["last_loss"]), preset  # The step did train.
+    assert row["xla_flops"] > 0 and row["batch"] == 2
+  assert rows["official"]["time_ratio"] == rows["official"]["memory_ratio"] == 1
+  # Parameters, by hand (FPN and head 32 channels, 3x3 head convs): IoU
+  # quality and ATSS keep FCOS's layers; GFL's box conv has 4 x 17 outputs
+  # instead of 4 and no centre-ness conv; P2 adds a 1x1 lateral from C2 (8
+  # channels), a 3x3 output conv and one Scale.
+  conv3 = 9 * 32 + 1  # Weights + bias of one output channel.
+  base = rows["official"]["params"]
+  assert rows["iou"]["params"] == rows["atss"]["params"] == base
+  assert rows["gfl"]["params"] == base + (4 * 17 - 4 - 1) * conv3
+  assert rows["p2"]["params"] == base + (8 * 32 + 32) + 32 * conv3 + 1
+  for preset in rows:
+    assert f"   {preset} " in proc.stdout
+  assert "x mem" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_mode_smoke_runs_the_family_in_bf16_without_tensorflow(tmp_path):
+  out = tmp_path / "family.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks", "--gpu", "--smoke", "--sections",
+       "family", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  assert r["mode"] == "gpu" and list(r["sections"]) == ["family"]
+  fam = r["sections"]["family"]
+  assert fam["dtype"] == "bfloat16" and not fam["tensorflow_imported"]
+  assert [row["preset"] for row in fam["rows"]] == list(bench_family.FAMILY)
+  for row in fam["rows"]:
+    assert row["s"]["median"] > 0 and row["xla_memory"]["peak"] > 0
+    assert math.isfinite(row["last_loss"])
+  assert "(cpu, bfloat16)" in proc.stdout
+
+
+def test_gpu_mode_family_refuses_a_cpu_and_an_unknown_dtype():
+  from benchmarks import gpu
+  with pytest.raises(ValueError, match="'float16' is not bfloat16 or float32"):
+    gpu.run_family(smoke=True, dtype="float16")
+  # In a child: run_family blocks TensorFlow for the whole process.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  proc = subprocess.run(
+      [sys.executable, "-c", "from benchmarks import gpu; gpu.run_family()"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  assert "no CUDA device for JAX; use --smoke" in proc.stderr
