@@ -80,26 +80,6 @@ def test_smoke_times_and_sizes_every_preset(tmp_path):
   assert "x mem" in proc.stdout
 
 
-@pytest.mark.slow
-def test_gpu_mode_smoke_runs_the_family_in_bf16_without_tensorflow(tmp_path):
-  out = tmp_path / "family.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-  proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks", "--gpu", "--smoke", "--sections",
-       "family", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=1800)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  r = json.loads(out.read_text())
-  assert r["mode"] == "gpu" and list(r["sections"]) == ["family"]
-  fam = r["sections"]["family"]
-  assert fam["dtype"] == "bfloat16" and not fam["tensorflow_imported"]
-  assert [row["preset"] for row in fam["rows"]] == list(bench_family.FAMILY)
-  for row in fam["rows"]:
-    assert row["s"]["median"] > 0 and row["xla_memory"]["peak"] > 0
-    assert math.isfinite(row["last_loss"])
-  assert "(cpu, bfloat16)" in proc.stdout
-
-
 def test_gpu_mode_family_refuses_a_cpu_and_an_unknown_dtype():
   from benchmarks import gpu
   with pytest.raises(ValueError, match="'float16' is not bfloat16 or float32"):
