@@ -50,8 +50,9 @@ def _require_workdir(run: Run) -> None:
 
 
 # After SIGTERM/SIGINT, how long the run may take to save and stop before it
-# exits regardless (a TPU VM's preemption notice leaves about 30 s).
-GRACE_S = 25.0
+# exits regardless. Long enough for a slow but healthy save (a TPU VM is
+# reclaimed about 30 s after its notice anyway); a second signal is at once.
+GRACE_S = 60.0
 
 
 class StopRequest:
