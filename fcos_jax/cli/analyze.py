@@ -228,7 +228,7 @@ def main(argv):
     raise app.UsageError(f"Give one analysis: {' | '.join(ANALYSES)} "
                          f"(got {argv[1:]}).")
   config = _config()
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))
   which = argv[1]
   if which in ("bpr", "ambiguity"):
     run_bpr_ambiguity(config, which)

@@ -58,8 +58,15 @@ def configure_logging() -> None:
   sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
 
 
-def setup(config) -> None:
-  """Logging, TensorFlow kept off the GPUs, multi-process start, XLA cache."""
+def setup(config, *, needs) -> None:
+  """The start-up of every command that reads a run config: the config's
+  user-set fields checked first (`validate_config`, before anything is
+  written, compiled or restored), then logging, TensorFlow kept off the
+  GPUs, multi-process start and the XLA cache.
+
+  needs: the parts of the config the command reads, some of "train",
+  "eval", "model" (fcos_jax.run.validate)."""
+  validate_config(config, needs=needs)
   configure_logging()
   from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
   from fcos_jax import runtime
@@ -67,10 +74,10 @@ def setup(config) -> None:
   runtime.enable_compilation_cache(config.compilation_cache_dir)
 
 
-def validate_config(config, needs=("train", "eval", "model")) -> None:
-  """The config's user-set fields checked before anything is set up,
-  written or compiled (fcos_jax.run.validate); a ConfigError names the
-  field, the value and a valid example."""
+def validate_config(config, needs) -> None:
+  """The config's user-set fields checked (fcos_jax.run.validate); a
+  ConfigError names the field, the value and a valid example. `setup`
+  calls it: a command does not call it itself."""
   from fcos_jax.run.validate import validate  # pylint: disable=import-outside-toplevel
   validate(config, needs=needs)
 

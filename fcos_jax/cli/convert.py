@@ -209,8 +209,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  common.validate_config(config, needs=("eval", "model"))
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))
   source = next(s for s in ("official", "adelaidet", "torchvision")
                 if getattr(FLAGS, s))
   convert_to_workdir(getattr(FLAGS, source), FLAGS.workdir, config,
