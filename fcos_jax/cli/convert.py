@@ -109,13 +109,13 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
         f"{run.checkpoints} already has checkpoints; pass --overwrite to "
         "replace them, or another --workdir.")
   state_dict = _read_state_dict(state_dict, source)
-  storage.makedirs(workdir)
+  storage.makedirs(run.workdir)
   with run.lock("fcos-convert"):
     if run.has_checkpoints() and not overwrite:  # Another writer meanwhile.
       raise UserError(
           f"{run.checkpoints} already has checkpoints; pass --overwrite to "
           "replace them, or another --workdir.")
-    staging = _staging_dir(workdir)
+    staging = _staging_dir(run.workdir)
     try:
       cfg = _write_converted(state_dict, Run(staging), config, source)
       _swap_in(staging, run)
