@@ -141,6 +141,11 @@ def resolve_config(value: str) -> str:
   flags.Error naming the packaged configs."""
   name, sep, arg = value.partition(":")
   if os.path.isfile(value) or os.path.isfile(name):
+    path = value if os.path.isfile(value) else name
+    if not path.endswith(".py"):  # It would be run as Python.
+      raise flags.Error(
+          f"--config {value}: {path} is no Python config file (.py with a "
+          "get_config()); e.g. --config configs/synthetic_cpu.py.")
     return value
   base = name[:-3] if name.endswith(".py") else name
   if base and not os.path.isabs(base):
@@ -195,6 +200,16 @@ def _parse_flags(argv):
     key = hint.group(2) if hint else re.sub(r"\W", "", text.split("\\n")[0])
     where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
              and key in a.split("=")[0].split(".")]
+    missing = re.search(r"module '([^']*)' has no attribute 'get_config'",
+                        text)
+    if missing:
+      given = [a.split("=", 1)[1] for a in argv[1:]
+               if a.startswith("--config=")] + [
+                   argv[i + 1] for i, a in enumerate(argv[:-1])
+                   if a == "--config"]
+      _flag_error(f"--config {given[0] if given else ''}: the file defines "
+                  "no get_config(); a config file returns its ConfigDict "
+                  "from get_config() (see configs/synthetic_cpu.py).")
     if "object has no attribute" in text:
       raise  # Python's own: a programming error (e.g. in a config file's
       # get_config), shown with its traceback.

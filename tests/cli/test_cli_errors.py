@@ -158,3 +158,20 @@ def test_bad_recorded_config_is_refused_by_predict(tmp_path):
   [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert "config.model.score_thresh=-0.5" in line, line
   assert not (tmp_path / "out").exists()
+
+
+def test_config_that_is_no_config_file_is_one_line(tmp_path):
+  """A --config that is no Python file (it would be run as Python) or a
+  .py without get_config(): one line naming it, exit 2."""
+  text = tmp_path / "hostname"
+  text.write_text("vm-1234\n")
+  no_function = tmp_path / "settings.py"
+  no_function.write_text("x = 1\n")
+  for path, needle in [(text, "is no Python config file"),
+                       (no_function, "defines no get_config()")]:
+    proc = _python(["-m", "fcos_jax.cli.evaluate", f"--config={path}",
+                    f"--workdir={tmp_path / 'run'}"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, \
+        proc.stderr
+    [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert str(path) in line and needle in line, line
