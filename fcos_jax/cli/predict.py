@@ -112,6 +112,7 @@ def main(argv):
   # Everything that needs no model first: a bad --out, --images or config
   # costs no restore, and a bad config is refused before --out is made.
   paths = images.list_images(FLAGS.images)
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite, make=False)
   import ml_collections  # pylint: disable=import-outside-toplevel
   config = FLAGS.config or (common.recorded_config(FLAGS.workdir)
                             if FLAGS.workdir else ml_collections.ConfigDict(
