@@ -68,7 +68,7 @@ def draw_centerness(params, cfg: ModelConfig, table: ExampleTable, data_cfg,
   missing = [i for i in image_ids if int(i) not in row_of]
   if missing:
     raise errors.DataError(f"--image_ids: {missing[:5]} are not in the split "
-                           f"(its first ids: {list(table.image_ids[:5])}).")
+                           f"(its first ids: {[int(i) for i in table.image_ids[:5]]}).")
   programs, written = {}, []
   for image_id in image_ids:
     r = row_of[int(image_id)]

@@ -25,6 +25,8 @@ are resized as evaluation resizes them. Results: a printed table and JSON
 (and PNGs) in --out (default WORKDIR/analysis).
 """
 
+import math
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -51,6 +53,10 @@ flags.DEFINE_string("gt_json", None, "pr-curves / recall: the ground truth; "
                     "default: the config's evaluation split.")
 flags.DEFINE_list("image_ids", [], "centerness: image ids; default: the "
                   "split's first four.")
+flags.register_validator(
+    "image_ids", lambda ids: all(str(i).strip().isdigit() for i in ids),
+    "must be image ids (whole numbers) separated by commas, e.g. "
+    "--image_ids=1000000,1000001.")
 flags.DEFINE_float("min_score", 0.0, "ambiguity: count the detections with "
                    "at least this score.")
 
@@ -119,8 +125,12 @@ def _gt_json(config) -> str:
   return sources.split_files(config.data, "val")[2]
 
 
-def _read_results(path: str) -> list:
+def _read_results(path: str, gt: str) -> list:
+  """The detections of `path`, each checked against the ground truth `gt`
+  (pycocotools would stop with an AssertionError or a KeyError)."""
   from fcos_jax import storage
+  if not storage.exists(path):
+    raise MissingFileError(f"--detections={path}: no such file.")
   results = storage.read_json(path)
   if not isinstance(results, list):
     raise DataError(f"{path}: expected a COCO results list (what fcos-evaluate "
@@ -130,6 +140,22 @@ def _read_results(path: str) -> list:
                     "curve or recall to measure (the model found nothing "
                     "above its score threshold; lower "
                     "model.inference.score_thresh and evaluate again).")
+  image_ids = {im["id"] for im in storage.read_json(gt)["images"]}
+  for i, r in enumerate(results):
+    box = r.get("bbox") if isinstance(r, dict) else None
+    ok = (isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in box) and
+          isinstance(r.get("score"), (int, float)) and "image_id" in r)
+    if not ok:
+      raise DataError(f"{path}: record {i} ({str(r)[:120]}) is no COCO "
+                      "result: expected image_id, bbox [x, y, w, h] of 4 "
+                      "finite numbers and a numeric score.")
+  unknown = sorted({r["image_id"] for r in results} - image_ids, key=str)
+  if unknown:
+    raise DataError(
+        f"{path}: {len(unknown)} image id(s) of its detections (e.g. "
+        f"{unknown[:3]}) are not in the ground truth {gt}: the detections "
+        "are of another split. Pass the matching --gt_json.")
   return results
 
 
@@ -176,7 +202,7 @@ def run_pr_curves(config) -> None:
   from fcos_jax.analysis import pr_curves
   detections, gt = _detections_json(), _gt_json(config)
   _check_gt(gt)
-  curves = pr_curves.class_agnostic_curves(gt, _read_results(detections))
+  curves = pr_curves.class_agnostic_curves(gt, _read_results(detections, gt))
   out = _out_dir()
   png = storage.join(out, "pr_curves_class_agnostic.png")
   pr_curves.write_png(curves, png)
@@ -196,7 +222,7 @@ def run_recall(config) -> None:
   from fcos_jax.evaluation import proposal_eval
   detections, gt = _detections_json(), _gt_json(config)
   _check_gt(gt)
-  results = _read_results(detections)
+  results = _read_results(detections, gt)
   image_ids = [im["id"] for im in storage.read_json(gt)["images"]]
   metrics = proposal_eval.proposal_evaluate(gt, results, image_ids)
   path = storage.join(_out_dir(), "recall.json")
@@ -228,7 +254,7 @@ def main(argv):
     raise app.UsageError(f"Give one analysis: {' | '.join(ANALYSES)} "
                          f"(got {argv[1:]}).")
   config = _config()
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))
   which = argv[1]
   if which in ("bpr", "ambiguity"):
     run_bpr_ambiguity(config, which)

@@ -58,8 +58,15 @@ def configure_logging() -> None:
   sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
 
 
-def setup(config) -> None:
-  """Logging, TensorFlow kept off the GPUs, multi-process start, XLA cache."""
+def setup(config, *, needs) -> None:
+  """The start-up of every command that reads a run config: the config's
+  user-set fields checked first (`validate_config`, before anything is
+  written, compiled or restored), then logging, TensorFlow kept off the
+  GPUs, multi-process start and the XLA cache.
+
+  needs: the parts of the config the command reads, some of "train",
+  "eval", "model" (fcos_jax.run.validate)."""
+  validate_config(config, needs=needs)
   configure_logging()
   from fcos_jax.data import tf_setup  # noqa: F401  (TF hidden from GPUs)
   from fcos_jax import runtime
@@ -67,10 +74,10 @@ def setup(config) -> None:
   runtime.enable_compilation_cache(config.compilation_cache_dir)
 
 
-def validate_config(config, needs=("train", "eval", "model")) -> None:
-  """The config's user-set fields checked before anything is set up,
-  written or compiled (fcos_jax.run.validate); a ConfigError names the
-  field, the value and a valid example."""
+def validate_config(config, needs) -> None:
+  """The config's user-set fields checked (fcos_jax.run.validate); a
+  ConfigError names the field, the value and a valid example. `setup`
+  calls it: a command does not call it itself."""
   from fcos_jax.run.validate import validate  # pylint: disable=import-outside-toplevel
   validate(config, needs=needs)
 
@@ -134,6 +141,11 @@ def resolve_config(value: str) -> str:
   flags.Error naming the packaged configs."""
   name, sep, arg = value.partition(":")
   if os.path.isfile(value) or os.path.isfile(name):
+    path = value if os.path.isfile(value) else name
+    if not path.endswith(".py"):  # It would be run as Python.
+      raise flags.Error(
+          f"--config {value}: {path} is no Python config file (.py with a "
+          "get_config()); e.g. --config configs/synthetic_cpu.py.")
     return value
   base = name[:-3] if name.endswith(".py") else name
   if base and not os.path.isabs(base):
@@ -188,6 +200,16 @@ def _parse_flags(argv):
     key = hint.group(2) if hint else re.sub(r"\W", "", text.split("\\n")[0])
     where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
              and key in a.split("=")[0].split(".")]
+    missing = re.search(r"module '([^']*)' has no attribute 'get_config'",
+                        text)
+    if missing:
+      given = [a.split("=", 1)[1] for a in argv[1:]
+               if a.startswith("--config=")] + [
+                   argv[i + 1] for i, a in enumerate(argv[:-1])
+                   if a == "--config"]
+      _flag_error(f"--config {given[0] if given else ''}: the file defines "
+                  "no get_config(); a config file returns its ConfigDict "
+                  "from get_config() (see configs/synthetic_cpu.py).")
     if "object has no attribute" in text:
       raise  # Python's own: a programming error (e.g. in a config file's
       # get_config), shown with its traceback.

@@ -109,13 +109,13 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
         f"{run.checkpoints} already has checkpoints; pass --overwrite to "
         "replace them, or another --workdir.")
   state_dict = _read_state_dict(state_dict, source)
-  storage.makedirs(workdir)
+  storage.makedirs(run.workdir)
   with run.lock("fcos-convert"):
     if run.has_checkpoints() and not overwrite:  # Another writer meanwhile.
       raise UserError(
           f"{run.checkpoints} already has checkpoints; pass --overwrite to "
           "replace them, or another --workdir.")
-    staging = _staging_dir(workdir)
+    staging = _staging_dir(run.workdir)
     try:
       cfg = _write_converted(state_dict, Run(staging), config, source)
       _swap_in(staging, run)
@@ -139,29 +139,65 @@ _RUN_ENTRIES = ("checkpoints", "config.json", "categories.json", "eval")
 def _swap_in(staging: str, run) -> None:
   """Moves the finished run from `staging` into `run.workdir`: the old run's
   entries are moved aside first and removed only once the new ones are in
-  place (restored if a move fails)."""
+  place; if a move fails they are put back (the new ones removed). On gs://
+  a folder moves object by object, so a failed move can leave an entry half
+  aside: everything aside is put back, object by object where needed, and
+  the aside folder (with a README.txt saying what it is) is removed only
+  when nothing of the old run is left in it."""
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
   aside = staging + ".old"
-  storage.makedirs(aside)
-  moved = []
+  # The note also makes the folder exist on gs:// (epath moves only into an
+  # existing folder, and a gs:// folder exists by what it holds).
+  storage.write_text_atomic(storage.join(aside, _ASIDE_NOTE), (
+      f"fcos-convert --overwrite moved the old run's entries of "
+      f"{run.workdir} here while the new run was moved in; it removes this "
+      "folder once that is done. If it is still here, the swap was "
+      "interrupted: these are the old run's files.\n"))
   old_records = [p for p in run.config_records()
                  if p.rsplit("/", 1)[-1] != "config.json"]
+  moved_in = []
   try:
     for name in _RUN_ENTRIES + tuple(p.rsplit("/", 1)[-1]
                                      for p in old_records):
       src = storage.path(run.path(name))
       if src.exists():
         src.rename(storage.path(storage.join(aside, name)))
-        moved.append(name)
     for p in storage.path(staging).iterdir():
+      moved_in.append(p.name)  # Before the move: a half move is ours too.
       p.rename(storage.path(run.path(p.name)))
   except BaseException:
-    for name in moved:  # Put the old run back.
+    for name in moved_in:  # The new run's entries: ours to remove.
       dst = storage.path(run.path(name))
       if dst.exists():
         (dst.rmtree() if dst.is_dir() else dst.unlink())
-      storage.path(storage.join(aside, name)).rename(dst)
+    _put_back(aside, run)
     raise
+  storage.path(aside).rmtree()
+
+
+_ASIDE_NOTE = "README.txt"
+
+
+def _put_back(aside: str, run) -> None:
+  """Every entry under `aside` back into the workdir (whole where the
+  workdir has none of it, else file by file); then `aside` is removed."""
+  from fcos_jax import storage  # pylint: disable=import-outside-toplevel
+  for entry in storage.path(aside).iterdir():
+    if entry.name == _ASIDE_NOTE:
+      continue
+    dst = storage.path(run.path(entry.name))
+    if not dst.exists():
+      entry.rename(dst)
+      continue
+    files, folders = [], [entry]  # Half moved (gs://): file by file.
+    while folders:
+      for p in folders.pop().iterdir():
+        (folders if p.is_dir() else files).append(p)
+    for p in files:
+      target = dst / p.relative_to(entry)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(p.read_bytes())
+      p.unlink()
   storage.path(aside).rmtree()
 
 
@@ -209,8 +245,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  common.validate_config(config, needs=("eval", "model"))
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))
   source = next(s for s in ("official", "adelaidet", "torchvision")
                 if getattr(FLAGS, s))
   convert_to_workdir(getattr(FLAGS, source), FLAGS.workdir, config,

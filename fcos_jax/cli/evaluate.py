@@ -40,8 +40,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config or common.recorded_config(FLAGS.workdir)
-  common.validate_config(config, needs=("eval", "model"))
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))
   if FLAGS.tta:
     from fcos_jax.inference import tta  # pylint: disable=import-outside-toplevel
     tta.apply_to_config(config, FLAGS.tta)

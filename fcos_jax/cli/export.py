@@ -145,9 +145,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from fcos_jax.inference import outputs  # pylint: disable=import-outside-toplevel
-  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite, make=False)
   config = FLAGS.config or common.recorded_config(FLAGS.workdir)
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))  # Before --out is made.
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
   from fcos_jax.inference.detector import Detector  # pylint: disable=import-outside-toplevel
   det = Detector.from_workdir(FLAGS.workdir, FLAGS.checkpoint, config=config)
   ms = config.data.min_size

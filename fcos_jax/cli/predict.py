@@ -109,15 +109,16 @@ def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.torchvision):
     raise app.UsageError("Give one of --workdir and --torchvision.")
   from fcos_jax.inference import images, outputs  # pylint: disable=import-outside-toplevel
-  # Everything that needs no model first: a bad --out or --images costs
-  # no restore.
+  # Everything that needs no model first: a bad --out, --images or config
+  # costs no restore, and a bad config is refused before --out is made.
   paths = images.list_images(FLAGS.images)
-  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite, make=False)
   import ml_collections  # pylint: disable=import-outside-toplevel
   config = FLAGS.config or (common.recorded_config(FLAGS.workdir)
                             if FLAGS.workdir else ml_collections.ConfigDict(
                                 {"compilation_cache_dir": ""}))
-  common.setup(config)
+  common.setup(config, needs=("eval", "model"))
+  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
   if FLAGS.tta and FLAGS.tta != "none" and not FLAGS.workdir:
     raise app.UsageError("--tta needs --workdir (a run's resize rule).")
   if FLAGS.tta and FLAGS.workdir:

@@ -28,8 +28,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.validate_config(FLAGS.config)  # Before anything is set up or written.
-  common.setup(FLAGS.config)
+  # The config checked before anything is set up or written.
+  common.setup(FLAGS.config, needs=("train", "eval", "model"))
   from fcos_jax.train.loop import train_and_evaluate  # After jax is set up.
   metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if metrics:

@@ -4,7 +4,8 @@ unweighted GIoU, score threshold 0.2 on sqrt(prob * ctr). Trains that
 variant on the 80 COCO classes with configs/default.py's recipe;
 torchvision's pretrained 91-slot COCO weights (`fcos_resnet50_fpn` of
 `fcos_jax.registry`, docs/model_zoo.md) become a workdir of this config with
-`python -m fcos_jax.convert --torchvision PTH --workdir DIR`."""
+`fcos-convert --torchvision PTH --workdir DIR` (or `python -m
+fcos_jax.cli.convert ...`)."""
 
 from fcos_jax import registry
 from fcos_jax.configs import default

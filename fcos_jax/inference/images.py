@@ -77,6 +77,8 @@ def list_images(spec: str) -> list[str]:
   spec = str(spec)
   forms = ("a file, a folder, or a pattern with * ? [...] within a path "
            "part and ** across folders (e.g. gs://bucket/photos/**/*.jpg)")
+  if not spec.strip():  # Not the current folder, unasked.
+    raise MissingFileError(f"--images={spec!r} is empty: give {forms}.")
   if any(c in spec for c in _WILDCARDS):
     if storage.is_url(spec):
       with storage.guard(spec, "list"):

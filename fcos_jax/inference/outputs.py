@@ -12,10 +12,11 @@ from fcos_jax.errors import WorkdirError
 
 
 def prepare_out_dir(out: str, *, overwrite: bool, flag: str = "--out",
-                    command: str = "") -> None:
-  """Makes `out`, refusing (WorkdirError, one line) an existing file and,
-  unless `overwrite`, a folder that already holds something: its files
-  could be taken for this run's, or replaced."""
+                    command: str = "", make: bool = True) -> None:
+  """Makes `out` (with `make`; else only the checks), refusing
+  (WorkdirError, one line) an existing file and, unless `overwrite`, a
+  folder that already holds something: its files could be taken for this
+  run's, or replaced."""
   p = storage.path(out)
   try:
     exists = p.exists()
@@ -33,6 +34,8 @@ def prepare_out_dir(out: str, *, overwrite: bool, flag: str = "--out",
         f"{'y' if len(entries) == 1 else 'ies'} ({shown}): give a new or "
         f"empty folder, or pass --overwrite to write into it (files of the "
         f"same names are replaced, others are kept){command}.")
+  if not make:
+    return
   try:
     storage.makedirs(out)
   except OSError as e:

@@ -32,6 +32,10 @@ from fcos_jax.errors import WorkdirLockedError
 FILE = "lock.json"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
+# After an upload to a URL, the pause before the token is read back: the
+# check that another writer's upload did not land over ours (needed where
+# the store ignores the create-only precondition).
+READ_BACK_PAUSE_S = 0.5
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,7 +110,7 @@ class WorkdirLock:
         return False
     else:
       storage.write_bytes_atomic(self.path, data)
-    time.sleep(0.5)  # Another writer's upload may have landed after ours.
+    time.sleep(READ_BACK_PAUSE_S)  # Another writer's upload may land after ours.
     held = self.read()
     return held is not None and held.get("token") == self.token
 

@@ -3,12 +3,13 @@ is written or compiled.
 
 `validate(config, needs=...)` checks the types, ranges and shapes of the
 fields of configs/default.py that the command uses; every problem is a
-`ConfigError` naming the field, the value and a valid example. train.py,
-evaluate.py and fcos-convert call it first; predict.py and analyze.py may
-call it with the parts they use (`needs`).
+`ConfigError` naming the field, the value and a valid example. Every command
+calls it through `fcos_jax.cli.common.setup`, with the parts it reads
+(`needs`).
 
 The model section is checked here for the fields a user typically sets by
-hand (pixel statistics, num_classes); its full check is
+hand (pixel statistics, num_classes, the inference thresholds and counts,
+nested `model.inference.X` or flat `model.X`); its full check is
 `fcos_jax.model.config_dict.model_config_from`.
 """
 
@@ -171,6 +172,47 @@ def _check_model(config) -> None:
       _fail(f"model.{field}", v, "must be 3 positive numbers",
             '"(0.229,0.224,0.225)"')
   _positive_int(config, "model.num_classes", "80")
+  _check_inference(config)
+
+
+def _model_field(config, part: str, field: str) -> str | None:
+  """How the config spells a part's field: "model.PART.FIELD" (nested, as
+  configs/default.py) or "model.FIELD" (the flat spelling of run records
+  made before the parts existed); None when it has neither."""
+  for name in (f"model.{part}.{field}", f"model.{field}"):
+    if _get(config, name) is not _MISSING:
+      return name
+  return None
+
+
+def _check_inference(config) -> None:
+  """model.inference: what evaluate, predict and export read, and what a
+  converted run may change (a NaN or negative threshold would silently
+  give no detections, a negative count a shape error after the restore)."""
+  for field, kind, example, lo, hi in (
+      ("score_thresh", float, "0.05", 0.0, 1.0),
+      ("nms_iou", float, "0.6", 0.0, 1.0),
+      ("pre_nms_topk", int, "1000", None, None),
+      ("max_detections", int, "100", None, None)):
+    name = _model_field(config, "inference", field)
+    if name is None:
+      continue
+    if kind is int:
+      _positive_int(config, name, example)
+    else:
+      _finite_number(config, name, example, lo=lo, hi=hi)
+
+
+def _check_tta(config) -> None:
+  if _get(config, "tta") is _MISSING:
+    return
+  scales = _get(config, "tta.scales")
+  if scales is not _MISSING and not (
+      isinstance(scales, (tuple, list)) and
+      all(_is_int(s) and s > 0 for s in scales)):
+    _fail("tta.scales", scales, "must be a tuple of positive short-side "
+          "sizes", '"(400,500,600)"')
+  _positive_int(config, "tta.max_size", "2000")
 
 
 def validate(config, needs=ALL) -> None:
@@ -188,3 +230,4 @@ def validate(config, needs=ALL) -> None:
     _check_train(config)
   if needs & {"train", "eval"}:
     _check_eval(config)
+    _check_tta(config)

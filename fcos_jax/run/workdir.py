@@ -18,11 +18,13 @@ joins these names by hand. WORKDIR may be a local folder or a URL
 
 from __future__ import annotations
 
+import os
+
 import jax
 import ml_collections
 
 from fcos_jax import runtime, storage
-from fcos_jax.errors import ConfigError, MissingFileError
+from fcos_jax.errors import ConfigError, MissingFileError, WorkdirError
 from fcos_jax.model.fcos import init_variables
 from fcos_jax.run import categories as categories_lib
 from fcos_jax.run import checkpoint, record
@@ -38,7 +40,17 @@ class Run:
   ANALYSIS = "analysis"
 
   def __init__(self, workdir: str):
-    self.workdir = str(workdir)
+    """workdir: a local folder (relative to the current one, `~` expanded:
+    made absolute here, as orbax writes only to absolute paths) or a URL."""
+    workdir = str(workdir).strip() if workdir is not None else ""
+    if not workdir:
+      raise WorkdirError(
+          f"--workdir={workdir!r} is empty: give a folder (e.g. "
+          "--workdir=runs/my_run) or a gs:// URL; the current folder is "
+          "never taken for a run.")
+    if not storage.is_url(workdir):
+      workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.workdir = workdir
 
   def __repr__(self) -> str:
     return f"Run({self.workdir!r})"

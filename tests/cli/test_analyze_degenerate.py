@@ -65,3 +65,35 @@ def test_pr_curves_and_recall_on_empty_ground_truth_or_detections(tmp_path):
                        f"--detections={dets}"), boxless_js, "no (non-crowd)")
     _one_line(_analyze(which, *base, f"--gt_json={full_js}",
                        f"--detections={none}"), str(none), "empty")
+
+
+@pytest.mark.slow
+def test_pr_curves_and_recall_on_detections_that_do_not_fit(tmp_path):
+  """A missing file, a record that is no COCO result and detections of
+  another split: one line each (pycocotools would stop with a traceback)."""
+  full_js, im = write_coco(str(tmp_path / "full"),
+                           [(32, 48, [(4, 4, 10, 10, 1, 0)])])
+  gt_ids = [i["id"] for i in json.loads(open(full_js).read())["images"]]
+  bad_box = tmp_path / "bad_box.json"
+  bad_box.write_text(json.dumps([{"image_id": gt_ids[0], "category_id": 1,
+                                  "bbox": [4, 4, "x", 10], "score": 0.9}]))
+  other = tmp_path / "other_split.json"
+  other.write_text(json.dumps([{"image_id": 987654, "category_id": 1,
+                                "bbox": [4, 4, 10, 10], "score": 0.9}]))
+  base = _data_flags(full_js, im) + [f"--out={tmp_path}/o",
+                                     f"--gt_json={full_js}"]
+  for which in ("pr-curves", "recall"):
+    _one_line(_analyze(which, *base, f"--detections={tmp_path}/none.json"),
+              "--detections=", "no such file")
+    _one_line(_analyze(which, *base, f"--detections={bad_box}"),
+              str(bad_box), "record 0")
+    _one_line(_analyze(which, *base, f"--detections={other}"),
+              str(other), "987654", "not in the ground truth")
+  assert not (tmp_path / "o").exists()
+
+
+def test_image_ids_that_are_no_numbers_are_one_line(tmp_path):
+  proc = _analyze("centerness", f"--workdir={tmp_path}", "--image_ids=abc")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  [line] = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert "--image_ids" in line and "whole numbers" in line

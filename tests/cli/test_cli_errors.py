@@ -101,3 +101,77 @@ def test_unknown_config_name_is_one_line(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert "--config synthetic_cpux" in line and "synthetic_cpu," in line
+
+
+# Every command that reads a run config checks it at start-up
+# (common.setup -> fcos_jax.run.validate), before it writes anything: a bad
+# --config.FIELD is one line naming the field, the value and an example.
+_BAD_OVERRIDES = {
+    "predict": ("model.inference.score_thresh", "nan"),
+    "analyze": ("model.inference.max_detections", "-1"),
+    "evaluate": ("model.inference.score_thresh", "-1"),
+    "export": ("model.inference.pre_nms_topk", "0"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(_BAD_OVERRIDES))
+def test_bad_config_override_is_one_line_before_anything_is_written(
+    command, tmp_path):
+  field, value = _BAD_OVERRIDES[command]
+  image = tmp_path / "photo.png"
+  from PIL import Image
+  Image.new("RGB", (32, 24)).save(image)
+  out = tmp_path / "out"
+  workdir = tmp_path / "no_run_yet"  # The config is refused before it is read.
+  args = {"predict": [f"--workdir={workdir}", f"--images={image}"],
+          "analyze": ["bpr"],
+          "evaluate": [f"--workdir={workdir}"],
+          "export": [f"--workdir={workdir}"]}[command]
+  proc = _python(["-m", f"fcos_jax.cli.{command}", "--config=synthetic_cpu",
+                  f"--out={out}", f"--config.{field}={value}"] + args)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1, proc.stderr
+  assert f"config.{field}={value}" in lines[0], lines[0]
+  assert f"e.g. --config.{field}=" in lines[0], lines[0]
+  assert not out.exists() and not workdir.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+def test_bad_recorded_config_is_refused_by_predict(tmp_path):
+  """A hand-edited run record (flat spelling, as runs recorded before the
+  model's parts existed) is checked like an override."""
+  import json
+  from fcos_jax.configs import synthetic_cpu
+  config = synthetic_cpu.get_config().to_dict()
+  inference = config["model"].pop("inference")
+  config["model"].update(inference, score_thresh=-0.5)  # Flat spelling.
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(config))
+  image = tmp_path / "photo.png"
+  from PIL import Image
+  Image.new("RGB", (32, 24)).save(image)
+  proc = _python(["predict.py", f"--workdir={workdir}", f"--images={image}",
+                  f"--out={tmp_path / 'out'}"])
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert "config.model.score_thresh=-0.5" in line, line
+  assert not (tmp_path / "out").exists()
+
+
+def test_config_that_is_no_config_file_is_one_line(tmp_path):
+  """A --config that is no Python file (it would be run as Python) or a
+  .py without get_config(): one line naming it, exit 2."""
+  text = tmp_path / "hostname"
+  text.write_text("vm-1234\n")
+  no_function = tmp_path / "settings.py"
+  no_function.write_text("x = 1\n")
+  for path, needle in [(text, "is no Python config file"),
+                       (no_function, "defines no get_config()")]:
+    proc = _python(["-m", "fcos_jax.cli.evaluate", f"--config={path}",
+                    f"--workdir={tmp_path / 'run'}"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, \
+        proc.stderr
+    [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert str(path) in line and needle in line, line

@@ -75,7 +75,7 @@ def test_formats_grayscale_cmyk_and_garbage(tmp_path):
     images_lib.read_image(str(tmp_path / "missing.png"))
 
 
-def test_list_images(tmp_path):
+def test_list_images(tmp_path, monkeypatch):
   for name in ("b.jpg", "a.PNG", "notes.txt"):
     (tmp_path / name).write_bytes(b"x")
   (tmp_path / "sub").mkdir()
@@ -93,6 +93,11 @@ def test_list_images(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no image files"):
     images_lib.list_images(str(tmp_path / "empty"))
+  monkeypatch.chdir(tmp_path)  # --images= is not the current folder (which
+  # has images).
+  for empty in ("", " "):
+    with pytest.raises(errors.MissingFileError, match="is empty"):
+      images_lib.list_images(empty)
 
 
 def _eval_detections(gt_json, img_dir, params):

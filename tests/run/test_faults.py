@@ -72,6 +72,14 @@ def _set(config, field, value):
     ("optim.base_lr", float("nan")), ("optim.base_lr", -0.1),
     ("optim.momentum", 1.5), ("optim.warmup_method", "cosine"),
     ("optim.decay_steps", (80000, 60000)), ("data.flip_prob", 2.0),
+    ("model.inference.score_thresh", float("nan")),
+    ("model.inference.score_thresh", -1.0),
+    ("model.inference.score_thresh", 1.5),
+    ("model.inference.nms_iou", float("inf")),
+    ("model.inference.max_detections", -5),
+    ("model.inference.max_detections", 0),
+    ("model.inference.pre_nms_topk", 2.5),
+    ("tta.scales", (400, -1)), ("tta.max_size", 0),
 ])
 def test_validation_names_field_value_and_example(field, value):
   with pytest.raises(errors.ConfigError) as e:
@@ -81,11 +89,31 @@ def test_validation_names_field_value_and_example(field, value):
   assert "\n" not in text
 
 
+def test_validation_of_the_flat_spelling_names_it():
+  """Runs recorded before the model's parts existed spell the inference
+  fields flat (model.score_thresh): checked, and named, as they are."""
+  config = _default()
+  model = config.model.to_dict()
+  model.update(model.pop("inference"))
+  model["max_detections"] = -1
+  import ml_collections
+  config.model = ml_collections.ConfigDict(model)
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.model\.max_detections=-1: .* e\.g\. "
+                     r"--config\.model\.max_detections=100"):
+    validate(config)
+
+
 @pytest.mark.parametrize("name", ["default", "synthetic_cpu",
                                   "fcos_imprv_r50_1x",
                                   "fcos_imprv_r50_2x_ms", "fcos_paper_r50_1x",
                                   "fcos_rpn_r50_1x", "torchvision_r50",
-                                  "coco_format"])
+                                  "coco_format", "atss_r50_1x",
+                                  "fcos_iou_r50_1x", "gfl_r50_1x",
+                                  "fcos_imprv_r101_2x_ms",
+                                  "synthetic_atss_cpu", "synthetic_gfl_cpu",
+                                  "synthetic_iou_cpu", "synthetic_p2_cpu",
+                                  "synthetic_rpn_cpu"])
 def test_packaged_configs_validate(name):
   import importlib
   validate(importlib.import_module(f"fcos_jax.configs.{name}").get_config())

@@ -192,3 +192,38 @@ def test_unwritable_workdir_is_one_clear_error(tmp_path):
                              tiny_args(tmp_path, 2), check=False))
   assert str(blocker / "run") in line and "NotADirectoryError" in line
   assert blocker.read_text() == "not a folder"
+
+
+def test_workdir_is_absolute_and_never_empty(tmp_path, monkeypatch):
+  """orbax writes only to absolute paths: a relative --workdir (or ~) is
+  made absolute once, in Run; an empty one is refused (it would make the
+  current folder a run)."""
+  from fcos_jax import errors
+  from fcos_jax.run import Run
+  monkeypatch.chdir(tmp_path)
+  assert Run("runs/a").workdir == str(tmp_path / "runs" / "a")
+  assert Run("runs/a").checkpoints == str(tmp_path / "runs" / "a" /
+                                          "checkpoints")
+  assert Run("~/x").workdir == os.path.join(os.path.expanduser("~"), "x")
+  assert Run("gs://bucket/run").workdir == "gs://bucket/run"
+  for empty in ("", "  ", None):
+    with pytest.raises(errors.WorkdirError, match="is empty"):
+      Run(empty)
+
+
+@pytest.mark.slow
+def test_relative_workdir_trains_and_checkpoints(tmp_path):
+  """train.py --workdir=relrun, run from tmp_path: the checkpoints land in
+  tmp_path/relrun (orbax refused the relative path at the first save)."""
+  run("train.py", "relrun", tiny_args(tmp_path, 2, eval_at_end=False),
+      cwd=tmp_path)
+  assert checkpoint_steps(tmp_path / "relrun") == [2]
+
+
+def test_empty_workdir_is_one_line_and_writes_nothing(tmp_path):
+  proc = run("train.py", "", tiny_args(tmp_path, 2), check=False,
+             cwd=tmp_path)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+  [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert "--workdir='' is empty" in line
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
