@@ -189,12 +189,12 @@ def read_text(p) -> str:
 def read_json(p):
   """The JSON in file `p`; a damaged one (truncated, not JSON) is a
   DataError naming the file (a ValueError, as json's own error is)."""
-  text = read_text(p)
+  data = read_bytes(p)
   try:
-    return json.loads(text)
-  except ValueError as e:  # JSONDecodeError, or bad UTF-8 in bytes.
+    return json.loads(data)
+  except ValueError as e:  # JSONDecodeError, or bad UTF-8 (a binary file).
     raise DataError(
-        f"{p}: not valid JSON ({e}; {len(text)} characters): the file is "
+        f"{p}: not valid JSON ({str(e)[:120]}; {len(data)} bytes): the file is "
         "truncated or damaged. Restore it from a copy, or remove it if "
         "the command can remake it.") from None
 

@@ -77,6 +77,14 @@ def _one_line(proc, *needles):
     assert n in lines[0], lines[0]
 
 
+def test_binary_file_as_json_names_the_file(tmp_path):
+  p = tmp_path / "detections.json"
+  p.write_bytes(bytes(range(256)))
+  with pytest.raises(errors.DataError) as e:
+    storage.read_json(str(p))
+  assert str(p) in str(e.value) and "not valid JSON" in str(e.value)
+
+
 def test_truncated_config_json_is_one_line_in_evaluate_and_predict(tmp_path):
   run = tmp_path / "run"
   run.mkdir()
