@@ -142,11 +142,27 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
   return np.ascontiguousarray(ops[int(orientation)](image))
 
 
+def _refuse_decompression_bombs(data: bytes, name: str) -> None:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(io.BytesIO(data)):
+      pass  # Opening reads the header and applies PIL's pixel limit.
+  except Image.DecompressionBombError as e:
+    raise UnreadableImage(
+        f"{name}: not decoded: {e} Downscale it first (the detector "
+        "resizes to at most max_size anyway).") from None
+  except Exception:  # pylint: disable=broad-except  (TF's decoder decides)
+    pass
+
+
 def decode(data: bytes, *, exif: bool = True, name: str = "<bytes>"
            ) -> np.ndarray:
   """Encoded JPEG (incl. grayscale, CMYK), PNG, BMP, GIF -> uint8 [h, w, 3]
   RGB, with the evaluation pipeline's decoder; EXIF orientation applied
-  when `exif`. Raises UnreadableImage naming `name`."""
+  when `exif`. Raises UnreadableImage naming `name`, also for an image
+  over PIL's decompression-bomb limit (read from its header: nothing is
+  decoded)."""
+  _refuse_decompression_bombs(data, name)
   try:
     image = transforms.decode_image(tf.constant(data)).numpy()
   except (tf.errors.OpError, ValueError) as e:

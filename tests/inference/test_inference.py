@@ -60,6 +60,26 @@ def test_exif_orientations_match_pil():
     np.testing.assert_array_equal(images_lib.decode(data, exif=False), x)
 
 
+def _png_claiming(width, height):
+  """A small PNG whose header (IHDR, CRC fixed) claims width x height."""
+  import struct
+  import zlib
+  buf = io.BytesIO()
+  Image.new("L", (4, 4)).save(buf, "PNG")
+  data = bytearray(buf.getvalue())
+  at = data.index(b"IHDR")
+  data[at + 4:at + 12] = struct.pack(">II", width, height)
+  data[at + 17:at + 21] = struct.pack(">I", zlib.crc32(data[at:at + 17]))
+  return bytes(data)
+
+
+def test_decompression_bomb_is_refused_by_name_before_decoding():
+  with pytest.raises(errors.UnreadableImage) as e:
+    images_lib.decode(_png_claiming(20000, 20000), name="huge.png")
+  assert "huge.png" in str(e.value) and "Downscale" in str(e.value)
+  assert "400000000 pixels" in str(e.value)
+
+
 def test_formats_grayscale_cmyk_and_garbage(tmp_path):
   gray = np.random.default_rng(1).integers(0, 255, (9, 11), dtype=np.uint8)
   Image.fromarray(gray).save(tmp_path / "g.png")
