@@ -154,6 +154,18 @@ def test_storage_down_ends_in_bounded_time_with_one_line(stopped_storage,
   assert took < BOUND_S, took
 
 
+@pytest.mark.slow
+def test_evaluate_with_storage_down_is_one_line(stopped_storage, tmp_path):
+  t0 = time.monotonic()
+  proc = subprocess.run(
+      [sys.executable, "-m", "fcos_jax.cli.evaluate",
+       f"--workdir=gs://{BUCKET}/run"], cwd=ROOT,
+      env=cli_env(**stopped_storage), capture_output=True, text=True,
+      timeout=BOUND_S + 60)
+  _one_line(proc, f"gs://{BUCKET}/run", "did not answer", "retries")
+  assert time.monotonic() - t0 < BOUND_S
+
+
 def test_sigterm_ends_a_command_waiting_on_storage(stopped_storage, tmp_path):
   proc = _predict_on_stopped(stopped_storage, tmp_path)
   time.sleep(8)  # Start-up done; now in the client's retries.
