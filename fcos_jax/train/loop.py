@@ -65,9 +65,10 @@ class StopRequest:
   notice that jax's preemption sync manager receives (TPU maintenance)
   stops at its agreed step too.
 
-  A signal is always honoured: if the process has not ended `grace_s`
-  after the first signal (a checkpoint write to storage that stopped
-  answering, say), or at a second signal, it exits at once with status
+  A signal is always honoured: if the loop has not stopped with its
+  checkpoints written `grace_s` after the first signal (a checkpoint write
+  to storage that stopped answering, say), or at a second signal, the
+  process exits at once with status
   128 + signal and one line; the checkpoints already complete are intact
   (orbax commits a step atomically) and a lock left behind is taken over by
   the next start.
@@ -79,6 +80,7 @@ class StopRequest:
     self.check_every = max(int(check_every), 1)
     self._describe_wait = describe_wait
     self._grace_s = grace_s
+    self._watchdog = None
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         signal.signal(sig, self._handle)
@@ -92,10 +94,18 @@ class StopRequest:
       self._exit_now(signum, f"a second {name}")
     logging.warning("%s received: stopping at the next agreed step.", name)
     self.received = name
-    watchdog = threading.Timer(self._grace_s, self._exit_now,
-                               args=(signum, f"{name} {self._grace_s:.0f} s ago"))
-    watchdog.daemon = True
-    watchdog.start()
+    self._watchdog = threading.Timer(
+        self._grace_s, self._exit_now,
+        args=(signum, f"{name} {self._grace_s:.0f} s ago"))
+    self._watchdog.daemon = True
+    self._watchdog.start()
+
+  def saves_finished(self) -> None:
+    """The loop has stopped and its checkpoints are written: what is left
+    (closing files, the processes' shutdown barrier) needs no deadline
+    from us, so a slow but healthy exit is not cut short."""
+    if self._watchdog is not None:
+      self._watchdog.cancel()
 
   def _exit_now(self, signum, what):
     print(f"error: stopped by {what} before the run could stop cleanly"
@@ -419,6 +429,7 @@ def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
         break
     with progress.timed("checkpoint"):
       _finish_saves(manager)
+    stop.saves_finished()
     if config.eval_at_end and not stopped:
       last_eval = evaluator.evaluate_params(config, state.params, mesh,
                                             run.workdir, total, info, writer)
