@@ -16,6 +16,10 @@ from fcos_jax.model import config as presets
 from fcos_jax.model.config_dict import model_config_from
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Smoke runs test plumbing, not speed: LLVM's optimisation of the compiled
+# steps is skipped, so their compiles take a fraction of the time.
+SMOKE_XLA_FLAGS = (os.environ.get("XLA_FLAGS", "") +
+                   " --xla_backend_optimization_level=0").strip()
 
 
 def test_rows_are_the_presets_on_the_main_setting():
@@ -46,7 +50,8 @@ def test_rows_are_the_presets_on_the_main_setting():
 @pytest.mark.slow
 def test_smoke_times_and_sizes_every_preset(tmp_path):
   out = tmp_path / "family.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+             XLA_FLAGS=SMOKE_XLA_FLAGS)
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks", "--smoke", "--sections", "family",
        "--json", str(out)], cwd=ROOT, env=env, capture_output=True,

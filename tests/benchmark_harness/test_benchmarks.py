@@ -11,11 +11,16 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Smoke runs test plumbing, not speed: LLVM's optimisation of the compiled
+# steps is skipped, so their compiles take a fraction of the time.
+SMOKE_XLA_FLAGS = (os.environ.get("XLA_FLAGS", "") +
+                   " --xla_backend_optimization_level=0").strip()
 
 
 def _run(tmp_path, *args):
   out = tmp_path / "bench.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+             XLA_FLAGS=SMOKE_XLA_FLAGS)
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out),
        *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
