@@ -118,7 +118,6 @@ def main(argv):
                             if FLAGS.workdir else ml_collections.ConfigDict(
                                 {"compilation_cache_dir": ""}))
   common.setup(config, needs=("eval", "model"))
-  outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)
   if FLAGS.tta and FLAGS.tta != "none" and not FLAGS.workdir:
     raise app.UsageError("--tta needs --workdir (a run's resize rule).")
   if FLAGS.tta and FLAGS.workdir:
@@ -138,7 +137,8 @@ def main(argv):
     det = Detector.from_torchvision(FLAGS.torchvision,
                                     score_thresh=FLAGS.score_thresh,
                                     batch_size=FLAGS.batch_size)
-  out = FLAGS.out
+  out = FLAGS.out  # Made once the model is there (a bad --checkpoint or
+  outputs.prepare_out_dir(out, overwrite=FLAGS.overwrite)  # weights: none).
   progress = _Progress(len(paths))
   result = outputs.predict_to_folder(
       det, paths, out, draw=FLAGS.draw, heatmaps=FLAGS.heatmaps,

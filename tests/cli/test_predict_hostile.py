@@ -141,3 +141,14 @@ def test_predict_and_export_flags_and_out_in_one_line(tmp_path):
                        f"--out={tmp_path}/e", "--platforms=gpu"),
                   "cpu, cuda, tpu", "not gpu")
   assert (full / "old.json").read_text() == "{}"
+
+
+def test_weights_that_do_not_load_leave_no_out_folder(tmp_path):
+  """--out is made only once the model is there."""
+  image = _png(tmp_path / "im" / "x.png", 20, 30)
+  bogus = tmp_path / "bogus.npz"
+  bogus.write_bytes(b"not an npz")
+  out = tmp_path / "out"
+  _one_line_error(_cli("predict", f"--torchvision={bogus}",
+                       f"--images={image}", f"--out={out}"), str(bogus))
+  assert not out.exists()
