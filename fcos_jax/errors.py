@@ -60,6 +60,18 @@ class WorkdirLockedError(WorkdirError):
   """Another live process writes this workdir (the holder is named)."""
 
 
+class StoppedBeforeTraining(BaseException):
+  """SIGTERM/SIGINT before the first training step: the start-up unwinds
+  through its `finally`s (the workdir's lock released, nothing recorded) and
+  the command exits 128 + signal with one line. A BaseException, so no
+  `except Exception` on the way swallows it."""
+
+  def __init__(self, signal_name: str, exit_code: int):
+    super().__init__(signal_name)
+    self.signal_name = signal_name
+    self.exit_code = exit_code
+
+
 def root_cause(error: BaseException, limit: int = 160) -> str:
   """'Type: first line' of the innermost cause of a chained exception (for
   one-line messages about errors that libraries wrap in several layers)."""

@@ -242,11 +242,13 @@ def run(main, argv=None) -> None:
     `error: ...` on stderr, exit 1;
   - a bad flag, --config name or --config.FIELD: one line, exit 2;
   - anything else is a programming error and keeps its traceback;
-  - Ctrl-C before the training loop takes over SIGINT: one line, exit 130;
+  - SIGTERM/SIGINT before train.py's first step: one line, exit 128 +
+    signal (the start-up unwound, its lock released); Ctrl-C in the other
+    commands: one line, exit 130;
   - --version prints the package's version and exits 0.
   """
   from fcos_jax import __version__  # pylint: disable=import-outside-toplevel
-  from fcos_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  from fcos_jax.errors import StoppedBeforeTraining, UserError  # pylint: disable=import-outside-toplevel
   argv = list(sys.argv if argv is None else argv)
   before_dashes = argv[1:argv.index("--")] if "--" in argv else argv[1:]
   if "--version" in before_dashes:
@@ -260,10 +262,14 @@ def run(main, argv=None) -> None:
       py_logging.getLogger("fcos_jax").debug("Traceback:", exc_info=True)
       print(f"error: {e}", file=sys.stderr, flush=True)
       _exit_without_waiting(1)
-    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler is set.
-      print("error: interrupted (SIGINT) before the run started; nothing "
-            "was recorded. Run the same command again.", file=sys.stderr,
-            flush=True)
+    except StoppedBeforeTraining as e:
+      print(f"error: stopped by {e.signal_name} before the first training "
+            "step; nothing was recorded. Run the same command to start.",
+            file=sys.stderr, flush=True)
+      _exit_without_waiting(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C in a command without a training loop.
+      print("error: interrupted (SIGINT). Run the same command again.",
+            file=sys.stderr, flush=True)
       _exit_without_waiting(130)
 
   app.run(wrapped, argv=argv, flags_parser=_parse_flags)

@@ -75,12 +75,14 @@ class StopRequest:
   """
 
   def __init__(self, check_every: int, describe_wait=lambda: "",
-               grace_s: float = GRACE_S):
+               grace_s: float = GRACE_S, during_start_up: bool = False):
     self.received = None
     self.check_every = max(int(check_every), 1)
-    self._describe_wait = describe_wait
+    self.describe_wait = describe_wait
     self._grace_s = grace_s
     self._watchdog = None
+    self._signum = None
+    self._start_up = during_start_up
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         signal.signal(sig, self._handle)
@@ -92,13 +94,25 @@ class StopRequest:
     name = signal.Signals(signum).name
     if self.received is not None:
       self._exit_now(signum, f"a second {name}")
-    logging.warning("%s received: stopping at the next agreed step.", name)
-    self.received = name
+    self.received, self._signum = name, signum
     self._watchdog = threading.Timer(
         self._grace_s, self._exit_now,
         args=(signum, f"{name} {self._grace_s:.0f} s ago"))
     self._watchdog.daemon = True
     self._watchdog.start()
+    if self._start_up:
+      # Raised wherever the main thread is. Where Python cannot propagate
+      # it (a gc callback, a __del__), it is dropped quietly (see
+      # `_quiet_unraisable`) and `start_loop` stops the run instead.
+      raise errors.StoppedBeforeTraining(name, 128 + signum)
+    logging.warning("%s received: stopping at the next agreed step.", name)
+
+  def start_loop(self) -> None:
+    """From here a signal only sets the flag the loop checks. A signal whose
+    start-up exception was dropped stops the run now, before any step."""
+    self._start_up = False
+    if self.received is not None:
+      raise errors.StoppedBeforeTraining(self.received, 128 + self._signum)
 
   def saves_finished(self) -> None:
     """The loop has stopped and its checkpoints are written: what is left
@@ -109,7 +123,7 @@ class StopRequest:
 
   def _exit_now(self, signum, what):
     print(f"error: stopped by {what} before the run could stop cleanly"
-          f"{self._describe_wait()}; exiting now. The checkpoints already "
+          f"{self.describe_wait()}; exiting now. The checkpoints already "
           "complete are intact; run the same command to resume.",
           file=sys.stderr, flush=True)
     os._exit(128 + signum)  # pylint: disable=protected-access
@@ -167,19 +181,31 @@ def _check_val_categories(config, info) -> None:
 
 
 @contextlib.contextmanager
-def _holding_workdir(run: Run, command: str):
+def _holding_workdir(run: Run, command: str, stop_check_every: int):
   """The workdir's writer lock, held by process 0 for the whole run (the
-  other processes learn whether it was taken). SIGTERM before the loop's own
-  handler is installed ends the start-up through the `finally`s, so the
-  lock is released."""
-  if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-    def _exit(signum, frame):
-      del frame
-      raise SystemExit(128 + signum)
-    try:
-      signal.signal(signal.SIGTERM, _exit)
-    except ValueError:  # Not the main thread.
-      pass
+  other processes learn whether it was taken), and the run's StopRequest:
+  a signal during the start-up unwinds it through the `finally`s, so the
+  lock is released and nothing is recorded."""
+  stop = StopRequest(stop_check_every, during_start_up=True)
+  hook = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_quiet_unraisable, hook)
+  try:
+    with _locked(run, command):
+      yield stop
+  finally:
+    sys.unraisablehook = hook
+
+
+def _quiet_unraisable(default_hook, unraisable) -> None:
+  """A start-up stop raised where Python cannot propagate it (a gc callback
+  runs the signal handler, say) is dropped without a traceback: the flag it
+  set stops the run at `StopRequest.start_loop`."""
+  if not isinstance(unraisable.exc_value, errors.StoppedBeforeTraining):
+    default_hook(unraisable)
+
+
+@contextlib.contextmanager
+def _locked(run: Run, command: str):
   lock, failure = None, None
   if jax.process_index() == 0:
     try:
@@ -215,11 +241,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   coco_eval.check_backend(config.eval_backend)  # Fail now, not after training.
   run = Run(workdir)
   _require_workdir(run)
-  with _holding_workdir(run, "train.py"):
-    return _train(config, run, cfg, mesh)
+  with _holding_workdir(run, "train.py",
+                        config.stop_check_every_steps) as stop:
+    return _train(config, run, cfg, mesh, stop)
 
 
-def _train(config, run, cfg, mesh) -> dict:
+def _train(config, run, cfg, mesh, stop) -> dict:
   global_bs = config.global_batch_size
   is_chief = jax.process_index() == 0
   train_split = sources.load_split(config.data, "train")  # Read once.
@@ -245,7 +272,7 @@ def _train(config, run, cfg, mesh) -> dict:
       async_save=config.async_checkpointing)
   try:
     return _run(config, run, cfg, mesh, train_split, tx, schedule, state,
-                manager, is_chief)
+                manager, is_chief, stop)
   except BaseException:
     _abandon(manager)
     raise
@@ -334,7 +361,7 @@ def _move_tree(src, dst) -> None:
 
 
 def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
-         manager, is_chief) -> dict:
+         manager, is_chief, stop) -> dict:
   info = train_split[1]
   state, meta = _restore_or_init(config, run, cfg, mesh, info, tx, state,
                                  manager)
@@ -378,14 +405,14 @@ def _run(config, run, cfg, mesh, train_split, tx, schedule, state,
                       first_step=max(config.profile_first_step, start_step + 1),
                       num_steps=config.profile_steps)
     trace(start_step)
-  stop = StopRequest(config.stop_check_every_steps, lambda: _save_in_flight(
-      manager))
+  stop.describe_wait = lambda: _save_in_flight(manager)
   compiled_canvases = set()
   pending, last_eval, stopped = [], {}, None
   logging.info("Training steps %d..%d, global batch %d on %d devices.",
                start_step, total, global_bs, jax.device_count())
-  progress(start_step)
   try:
+    stop.start_loop()
+    progress(start_step)
     for step in range(start_step + 1, total + 1):
       batch = global_batch.to_global_batch(next(train_iter), mesh)
       canvas = batch["image"].shape[1:3]

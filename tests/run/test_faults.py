@@ -613,6 +613,40 @@ def test_signal_during_start_up_releases_the_lock(tmp_path, sig):
     assert not (workdir / "config.json").exists()
 
 
+def test_signal_whose_start_up_stop_was_dropped_stops_before_the_first_step(
+    tmp_path):
+  """A signal handled where Python cannot raise (here a __del__; in CI a
+  gc callback of jax's) loses its exception: no traceback is printed, the
+  run stops when the loop starts, and the lock is released."""
+  workdir = tmp_path / "run"
+  script = (
+      "import os, signal, sys\n"
+      "from fcos_jax import errors\n"
+      "from fcos_jax.run import Run\n"
+      "from fcos_jax.train import loop\n"
+      "class SignalledWhileCollected:\n"
+      "  def __del__(self):\n"
+      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+      "    sum(range(100000))  # The handler runs here, inside __del__.\n"
+      f"run = Run({str(workdir)!r})\n"
+      "try:\n"
+      "  with loop._holding_workdir(run, 'train.py', 1) as stop:\n"
+      "    assert os.path.exists(run.workdir + '/lock.json')\n"
+      "    SignalledWhileCollected()\n"
+      "    print('start-up went on', stop.received, flush=True)\n"
+      "    stop.start_loop()\n"
+      "    print('trained', flush=True)\n"
+      "except errors.StoppedBeforeTraining as e:\n"
+      "  print('stopped', e.signal_name, e.exit_code, flush=True)\n")
+  proc = subprocess.run([sys.executable, "-c", script], env=cli_env(),
+                        capture_output=True, text=True, timeout=200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split("\n")[:2] == [
+      "start-up went on SIGTERM", "stopped SIGTERM 143"], proc.stdout
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert not (workdir / "lock.json").exists()
+
+
 def _walk(root):
   """Relative names of the files under an epath folder (no `**` on gs://)."""
   out, folders = [], [root]
