@@ -45,10 +45,10 @@ def average_precision(curve: np.ndarray) -> float:
   return float(defined.mean()) if defined.size else 0.0
 
 
-def write_png(curves: dict[float, np.ndarray], path: str, size: int = 360):
+def write_png(curves: dict[float, np.ndarray], path: str):
   """The curves drawn (precision against recall) as a PNG at `path`."""
   picture = pictures.plot_pr_curves(
-      {iou: np.clip(p, 0, 1) for iou, p in curves.items()}, size=size)
+      curves, title="Class-agnostic precision-recall")
   png = io.BytesIO()
   Image.fromarray(picture).save(png, format="PNG", optimize=True)
   storage.write_bytes_atomic(path, png.getvalue())

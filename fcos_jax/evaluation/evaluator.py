@@ -109,7 +109,9 @@ def _pictures(config, ev, dets, expected_categories, out_dir, step, writer):
   """PR curves (PNG in out_dir, and TensorBoard) and drawn examples."""
   if ev is None:  # No detections: nothing to draw.
     return
-  curves = pictures.plot_pr_curves(pictures.pr_curves(ev))
+  precision = pictures.pr_curves(ev)
+  curves = pictures.plot_pr_curves(
+      precision, title=f"COCO precision-recall, step {step}")
   png = io.BytesIO()
   Image.fromarray(curves).save(png, format="PNG")
   storage.write_bytes_atomic(storage.join(out_dir, f"pr_curves_step{step}.png"),
@@ -122,6 +124,9 @@ def _pictures(config, ev, dets, expected_categories, out_dir, step, writer):
   images = {"eval/pr_curves": curves[None]}
   images.update({f"eval/example_{i}": e[None] for i, e in enumerate(examples)})
   writer.write_images(step, images)
+  num_gt = sum(1 for a in ev.cocoGt.dataset["annotations"]
+               if not a.get("iscrowd", 0))
+  writer.write_summaries(step, *pictures.pr_curve_summaries(precision, num_gt))
 
 
 def evaluate_params(config, params, mesh, workdir: str, step: int,

@@ -16,7 +16,6 @@ from fcos_jax import storage
 from fcos_jax.inference.draw import draw_detections
 
 IOUS = (0.50, 0.75)
-_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44))
 
 
 def pr_curves(ev) -> dict[float, np.ndarray]:
@@ -32,29 +31,60 @@ def pr_curves(ev) -> dict[float, np.ndarray]:
   return out
 
 
-def plot_pr_curves(curves: dict[float, np.ndarray], size: int = 320) -> np.ndarray:
-  """uint8 [size, size, 3]: precision (y) against recall (x), one line each."""
-  img = Image.new("RGB", (size, size), "white")
-  draw = ImageDraw.Draw(img)
-  pad = 32
-  lo, hi = pad, size - pad
-  draw.rectangle([lo, lo, hi, hi], outline=(0, 0, 0))
-  for v in (0.25, 0.5, 0.75):
-    x = lo + v * (hi - lo)
-    draw.line([x, lo, x, hi], fill=(220, 220, 220))
-    draw.line([lo, hi - v * (hi - lo), hi, hi - v * (hi - lo)],
-              fill=(220, 220, 220))
-  draw.text((size // 2 - 16, hi + 8), "recall", fill=(0, 0, 0))
-  draw.text((4, 8), "precision", fill=(0, 0, 0))
-  for k, (iou, p) in enumerate(sorted(curves.items())):
-    recall = np.linspace(0, 1, len(p))
-    points = [(lo + r * (hi - lo), hi - q * (hi - lo)) for r, q in
-              zip(recall, np.clip(p, 0, 1))]
-    draw.line(points, fill=_COLOURS[k % len(_COLOURS)], width=2)
-    draw.text((hi - 110, lo + 8 + 14 * k),
-              f"IoU {iou:.2f}: AP {float(np.mean(np.clip(p, 0, 1))):.3f}",
-              fill=_COLOURS[k % len(_COLOURS)])
-  return np.asarray(img)
+def plot_pr_curves(curves: dict[float, np.ndarray], width: int = 480,
+                   height: int = 400, title: str = "Precision-recall"
+                   ) -> np.ndarray:
+  """uint8 [height, width, 3]: precision against recall, one line per IoU,
+  drawn by matplotlib (axes, ticks, each curve's AP in the legend: the mean
+  of its points, as COCOeval's AP)."""
+  # The object API with the Agg canvas: no pyplot, no global backend.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for iou, p in sorted(curves.items()):
+    p = np.asarray(p, np.float64)
+    defined = p[p > -1]  # -1: COCOeval's "no ground truth".
+    ap = float(defined.mean()) if defined.size else 0.0
+    ax.plot(np.linspace(0, 1, len(p)), np.clip(p, 0, 1), linewidth=2,
+            label=f"IoU {iou:.2f}: AP {ap:.3f}")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel("recall")
+  ax.set_ylabel("precision")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower left")
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def pr_curve_summaries(curves: dict[float, np.ndarray], num_gt: int,
+                       prefix: str = "eval/pr_curve") -> tuple[dict, dict]:
+  """(values, metadata) for a clu writer's `write_summaries`: each curve in
+  TensorBoard's PR-curves dashboard. COCOeval keeps interpolated precision
+  at 101 recall points, not counts per score threshold: the rows are those
+  points (recall rising), and the counts are derived from them and the
+  `num_gt` ground-truth boxes (TP = recall * num_gt, FP = TP (1 - p) / p,
+  FN = num_gt - TP, TN = 0)."""
+  from tensorboard.plugins.pr_curve import metadata as pr_metadata  # pylint: disable=import-outside-toplevel
+  values, meta = {}, {}
+  for iou, p in sorted(curves.items()):
+    precision = np.clip(np.asarray(p, np.float64), 0, 1)
+    recall = np.linspace(0, 1, len(precision))
+    tp = recall * num_gt
+    fp = np.where(precision > 0, tp * (1 - precision) / np.maximum(
+        precision, 1e-12), 0.0)
+    rows = np.stack([tp, fp, np.zeros_like(tp), num_gt - tp, precision,
+                     recall]).astype(np.float32)
+    tag = f"{prefix}_iou{round(100 * iou)}"
+    values[tag] = rows
+    meta[tag] = pr_metadata.create_summary_metadata(
+        display_name=tag, description=f"COCOeval precision at IoU {iou:.2f}",
+        num_thresholds=len(precision))
+  return values, meta
 
 
 def drawn_examples(gt: dict, image_dir: str, dets: dict, names, count: int = 4,

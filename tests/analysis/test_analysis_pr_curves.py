@@ -101,4 +101,4 @@ def test_png_is_written(tmp_path):
   curves = pr_curves.class_agnostic_curves(gt_json, results)
   pr_curves.write_png(curves, str(tmp_path / "pr.png"))
   from PIL import Image
-  assert Image.open(tmp_path / "pr.png").size == (360, 360)
+  assert Image.open(tmp_path / "pr.png").size == (480, 400)

@@ -80,5 +80,28 @@ def test_pr_curves_are_cocoeval_precision_and_average_to_ap(tmp_path):
   assert np.mean(curves[0.75]) == pytest.approx(m["AP75"])
   assert m["AP50"] == pytest.approx(1.0) and m["AP75"] == pytest.approx(0.5)
   picture = pictures.plot_pr_curves(curves)
-  assert picture.shape == (320, 320, 3) and picture.dtype == np.uint8
+  assert picture.shape == (400, 480, 3) and picture.dtype == np.uint8
   assert (picture != 255).any(axis=-1).mean() > 0.01  # Lines were drawn.
+
+
+def test_pr_curves_reach_tensorboards_pr_dashboard(tmp_path):
+  """Hand-computed rows; written by clu's SummaryWriter and read back as the
+  PR-curves plugin's tensor."""
+  import tensorflow as tf
+  from clu import metric_writers
+  from fcos_jax.evaluation import pictures
+  values, meta = pictures.pr_curve_summaries({0.5: np.array([1.0, 0.5])}, 2)
+  rows = values["eval/pr_curve_iou50"]
+  np.testing.assert_allclose(rows, [[0, 2], [0, 2], [0, 0], [2, 0],
+                                    [1, 0.5], [0, 1]])
+  writer = metric_writers.SummaryWriter(str(tmp_path))
+  writer.write_summaries(7, values, meta)
+  writer.close()
+  (events,) = list(tmp_path.glob("events.out.tfevents.*"))
+  found = [(e.step, v) for e in tf.compat.v1.train.summary_iterator(str(events))
+           for v in e.summary.value]
+  assert len(found) == 1
+  step, value = found[0]
+  assert step == 7 and value.tag == "eval/pr_curve_iou50"
+  assert value.metadata.plugin_data.plugin_name == "pr_curves"
+  np.testing.assert_allclose(tf.make_ndarray(value.tensor), rows)
