@@ -226,9 +226,12 @@ def run_recall(config) -> None:
   image_ids = [im["id"] for im in storage.read_json(gt)["images"]]
   metrics = proposal_eval.proposal_evaluate(gt, results, image_ids)
   path = storage.join(_out_dir(), "recall.json")
-  storage.write_json_atomic(path, dict(metrics, detections=detections,
-                                       gt_json=gt))
-  print(f"Average recall of {detections} as proposals:\n"
+  per_image = len(results) / max(len(image_ids), 1)
+  storage.write_json_atomic(path, dict(
+      metrics, proposals_per_image=per_image, num_images=len(image_ids),
+      detections=detections, gt_json=gt))
+  print(f"Average recall of {detections} as proposals ({per_image:.1f} per "
+        f"image on {len(image_ids)} images):\n"
         f"{proposal_eval.format_proposal_table(metrics)}\nWrote {path}.",
         flush=True)
 

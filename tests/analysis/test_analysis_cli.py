@@ -87,3 +87,16 @@ def test_rpn_trains_and_is_evaluated_by_average_recall(tmp_path):
   # More than a detector's 100 per image (the 128-px canvas has 341
   # locations), at most 1000.
   assert 100 < max(per_image.values()) <= 1000
+  # analyze.py recall on the same proposals: the same recalls, and the
+  # count per image (the RPN table's column) over every val image.
+  gt = tmp_path.parent / "synthetic_tiny" / "val.json"
+  out = tmp_path / "recall"
+  analyze("recall", f"--workdir={workdir}", f"--out={out}",
+          f"--detections={workdir / 'eval' / 'detections_step2.json'}")
+  recall = json.loads((out / "recall.json").read_text())
+  for k in ("AR100", "AR300", "AR1000"):
+    assert recall[k] == pytest.approx(metrics[k], abs=1e-12)
+  images = len(json.loads(gt.read_text())["images"])
+  assert recall["num_images"] == images
+  assert recall["proposals_per_image"] == pytest.approx(
+      len(proposals) / images)
