@@ -196,6 +196,18 @@ def _nms_tail(cfg: ModelConfig, batch: int, num_candidates: int):
   return nodes, inits, outputs
 
 
+# The packages of the ONNX artifact: the `export` extra of pyproject.toml.
+PACKAGES = ("onnx", "onnxruntime", "jax2onnx")
+
+
+def require() -> None:
+  """One MissingExtraError naming the `export` extra when a package of the
+  ONNX artifact is missing: checked before any artifact is written."""
+  from fcos_jax import errors  # pylint: disable=import-outside-toplevel
+  errors.require_extra("export", "The ONNX export (--formats=onnx)",
+                       *PACKAGES)
+
+
 def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None, *,
            batch: int = 1):
   """The ONNX model (ModelProto) for one canvas and a fixed batch size;
