@@ -60,6 +60,29 @@ class WorkdirLockedError(WorkdirError):
   """Another live process writes this workdir (the holder is named)."""
 
 
+class MissingExtraError(UserError, ImportError):
+  """A command needs an optional package that is not installed: the message
+  names what needs it and the pip extra that installs it (pyproject.toml)."""
+
+
+def require_extra(extra: str, what: str, *modules: str) -> None:
+  """Imports `modules`; if one is missing, a MissingExtraError naming `what`
+  needs it and the install line of `extra`. Call it before anything is
+  written, so a missing package never leaves half an output behind."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  missing = []
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      missing.append(name)
+  if missing:
+    raise MissingExtraError(
+        f"{what} needs {', '.join(missing)}, not installed: "
+        f'pip install "fcos-jax[{extra}]" (in a clone: pip install '
+        f'".[{extra}]").')
+
+
 class StoppedBeforeTraining(BaseException):
   """SIGTERM/SIGINT before the first training step: the start-up unwinds
   through its `finally`s (the workdir's lock released, nothing recorded) and

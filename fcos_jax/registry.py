@@ -9,7 +9,13 @@ docs/model_zoo.md read it;
 
   python -m fcos_jax.registry > docs/model_zoo.md
 
-regenerates that page (tests/test_registry.py checks it is current).
+regenerates that page, and
+
+  python -m fcos_jax.registry weights > docs/weights.md
+
+the page of every weights file with its URL, checksum and licence (the
+ImageNet starts too: IMAGENET_STARTS); tests/test_registry.py checks both
+are current.
 
 The AP of each model is the one its authors publish (COCO minival /
 val2017), not measured here. The official FCOS and AdelaiDet weights are
@@ -178,6 +184,95 @@ MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
 assert len(MODELS) == len(_RELEASES), "duplicate model names"
 
 
+# --- The ImageNet starts ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetStart:
+  """An ImageNet backbone file that a released model's training starts from
+  (its `imagenet`), as the config of `sources` names it."""
+
+  file: str  # Release.imagenet: the file's name.
+  sources: tuple[str, ...]  # The keys of SOURCES whose configs name this copy.
+  init_format: str  # config.init_backbone_format.
+  url: str  # Where that config downloads it from.
+  publisher: str  # Who publishes it, and what it is.
+  licence: str
+  checksum: Optional[str] = None  # Published hash (prefix), if any.
+  config: Optional[str] = None  # A run config to start; default: configs/
+  # zoo.py of the first release that starts from it.
+
+
+_DETECTRON = "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/"
+_DETECTRON2 = "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/"
+# The MODEL_ZOO.md of Detectron and of detectron2: "All models available for
+# download through this document are licensed under the Creative Commons
+# Attribution-ShareAlike 3.0 license".
+_CC_BY_SA = "CC BY-SA 3.0 ({} MODEL_ZOO.md)"
+
+IMAGENET_STARTS = (
+    # The official configs' catalog (fcos_core/config/paths_catalog.py).
+    ImageNetStart("R-50.pkl", ("official",), "detectron_pkl",
+                  _DETECTRON + "MSRA/R-50.pkl",
+                  "Detectron: MSRA's ResNet-50, converted",
+                  _CC_BY_SA.format("Detectron")),
+    ImageNetStart("R-101.pkl", ("official",), "detectron_pkl",
+                  _DETECTRON + "MSRA/R-101.pkl",
+                  "Detectron: MSRA's ResNet-101, converted",
+                  _CC_BY_SA.format("Detectron")),
+    ImageNetStart("X-101-32x8d.pkl", ("official",), "detectron_pkl",
+                  _DETECTRON + "20171220/X-101-32x8d.pkl",
+                  "Detectron: FAIR's ResNeXt-101-32x8d (Caffe2)",
+                  _CC_BY_SA.format("Detectron")),
+    ImageNetStart("X-101-64x4d.pkl", ("official",), "detectron_pkl",
+                  _DETECTRON + "20171220/X-101-64x4d.pkl",
+                  "Detectron: FAIR's ResNeXt-101-64x4d",
+                  "none stated for this copy (Detectron's MODEL_ZOO.md lists "
+                  "FBResNeXt/X-101-64x4d.pkl, CC BY-SA 3.0)"),
+    # configs/fcos/*MNV2*.yaml: the FCOS authors' copy (no licence stated
+    # for the file; their repository's LICENSE is non-commercial).
+    ImageNetStart("mobilenet_v2-ecbe2b5.pth", ("official",),
+                  "mobilenet_v2_official",
+                  "https://huggingface.co/tianzhi/FCOS/resolve/main/"
+                  "mobilenet_v2-ecbe2b5.pth?download=true",
+                  "the FCOS authors: MobileNetV2",
+                  "none stated for the file (published beside the official "
+                  "FCOS weights, whose LICENSE is non-commercial)"),
+    # AdelaiDet's configs: detectron2's copies (X-101-64x4d.pkl through
+    # detectron2's catalog, Detectron's file).
+    ImageNetStart("R-50.pkl", ("adelaidet",), "detectron_pkl",
+                  _DETECTRON2 + "MSRA/R-50.pkl",
+                  "detectron2: MSRA's ResNet-50, converted",
+                  _CC_BY_SA.format("detectron2")),
+    ImageNetStart("R-101.pkl", ("adelaidet",), "detectron_pkl",
+                  _DETECTRON2 + "MSRA/R-101.pkl",
+                  "detectron2: MSRA's ResNet-101, converted",
+                  _CC_BY_SA.format("detectron2")),
+    ImageNetStart("X-101-32x8d.pkl", ("adelaidet",), "detectron_pkl",
+                  _DETECTRON2 + "FAIR/X-101-32x8d.pkl",
+                  "detectron2: FAIR's ResNeXt-101-32x8d (Caffe2; takes "
+                  "std-normalised input)", _CC_BY_SA.format("detectron2")),
+    ImageNetStart("X-101-64x4d.pkl", ("adelaidet",), "detectron_pkl",
+                  _DETECTRON + "FBResNeXt/X-101-64x4d.pkl",
+                  "Detectron: FB's ResNeXt-101-64x4d (Torch7), converted",
+                  _CC_BY_SA.format("Detectron")),
+    # torchvision's ResNet-50 (IMAGENET1K_V1; the sha256 prefix is in the
+    # file name): torchvision's FCOS and this project's default config
+    # (configs/fcos_imprv_r50_1x.py) start from it.
+    ImageNetStart("resnet50-0676ba61.pth", ("torchvision",),
+                  "torchvision_resnet",
+                  "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                  "torchvision: ResNet-50 (IMAGENET1K_V1)", "BSD-3-Clause",
+                  checksum="0676ba61", config="configs/fcos_imprv_r50_1x.py"),
+)
+
+
+def imagenet_start(release: Release) -> ImageNetStart:
+  """The ImageNet file `release`'s training starts from."""
+  return next(i for i in IMAGENET_STARTS
+              if i.file == release.imagenet and release.source in i.sources)
+
+
 def names(*sources: str) -> list[str]:
   """The models of `sources` (all by default), in the registry's order."""
   return [n for n, r in MODELS.items() if not sources or r.source in sources]
@@ -221,16 +316,40 @@ def _scales(release: Release) -> str:
   return str(release.scales)
 
 
-def commands(release: Release) -> str:
-  """The convert + evaluate command of `release`."""
+def _file(url: str) -> str:
+  """The file name of a download URL."""
+  return url.rsplit("/", 1)[-1].split("?")[0]
+
+
+def convert_command(release: Release) -> str:
+  """The command that makes the downloaded weights of `release` a run."""
   if release.source == "torchvision":
-    pth = release.url.rsplit("/", 1)[-1]
-    convert = f"fcos-convert --torchvision {pth}"
+    convert = f"fcos-convert --torchvision {_file(release.url)}"
   else:
     convert = (f"fcos-convert --{release.source} {release.name}.pth "
                f"--config configs/zoo.py:{release.name}")
-  return (f"{convert} --workdir runs/{release.name} && fcos-evaluate "
+  return f"{convert} --workdir runs/{release.name}"
+
+
+def commands(release: Release) -> str:
+  """The convert + evaluate command of `release`."""
+  return (f"{convert_command(release)} && fcos-evaluate "
           f"--workdir runs/{release.name}")
+
+
+def train_command(start: ImageNetStart) -> str:
+  """The command that starts a run from the ImageNet file `start`."""
+  config = start.config or "configs/zoo.py:" + next(
+      r.name for r in MODELS.values()
+      if r.imagenet == start.file and r.source in start.sources)
+  workdir = config.rsplit(":", 1)[-1].rsplit("/", 1)[-1].removesuffix(".py")
+  return (f"fcos-train --config {config} --workdir runs/{workdir} "
+          f"--config.init_backbone={start.file}")
+
+
+def _checksum(checksum: Optional[str]) -> str:
+  return (f"sha256 {checksum}... (in the file name)" if checksum
+          else "none published")
 
 
 def markdown() -> str:
@@ -307,13 +426,90 @@ def markdown() -> str:
       "|---|---|---|---|---|",
   ]
   for r in MODELS.values():
-    checksum = (f"sha256 {r.checksum}... (in the file name)" if r.checksum
-                else "none published")
     lines.append(
-        f"| {r.name} | [{r.url.rsplit('/', 1)[-1].split('?')[0]}]({r.url}) "
-        f"| {checksum} | {r.licence} | `{commands(r)}` |")
+        f"| {r.name} | [{_file(r.url)}]({r.url}) "
+        f"| {_checksum(r.checksum)} | {r.licence} | `{commands(r)}` |")
   return "\n".join(lines) + "\n"
 
 
+# --- docs/weights.md --------------------------------------------------------
+
+
+def weights_markdown() -> str:
+  """docs/weights.md: every weights file the project loads, where it is
+  published, its checksum and licence, and the command that uses it."""
+  lines = [
+      "# Weights",
+      "",
+      "<!-- Generated from fcos_jax/registry.py by",
+      "     python -m fcos_jax.registry weights > docs/weights.md",
+      "     Do not edit by hand: edit the registry and run that command. -->",
+      "",
+      "Every weights file this project loads: the released COCO detectors",
+      "(torchvision's FCOS, the official FCOS, AdelaiDet's FCOS) and the",
+      "ImageNet backbones their training starts from. For each: where it is",
+      "published, its checksum where one is published, its licence, and the",
+      "one command that makes it a run. Architectures, recipes and published",
+      "AP: [model_zoo.md](model_zoo.md).",
+      "",
+      "**Licences differ.** The official FCOS and AdelaiDet weights are for",
+      "**non-commercial use only** (the LICENSE of",
+      f"[tianzhi0549/FCOS]({REPOSITORIES['official']}/blob/master/LICENSE):",
+      "\"FCOS for non-commercial purposes\"; of",
+      f"[aim-uofa/AdelaiDet]({REPOSITORIES['adelaidet']}/blob/master/"
+      "LICENSE):",
+      "\"AdelaiDet for non-commercial purposes\", commercial licences from",
+      "its authors). torchvision's weights are BSD-3-Clause. The ImageNet",
+      "files that Detectron's and detectron2's MODEL_ZOO.md list are",
+      "CC BY-SA 3.0 (\"All models available for download through this",
+      "document\").",
+      "mmdetection (Apache-2.0) publishes GFL weights; they are not loaded",
+      "here (`configs/gfl_r50_1x.py` trains GFL from ImageNet).",
+      "",
+      "A `.pth` needs torch to read (`pip install \".[convert]\"`); a",
+      "checksum given as a sha256 prefix is checked with",
+      "`sha256sum FILE | cut -c1-8`. The commands run in the folder that",
+      "holds the downloaded file.",
+      "",
+      "## COCO detectors",
+      "",
+      "| model | source | weights | checksum | licence | make it a run |",
+      "|---|---|---|---|---|---|",
+  ]
+  for r in MODELS.values():
+    lines.append(
+        f"| {r.name} | {SOURCES[r.source]} | [{_file(r.url)}]({r.url}) | "
+        f"{_checksum(r.checksum)} | {r.licence} | `{convert_command(r)}` |")
+  lines += [
+      "",
+      "`fcos-evaluate --workdir runs/NAME` then measures its COCO AP;",
+      "`fcos-predict --workdir runs/NAME --images ... --out ...` draws",
+      "its detections ([predict_and_export.md](predict_and_export.md)).",
+      "",
+      "## ImageNet backbones",
+      "",
+      "The file a released model's config starts from, as that config",
+      "names it (the official and AdelaiDet copies of a file of the same",
+      "name are different downloads). The command trains from it",
+      "([training.md](training.md#train-a-zoo-model-from-imagenet)).",
+      "",
+      "| file | for | what | weights | checksum | licence | start a run |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for i in IMAGENET_STARTS:
+    lines.append(
+        f"| {i.file} | {', '.join(SOURCES[s] for s in i.sources)} | "
+        f"{i.publisher} | [{_file(i.url)}]({i.url}) | "
+        f"{_checksum(i.checksum)} | {i.licence} | `{train_command(i)}` |")
+  return "\n".join(lines) + "\n"
+
+
+PAGES = {"model_zoo": markdown, "weights": weights_markdown}
+
+
 if __name__ == "__main__":
-  print(markdown(), end="")
+  import sys  # pylint: disable=import-outside-toplevel
+  page = sys.argv[1] if len(sys.argv) > 1 else "model_zoo"
+  if page not in PAGES:
+    sys.exit(f"error: no page {page!r}; one of {', '.join(PAGES)}.")
+  print(PAGES[page](), end="")

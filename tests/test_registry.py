@@ -200,3 +200,38 @@ def test_generator_command_prints_the_page():
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout == registry.markdown()
+
+
+def test_every_release_names_its_imagenet_start():
+  for release in registry.MODELS.values():
+    start = registry.imagenet_start(release)
+    assert start.init_format == release.init_format, release.name
+  for start in registry.IMAGENET_STARTS:
+    assert registry._file(start.url) == start.file  # pylint: disable=protected-access
+    assert start.url.startswith("https://") and start.licence
+    if start.checksum:  # torchvision's: the sha256 prefix in the file name.
+      assert start.file.rsplit(".", 1)[0].endswith("-" + start.checksum)
+    # Each start is used: the command that trains from it names a config.
+    assert f"--config.init_backbone={start.file}" in registry.train_command(
+        start)
+  pairs = [(i.file, s) for i in registry.IMAGENET_STARTS for s in i.sources]
+  assert len(pairs) == len(set(pairs)), "one copy per file and source"
+
+
+def test_weights_page_is_generated_from_the_registry():
+  doc = (ROOT / "docs" / "weights.md").read_text()
+  assert doc == registry.weights_markdown(), (
+      "docs/weights.md is stale: python -m fcos_jax.registry weights > "
+      "docs/weights.md")
+  for release in registry.MODELS.values():
+    row = next(line for line in doc.splitlines()
+               if line.startswith(f"| {release.name} |"))
+    assert release.url in row and release.licence in row
+    assert f"`{registry.convert_command(release)}`" in row
+  for start in registry.IMAGENET_STARTS:
+    assert start.url in doc and start.licence in doc
+  assert "(docs/weights.md)" in (ROOT / "README.md").read_text()
+  proc = subprocess.run([sys.executable, "-m", "fcos_jax.registry", "weights"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == doc

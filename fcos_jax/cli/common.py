@@ -11,47 +11,123 @@ import threading
 
 from absl import app, flags, logging
 
+# absl's --verbosity (-v) from which the libraries' chatter that the
+# commands hide by default shows again (1: DEBUG).
+VERBOSE = 1
+
+
+def argv_verbosity(argv) -> int:
+  """--verbosity / -v as given in `argv` (0 when not): read before the flags
+  are parsed, for what must be set before TensorFlow is imported."""
+  value = 0
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      break
+    m = re.fullmatch(r"--?(?:verbosity|v)(?:=(.*))?", arg)
+    if m:
+      given = m.group(1) if m.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else "")
+      try:
+        value = int(given)
+      except ValueError:
+        pass  # absl's parser names the bad value.
+  return value
+
+
+def quiet_native_logs(argv=None) -> None:
+  """TensorFlow's start-up lines off ("oneDNN custom operations are on",
+  CPU features): environment variables that TF reads when it loads, so
+  this runs when this module is imported, before a command imports TF
+  (which only feeds data here: oneDNN's kernels are for its math, which the
+  input pipeline hardly uses). --verbosity=1, or the variables set by the
+  user, keep them."""
+  if argv_verbosity(sys.argv if argv is None else argv) >= VERBOSE:
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+quiet_native_logs()
+
 # Libraries whose INFO chatter is not the user's business (warnings show),
-# by the name of their Python logger.
+# by the name of their Python logger. faster-coco-eval logs its own copy of
+# the COCO table (we print it once); jax2onnx its conversion steps.
 _QUIET_LOGGERS = ("jax", "orbax", "etils", "gcsfs", "fsspec", "google",
-                  "urllib3")
+                  "urllib3", "faster_coco_eval", "jax2onnx")
+# Libraries that log through absl's or the root logger, known by their
+# installed folder (_QuietPackages).
+_QUIET_PACKAGES = ("orbax.checkpoint", "jax2onnx")
+# Libraries whose warnings are noise here too: onnx_ir warns for each
+# intermediate value jax2onnx leaves untyped ("Skipping serialization").
+_SILENT_LOGGERS = ("onnx_ir",)
+# orbax warns that a run opened for reading is read-only (what evaluate,
+# predict and export ask for).
+_READ_ONLY = re.compile(r"read[ _]only", re.IGNORECASE)
+
+
+def _package_dirs(packages) -> tuple[str, ...]:
+  """The installed folders of the packages named (none for one that is not
+  installed), without importing them."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  dirs = []
+  for name in packages:
+    try:
+      spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+      continue
+    if spec is not None and spec.submodule_search_locations:
+      dirs += [os.path.join(d, "") for d in spec.submodule_search_locations]
+  return tuple(dirs)
 
 
 class _QuietPackages(py_logging.Filter):
-  """For records of the "absl" logger that come from the packages of
-  `modules`: drops INFO, and keeps errors to their one-line message (the
-  loop re-raises the cause as one clear error, and a background thread's
-  traceback would bury it).
+  """For records of the "absl" (or root) logger that come from the packages
+  named: drops INFO and orbax's read-only warnings, and keeps errors to
+  their one-line message (the loop re-raises the cause as one clear error,
+  and a background thread's traceback would bury it).
 
   Needed for orbax, which logs through absl's logger, as clu's metric
-  writer and our own lines do: the logger name cannot tell them apart, the
-  source file can (the installed package's folder, not a path pattern, so
-  a checkout under any folder name keeps its INFO lines).
+  writer and our own lines do, and jax2onnx, which logs through the root
+  logger: the logger name cannot tell them apart, the source file can (the
+  installed package's folder, not a path pattern, so a checkout under any
+  folder name keeps its INFO lines).
   """
 
-  def __init__(self, modules):
+  def __init__(self, packages):
     super().__init__()
-    self._dirs = tuple(os.path.dirname(m.__file__) + os.sep for m in modules)
+    self._dirs = _package_dirs(packages)
 
   def filter(self, record):
     if not record.pathname.startswith(self._dirs):
       return True
     if record.levelno < py_logging.WARNING:
       return False
+    if (record.levelno == py_logging.WARNING and
+        _READ_ONLY.search(str(record.msg))):
+      return False
     record.exc_info, record.exc_text, record.stack_info = None, None, None
     return True
 
 
+def verbose() -> bool:
+  """--verbosity=1 or more: the libraries' logs as they come."""
+  return logging.get_verbosity() >= VERBOSE
+
+
 def configure_logging() -> None:
-  """INFO for the run's own lines, WARNING and up for the libraries'."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.set_verbosity(logging.INFO)
-  for name in _QUIET_LOGGERS:
-    py_logging.getLogger(name).setLevel(py_logging.WARNING)
-  import orbax.checkpoint
-  absl_logger = py_logging.getLogger("absl")
-  if not any(isinstance(f, _QuietPackages) for f in absl_logger.filters):
-    absl_logger.addFilter(_QuietPackages([orbax.checkpoint]))
+  """INFO for the run's own lines, WARNING and up for the libraries' (less
+  their known noise); with --verbosity=1 or more, everything."""
+  if not verbose():
+    logging.set_verbosity(logging.INFO)
+    for name in _QUIET_LOGGERS:
+      py_logging.getLogger(name).setLevel(py_logging.WARNING)
+    for name in _SILENT_LOGGERS:
+      py_logging.getLogger(name).setLevel(py_logging.ERROR)
+    # orbax logs through absl's logger, jax2onnx through the root logger.
+    quiet = _QuietPackages(_QUIET_PACKAGES)
+    for logger in (py_logging.getLogger("absl"), py_logging.getLogger()):
+      if not any(isinstance(f, _QuietPackages) for f in logger.filters):
+        logger.addFilter(quiet)
   # Only orbax's background tasks run on asyncio here; a failed one is
   # re-raised by the loop as one error, not as "Task exception was never
   # retrieved" and its traceback.

@@ -67,6 +67,8 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
   bad = sorted(set(formats) - set(FORMATS))
   if bad:
     raise UserError(f"--formats: unknown {bad}; choose from {FORMATS}.")
+  if "onnx" in formats and "float32" in dtypes:
+    onnx_export.require()  # Before the first artifact is written.
   params = serving.as_numpy_params(detector.params)
   files = []
   for canvas in detector.canvases:
@@ -146,6 +148,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from fcos_jax.inference import outputs  # pylint: disable=import-outside-toplevel
   outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite, make=False)
+  if "onnx" in FLAGS.formats and "float32" in FLAGS.dtypes:
+    from fcos_jax.export import onnx_export  # pylint: disable=import-outside-toplevel
+    onnx_export.require()  # Before --out is made or a model read.
   config = FLAGS.config or common.recorded_config(FLAGS.workdir)
   common.setup(config, needs=("eval", "model"))  # Before --out is made.
   outputs.prepare_out_dir(FLAGS.out, overwrite=FLAGS.overwrite)

@@ -54,6 +54,11 @@ flags.DEFINE_float("score_thresh", None,
                    "torchvision preset); default: the config's.")
 flags.DEFINE_float("draw_min_score", 0.3,
                    "Boxes below this score are left out of the pictures.")
+flags.DEFINE_float("draw_duplicate_iou", 0.7,
+                   "A box whose IoU with a better-scoring drawn box (any "
+                   "class) is this or more is left out of the pictures: one "
+                   "label per object (detections.json keeps every box); 1.01 "
+                   "draws all.")
 flags.DEFINE_integer("batch_size", None,
                      "Images per device call; default: eval_batch_size.")
 flags.DEFINE_bool("exif", True, "Apply the EXIF orientation of photos.")
@@ -77,6 +82,9 @@ flags.register_validator(
 flags.register_validator(
     "draw_min_score", lambda v: math.isfinite(v) and 0 <= v <= 1,
     "must be a number in [0, 1], e.g. 0.3.")
+flags.register_validator(
+    "draw_duplicate_iou", lambda v: math.isfinite(v) and 0 < v,
+    "must be a positive IoU, e.g. 0.7 (above 1 draws every box).")
 flags.register_validator("workers", lambda v: v >= 1,
                          "must be at least 1 (reading threads).")
 
@@ -143,7 +151,8 @@ def main(argv):
   result = outputs.predict_to_folder(
       det, paths, out, draw=FLAGS.draw, heatmaps=FLAGS.heatmaps,
       exif=FLAGS.exif, workers=FLAGS.workers,
-      draw_min_score=FLAGS.draw_min_score, on_image=progress.update)
+      draw_min_score=FLAGS.draw_min_score,
+      draw_duplicate_iou=FLAGS.draw_duplicate_iou, on_image=progress.update)
   errors, records = result["errors"], result["records"]
   for i in sorted(errors):
     logging.error("Skipped %s", errors[i])

@@ -109,13 +109,9 @@ def load_official_state_dict(state_dict) -> dict[str, np.ndarray]:
     path = os.fspath(state_dict)
     if path.endswith(".npz"):
       return _strip(tv.load_state_dict(path))
-    try:
-      import torch  # noqa: F401  (lazy: only needed to read .pth files)
-    except ImportError as e:
-      raise ImportError(
-          f"Reading {path!r} needs PyTorch (pip install torch). Without it, "
-          "save checkpoint['model'] as .npz elsewhere and pass that.") from e
-    state_dict = safe_load.torch_load(path, storage.read_bytes(path))
+    raw = storage.read_bytes(path)  # First: a missing file is named as such.
+    tv.require_torch(path)
+    state_dict = safe_load.torch_load(path, raw)
   if isinstance(state_dict, Mapping) and isinstance(
       state_dict.get("model"), Mapping):
     state_dict = state_dict["model"]

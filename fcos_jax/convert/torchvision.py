@@ -67,20 +67,21 @@ def load_state_dict(state_dict) -> dict[str, np.ndarray]:
         if "allow_pickle" in str(e):
           raise safe_load.refused(path, "a pickled object array") from None
         raise errors.DataError(f"{path}: not a readable .npz ({e}).") from None
-    try:
-      import torch  # Lazy: only needed to read .pth files.
-    except ImportError as e:
-      raise ImportError(
-          f"Reading {path!r} needs PyTorch (pip install torch). Without it, "
-          "save the state dict as .npz elsewhere "
-          "(np.savez(f, **{k: v.numpy() for k, v in sd.items()})) and pass "
-          "that file or the np.load()ed dict.") from e
+    require_torch(path)  # After the read: a missing file is named first.
     state_dict = safe_load.torch_load(path, raw)
   if not isinstance(state_dict, Mapping):
     raise TypeError(
         f"state_dict must be a path or a mapping of names to arrays, got "
         f"{type(state_dict).__name__}.")
   return {k: _to_numpy(v) for k, v in state_dict.items()}
+
+
+def require_torch(path: str) -> None:
+  """A MissingExtraError naming `path` and the `convert` extra when torch,
+  which reads .pth files, is not installed (an .npz needs no torch)."""
+  errors.require_extra(
+      "convert", f"Reading {path} (a PyTorch file; an .npz of the same state "
+      "dict needs no torch)", "torch")
 
 
 def _to_numpy(v) -> np.ndarray:

@@ -28,6 +28,8 @@ scores, classes, valid.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +198,18 @@ def _nms_tail(cfg: ModelConfig, batch: int, num_candidates: int):
   return nodes, inits, outputs
 
 
+# The packages of the ONNX artifact: the `export` extra of pyproject.toml.
+PACKAGES = ("onnx", "onnxruntime", "jax2onnx")
+
+
+def require() -> None:
+  """One MissingExtraError naming the `export` extra when a package of the
+  ONNX artifact is missing: checked before any artifact is written."""
+  from fcos_jax import errors  # pylint: disable=import-outside-toplevel
+  errors.require_extra("export", "The ONNX export (--formats=onnx)",
+                       *PACKAGES)
+
+
 def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None, *,
            batch: int = 1):
   """The ONNX model (ModelProto) for one canvas and a fixed batch size;
@@ -205,7 +219,11 @@ def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None, *,
   from onnx import helper  # pylint: disable=import-outside-toplevel
   params = serving.as_numpy_params(params)
   fn = candidates_function(cfg, params, canvas_hw)
-  with _jax2onnx_compat():
+  # jax2onnx 0.13 prints "DEBUG: ..." lines for every flax Conv: shown only
+  # when its logger is at DEBUG (the commands' --verbosity=1).
+  chatty = logging.getLogger("jax2onnx").isEnabledFor(logging.DEBUG)
+  with _jax2onnx_compat(), (contextlib.nullcontext() if chatty else
+                            contextlib.redirect_stdout(io.StringIO())):
     head = to_onnx(fn, serving.input_specs(canvas_hw, batch), opset=OPSET,
                    input_names=list(serving.INPUT_NAMES),
                    output_names=["cand_boxes", "cand_scores", "scale",
@@ -229,12 +247,22 @@ def export(cfg: ModelConfig, params, canvas_hw, path: str | None = None, *,
   return model
 
 
+def session_log_severity() -> int:
+  """ONNX Runtime's log severity for our sessions: errors only (3; its
+  warnings, e.g. on initializers the graph does not use, say nothing about
+  the model's outputs), unless the "onnxruntime" logger is at INFO or below
+  (the commands' --verbosity=1): then ONNX Runtime's default, warnings (2)."""
+  return 2 if logging.getLogger("onnxruntime").isEnabledFor(logging.INFO) else 3
+
+
 def load(path: str):
   """fn(images, image_hw, orig_hw) -> dict of NumPy outputs, from a fresh
   onnxruntime.InferenceSession (CPU)."""
   import onnxruntime as ort  # pylint: disable=import-outside-toplevel
   from fcos_jax import storage  # pylint: disable=import-outside-toplevel
-  session = ort.InferenceSession(storage.read_bytes(path),
+  options = ort.SessionOptions()
+  options.log_severity_level = session_log_severity()
+  session = ort.InferenceSession(storage.read_bytes(path), options,
                                  providers=["CPUExecutionProvider"])
   names = [o.name for o in session.get_outputs()]
 

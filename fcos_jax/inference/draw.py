@@ -38,10 +38,45 @@ def _overlap(a, b) -> float:
   return max(w, 0) * max(h, 0) / area
 
 
+# A box drawn over a better-scoring one with this IoU or more, of any class,
+# is the same object: the picture shows only the better one.
+DUPLICATE_IOU = 0.7
+
+
+def _iou(a, b) -> float:
+  w = min(a[2], b[2]) - max(a[0], b[0])
+  h = min(a[3], b[3]) - max(a[1], b[1])
+  inter = max(w, 0.0) * max(h, 0.0)
+  union = ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+           - inter)
+  return inter / union if union > 0 else 0.0
+
+
+def boxes_to_draw(boxes, scores, *, min_score: float = 0.0,
+                  duplicate_iou: float = DUPLICATE_IOU) -> list[int]:
+  """The indices of the detections a picture shows, best score first: those
+  scoring `min_score` or more, less the near-duplicates, boxes whose IoU
+  with a better-scoring shown box is `duplicate_iou` or more, whatever
+  their classes. The model's NMS is per class, so one object can keep a box
+  for each class it resembles ("dog 0.45" over "cat 0.62"): the picture
+  shows one label per object, the detections (JSON, COCO AP) keep them all.
+  duplicate_iou > 1 shows every box."""
+  scores = np.asarray(scores, np.float32).reshape(-1)
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  shown = []
+  for k in np.argsort(-scores, kind="stable"):
+    if scores[k] < min_score:
+      break
+    if all(_iou(boxes[k], boxes[j]) < duplicate_iou for j in shown):
+      shown.append(int(k))
+  return shown
+
+
 def draw_detections(image: np.ndarray, boxes, scores, labels, names, *,
-                    min_score: float = 0.0, min_side: int = 512
-                    ) -> Image.Image:
-  """uint8 [h, w, 3] + detections (original pixels) -> a PIL picture.
+                    min_score: float = 0.0, min_side: int = 512,
+                    duplicate_iou: float = DUPLICATE_IOU) -> Image.Image:
+  """uint8 [h, w, 3] + detections (original pixels) -> a PIL picture of
+  those `boxes_to_draw` shows (one label per object).
 
   Boxes in their class colour, lowest score first so the best are on top.
   Labels ("name 0.87", contrasting text on a tag of the box's colour) are
@@ -61,8 +96,8 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, names, *,
   width = max(1, round(side / 250))
   font = _font(max(11, round(side / 36)))
   scores = np.asarray(scores, np.float32)
-  keep = [k for k in np.argsort(-scores, kind="stable")
-          if scores[k] >= min_score]
+  keep = boxes_to_draw(boxes, scores, min_score=min_score,
+                       duplicate_iou=duplicate_iou)
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * zoom
   for k in keep[::-1]:
     draw.rectangle([float(v) for v in boxes[k]],

@@ -128,18 +128,14 @@ def exif_orientation(data: bytes) -> int:
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
-  """[h, w, 3] stored pixels -> the upright picture the EXIF tag describes."""
-  ops = {
-      1: lambda x: x,
-      2: lambda x: x[:, ::-1],
-      3: lambda x: x[::-1, ::-1],
-      4: lambda x: x[::-1],
-      5: lambda x: x.transpose(1, 0, 2),
-      6: lambda x: np.rot90(x, k=-1),
-      7: lambda x: x[::-1, ::-1].transpose(1, 0, 2),
-      8: lambda x: np.rot90(x, k=1),
-  }
-  return np.ascontiguousarray(ops[int(orientation)](image))
+  """[h, w, 3] stored pixels -> the upright picture the EXIF tag describes
+  (PIL's `ImageOps.exif_transpose`, on the pixels TF decoded)."""
+  if int(orientation) == 1:
+    return image
+  from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
+  picture = Image.fromarray(np.ascontiguousarray(image))
+  picture.getexif()[_EXIF_ORIENTATION] = int(orientation)
+  return np.array(ImageOps.exif_transpose(picture))  # Writable.
 
 
 def _refuse_decompression_bombs(data: bytes, name: str) -> None:

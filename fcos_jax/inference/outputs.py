@@ -70,11 +70,14 @@ def _save_png(picture, path: str) -> None:
 def predict_to_folder(det, paths, out: str, *, draw: bool = False,
                       heatmaps: bool = False, exif: bool = True,
                       workers: int = 4, draw_min_score: float = 0.3,
+                      draw_duplicate_iou: float | None = None,
                       on_image=None) -> dict:
   """Runs `det` (a Detector) over image files into `out` (made already,
   see `prepare_out_dir`): out/detections.json (COCO results with
   category_name and file_name; image_id = the input's position),
-  out/draw/<name>.png and out/heatmaps/<name>.png, <name> unique per input
+  out/draw/<name>.png (one label per object: `draw.boxes_to_draw` with
+  draw_min_score and draw_duplicate_iou, default draw.DUPLICATE_IOU) and
+  out/heatmaps/<name>.png, <name> unique per input
   (`unique_names`), and out/images.json: per input its id, file_name,
   number of detections and outputs (or the error that skipped it).
 
@@ -84,6 +87,8 @@ def predict_to_folder(det, paths, out: str, *, draw: bool = False,
   """
   from fcos_jax.inference import draw as draw_lib  # pylint: disable=import-outside-toplevel
   names = unique_names(paths)
+  duplicate_iou = (draw_lib.DUPLICATE_IOU if draw_duplicate_iou is None
+                   else draw_duplicate_iou)
   records, errors, entries = [], {}, []
   category_names = {c["id"]: c["name"] for c in det.categories}
   stream = det.predict_files(paths, heatmaps=heatmaps, exif=exif,
@@ -100,7 +105,8 @@ def predict_to_folder(det, paths, out: str, *, draw: bool = False,
     if draw:
       pic = draw_lib.draw_detections(r["image"], r["boxes"], r["scores"],
                                      r["labels"], r["names"],
-                                     min_score=draw_min_score)
+                                     min_score=draw_min_score,
+                                     duplicate_iou=duplicate_iou)
       outputs["draw"] = posixpath.join("draw", names[i] + ".png")
       _save_png(pic, storage.join(out, outputs["draw"]))
     if heatmaps:

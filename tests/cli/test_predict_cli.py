@@ -100,3 +100,32 @@ def test_bad_files_are_skipped_and_counted_and_empty_input_refused(trained):
   proc = predict(workdir, f"--images={tmp}/nothing_*.jpg",
                  f"--out={tmp / 'p2'}", check=False)
   assert proc.returncode == 1 and "matches no file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_console_is_quiet(trained):
+  """evaluate.py as a user runs it (no TF variables set): no TensorFlow
+  banner, no orbax read-only warnings, the COCO table once (faster-coco-eval
+  logs its own copy), no line twice."""
+  import re
+  import subprocess
+  import sys
+  from cli_runs import command
+  tmp, workdir = trained
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  proc = subprocess.run(
+      command("evaluate.py", workdir, tiny_args(tmp, steps=4) + [
+          "--checkpoint=4", "--config.eval_backend=faster_coco_eval",
+          f"--config.model.inference.score_thresh={THRESH}",
+          f"--out={tmp / 'quiet'}"]),
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  console = proc.stdout + proc.stderr
+  assert "oneDNN" not in console and "absl::InitializeLog" not in console
+  assert not re.search(r"read[ _]only", console, re.IGNORECASE), console
+  lines = [re.sub(r"^[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", line)
+           for line in console.splitlines() if line.strip()]
+  assert sum("(AP) @[ IoU=0.50:0.95 | area=   all" in l for l in lines) == 1
+  assert len(lines) == len(set(lines)), console

@@ -60,6 +60,22 @@ def test_exif_orientations_match_pil():
     np.testing.assert_array_equal(images_lib.decode(data, exif=False), x)
 
 
+def test_exif_rotated_jpeg_is_upright():
+  """A camera JPEG stored sideways (tag 6: turn 90 degrees clockwise): the
+  decoded pixels (TF's JPEG decoder) turned by hand."""
+  x = np.random.default_rng(1).integers(0, 255, (6, 10, 3), dtype=np.uint8)
+  im = Image.fromarray(x)
+  exif = im.getexif()
+  exif[0x0112] = 6
+  buf = io.BytesIO()
+  im.save(buf, "JPEG", exif=exif, quality=95)
+  stored = images_lib.decode(buf.getvalue(), exif=False)
+  upright = images_lib.decode(buf.getvalue())
+  assert stored.shape == (6, 10, 3) and upright.shape == (10, 6, 3)
+  np.testing.assert_array_equal(upright, np.rot90(stored, k=-1))
+  assert upright.flags.writeable
+
+
 def _png_claiming(width, height):
   """A small PNG whose header (IHDR, CRC fixed) claims width x height."""
   import struct
