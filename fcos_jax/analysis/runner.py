@@ -8,13 +8,12 @@ One process (the analyses read the whole split themselves).
 from __future__ import annotations
 
 import functools
-import sys
-import time
 
 import jax
 import numpy as np
 
 from fcos_jax import errors, runtime, storage
+from fcos_jax.progress import bar
 from fcos_jax.analysis import anchors, assignment, detection_ambiguity
 from fcos_jax.analysis import split_boxes
 from fcos_jax.data import global_batch, pipeline, sources
@@ -23,24 +22,6 @@ from fcos_jax.core.locations import compute_locations
 
 RETINANET = "RetinaNet anchors (9 per location), IoU >= 0.4"
 RETINANET_LOW = "RetinaNet anchors, IoU >= 0.4 + low-quality matches"
-
-
-class Progress:
-  """A line on stderr every couple of seconds: done/total images, rate."""
-
-  def __init__(self, name: str, total: int, every_s: float = 2.0):
-    self.name, self.total, self.every_s = name, total, every_s
-    self.start = self.last = time.perf_counter()
-    self.done = 0
-
-  def update(self, n: int) -> None:
-    self.done += n
-    now = time.perf_counter()
-    if now - self.last >= self.every_s or self.done >= self.total:
-      self.last = now
-      rate = self.done / max(now - self.start, 1e-9)
-      print(f"{self.name}: {min(self.done, self.total)}/{self.total} images, "
-            f"{rate:.1f} images/s", file=sys.stderr, flush=True)
 
 
 def _check_batch(batch_size: int) -> None:
@@ -83,7 +64,7 @@ def assignment_statistics(config, split: str, with_anchors: bool = True
                              low_quality=name == RETINANET_LOW)
     return jax.jit(fn, in_shardings=(sharded,))
 
-  progress = Progress(f"analyze {split}", len(table))
+  progress = bar(len(table), f"analyze {split}")
   for canvas_hw, batch in split_boxes.box_batches(table, config.data,
                                                   batch_size):
     arrays = {k: batch[k] for k in ("boxes", "classes", "box_valid",
@@ -93,6 +74,7 @@ def assignment_statistics(config, split: str, with_anchors: bool = True
     for name, c in jax.device_get(counts).items():
       totals[name].add(c)
     progress.update(int(batch["example_valid"].sum()))
+  progress.close()
   out = {name: t.as_dict() for name, t in totals.items()}
   for name in (RETINANET, RETINANET_LOW):  # Anchors: recall only.
     if name in out:
@@ -122,12 +104,13 @@ def detection_statistics(config, params, expected_categories,
                in_shardings=(rep, data))
   totals = {"detections": 0, "ambiguous": 0, "ambiguous_classes": 0}
   images = len(sources.load_split(config.data, "val", expected_categories)[0])
-  progress = Progress("analyze detections", images)
+  progress = bar(images, "analyze detections")
   for local in ds:
     batch = global_batch.to_global_batch(local, mesh)
     for k, v in jax.device_get(fn(params, batch)).items():
       totals[k] += int(v)
     progress.update(int(np.sum(local["example_valid"])))
+  progress.close()
   n = totals["detections"]
   return dict(totals, min_score=float(min_score),
               ambiguous_share=totals["ambiguous"] / n if n else 0.0,

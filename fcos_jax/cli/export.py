@@ -71,6 +71,17 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
     onnx_export.require()  # Before the first artifact is written.
   params = serving.as_numpy_params(detector.params)
   files = []
+  per_canvas = sum(("stablehlo" in formats, "saved_model" in formats))
+  total = (len(detector.canvases) * (len(dtypes) * per_canvas + (
+      "onnx" in formats and "float32" in dtypes)) +
+           len(dtypes) * ("saved_model" in formats))
+  from fcos_jax.progress import bar  # pylint: disable=import-outside-toplevel
+  progress = bar(total, "export", unit=" files")
+
+  def wrote(path):
+    logging.info("Wrote %s", path)
+    progress.update(1)
+
   for canvas in detector.canvases:
     for dtype in dtypes:
       cfg = detector.cfg.replace(dtype=dtype)
@@ -82,7 +93,7 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
         files.append({"format": "stablehlo", "canvas": list(canvas),
                       "dtype": dtype, "batch": "any",
                       "platforms": list(platforms), "path": path})
-        logging.info("Wrote %s", path)
+        wrote(path)
       if "saved_model" in formats:
         path = storage.join(out, "saved_model", name)
         saved_model.export(cfg, params, canvas, path, batch=batch,
@@ -91,14 +102,14 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
                       "dtype": dtype, "batch": batch,
                       "platforms": list(platforms), "path": path,
                       "signature": "serving_default"})
-        logging.info("Wrote %s", path)
+        wrote(path)
       if "onnx" in formats and dtype == "float32":
         path = storage.join(out, "onnx", name + ".onnx")
         onnx_export.export(cfg, params, canvas, path, batch=batch)
         files.append({"format": "onnx", "canvas": list(canvas),
                       "dtype": dtype, "batch": batch, "path": path,
                       "nms": "ONNX NonMaxSuppression"})
-        logging.info("Wrote %s", path)
+        wrote(path)
       elif "onnx" in formats:
         logging.info("ONNX is exported in float32 only (ONNX Runtime's CPU "
                      "kernels have no bfloat16 convolutions); skipped %s.",
@@ -115,7 +126,8 @@ def export_all(detector, out: str, *, formats, dtypes, platforms, batch,
                     "batch": "one image", "platforms": list(platforms),
                     "path": path, "signature": "serving_default",
                     "inputs": {"image": "uint8 [h, w, 3] RGB, any size"}})
-      logging.info("Wrote %s", path)
+      wrote(path)
+  progress.close()
   manifest = {
       "inputs": {"images": "uint8 [B, H, W, 3] RGB canvas, resized image "
                            "at the top-left, zeros elsewhere",

@@ -90,22 +90,22 @@ flags.register_validator("workers", lambda v: v >= 1,
 
 
 class _Progress:
-  """One line per couple of seconds: done/total, images/s, skipped."""
+  """The shared progress bar (fcos_jax.progress), with the skipped count."""
 
-  def __init__(self, total: int, every_s: float = 2.0):
-    self.total, self.every_s = total, every_s
-    self.start = self.last = time.perf_counter()
+  def __init__(self, total: int):
+    from fcos_jax.progress import bar  # pylint: disable=import-outside-toplevel
+    self.bar = bar(total, "predict")
+    self.start = time.perf_counter()
     self.done = self.skipped = 0
 
-  def update(self, ok: bool, force: bool = False):
+  def update(self, ok: bool):
     self.done += 1
     self.skipped += not ok
-    now = time.perf_counter()
-    if force or now - self.last >= self.every_s or self.done == self.total:
-      self.last = now
-      print(f"predict: {self.done}/{self.total} images, "
-            f"{self.rate():.1f} images/s, {self.skipped} skipped",
-            file=sys.stderr, flush=True)
+    if not ok:
+      self.bar.set_postfix(skipped=self.skipped, refresh=False)
+    self.bar.update(1)
+    if self.done == self.bar.total:
+      self.bar.close()
 
   def rate(self) -> float:
     return self.done / max(time.perf_counter() - self.start, 1e-9)

@@ -25,8 +25,11 @@ import re
 import numpy as np
 from PIL import Image
 
+from absl import logging
+
 from fcos_jax import storage
 from fcos_jax.errors import DataError
+from fcos_jax.progress import bar
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")
 MIN_VISIBLE = 0.6  # Fraction of a shape that must stay visible.
@@ -171,6 +174,7 @@ def write_split(out_dir: str, split: str, num_images: int, image_size,
   storage.makedirs(img_dir)
   images, annotations = [], []
   split_key = {"train": 0, "val": 1}.get(split, 2)
+  progress = bar(num_images, f"synthetic {split}")
   for i in range(num_images):
     rng = np.random.default_rng([seed, split_key, i])
     pixels, anns = make_image(rng, height, width)
@@ -186,6 +190,8 @@ def write_split(out_dir: str, split: str, num_images: int, image_size,
           "category_id": a["category"] + 1, "bbox": a["bbox"],
           "area": float(a["area"]), "iscrowd": a["iscrowd"],
           "segmentation": []})
+    progress.update(1)
+  progress.close()
   path = storage.join(out_dir, f"{split}.json")
   storage.write_json_atomic(
       path, {"images": images, "annotations": annotations,
@@ -303,6 +309,8 @@ def ensure_synthetic_dataset(directory: str, num_train: int = 2000,
         _remove_our_images(p)
       else:
         p.unlink()
+  logging.info("Generating the synthetic dataset in %s (%d + %d images, "
+               "once; later runs reuse it).", directory, num_train, num_val)
   write_split(directory, "train", num_train, image_size, seed,
               first_image_id=1)
   write_split(directory, "val", num_val, image_size, seed,

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from fcos_jax import errors, runtime, storage
+from fcos_jax.progress import bar
 from fcos_jax.data import categories, global_batch, pipeline, sources
 from fcos_jax.evaluation import coco_eval, pictures, proposal_eval
 from fcos_jax.core import detect
@@ -53,6 +54,8 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
   step_fn = jax.jit(functools.partial(detect.eval_step, cfg=cfg),
                     in_shardings=(rep, data), out_shardings=data)
   chunks = []
+  progress = bar(ds.num_steps, "evaluate", unit=" batches",
+                 enabled=jax.process_index() == 0)
   for i, local in enumerate(ds):
     batch = global_batch.to_global_batch(local, mesh)
     if i == 0:
@@ -60,6 +63,8 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
     dets = step_fn(params, batch)
     dets["example_valid"] = batch["example_valid"]
     chunks.append(multihost_utils.process_allgather(dets, tiled=True))
+    progress.update(1)
+  progress.close()
   out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   keep = out.pop("example_valid").astype(bool)
   return {k: v[keep] for k, v in out.items()}, ds.info
@@ -92,6 +97,7 @@ def _predict_tta(config, cfg, params, mesh, settings, categories,
          "classes": np.zeros((n, k), np.int32),
          "valid": np.zeros((n, k), bool)}
   bs = predictor.batch_size
+  progress = bar(n, "evaluate with TTA")
   for start in range(0, n, bs):
     # COCO's boxes are in stored pixels: no EXIF rotation, as the pipeline.
     arrays = [images.read_image(str(p), exif=False)
@@ -102,6 +108,8 @@ def _predict_tta(config, cfg, params, mesh, settings, categories,
       out["scores"][start + i, :m] = r["scores"]
       out["classes"][start + i, :m] = r["labels"]
       out["valid"][start + i, :m] = True
+    progress.update(len(arrays))
+  progress.close()
   return out, info
 
 
