@@ -19,6 +19,9 @@ def test_vfnet_configs_build_the_vfnet_parts():
   coco = model_config_from(vfnet_r50_1x.get_config().model)
   assert coco == model_presets.vfnet(num_classes=80)
   assert vfnet_r50_1x.PUBLISHED_AP == 41.6
+  optim = vfnet_r50_1x.get_config().optim
+  assert (optim.warmup_method, optim.warmup_factor, optim.warmup_steps,
+          optim.base_lr) == ("linear", 0.1, 500, 0.01)
   main = model_config_from(synthetic_cpu.get_config().model)
   syn = model_config_from(synthetic_vfnet_cpu.get_config().model)
   # The parts change, and the box unit (exp in pixels); the rest of the
