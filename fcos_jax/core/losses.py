@@ -177,11 +177,15 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
     positive count over the batch, float32).
 
   The entry point of every loss: another `cfg.loss.name` is computed by its
-  own module (loss "gfl": `fcos_jax.core.gfl.gfl_loss`).
+  own module (loss "gfl": `fcos_jax.core.gfl.gfl_loss`; loss "vfnet":
+  `fcos_jax.core.vfnet.vfnet_loss`).
   """
   if cfg.loss.name == "gfl":
     from fcos_jax.core import gfl  # pylint: disable=import-outside-toplevel
     return gfl.gfl_loss(outputs, targets, locations, cfg)
+  if cfg.loss.name == "vfnet":
+    from fcos_jax.core import vfnet  # pylint: disable=import-outside-toplevel
+    return vfnet.vfnet_loss(outputs, targets, locations, cfg)
   _check_inputs(outputs, targets, locations, cfg)
   positive = targets.positive
   pos = positive.astype(jnp.float32)                        # [B, P]

@@ -251,6 +251,60 @@ LOSSES["gfl"] = GFLLoss
 
 
 @dataclasses.dataclass(frozen=True)
+class VFNetQuality:
+  """VarifocalNet's head (Zhang et al. 2021; mmdetection VFNetHead): no
+  separate quality branch, the class score is IoU-aware (trained by VFL
+  towards the IoU of the refined box); an initial box exp(scale * x) *
+  reg_denom from one more GN conv on the box tower, star-shaped deformable
+  convs (offsets from the initial box) on both towers, a refined box =
+  exp(scale_refine * x) * (initial box, detached). Needs loss `vfnet`
+  (fcos_jax/model/vfnet_head.py)."""
+
+  name: str = "vfnet"
+  gradient_mul: float = 0.1  # Share of the offsets' gradient that reaches
+  # the initial box.
+  bbox_norm: str = "reg_denom"  # The initial box's unit: "reg_denom" = 8
+  # strides (mmdetection's regress-range ends 64..512, 1024 for P7) or
+  # "stride".
+
+  def __post_init__(self):
+    _check_choice(self, "bbox_norm", ("reg_denom", "stride"))
+    if not 0.0 <= self.gradient_mul <= 1.0:
+      raise ConfigError(
+          f"model.quality.gradient_mul={self.gradient_mul}: must be in "
+          "[0, 1] (VFNet: 0.1).")
+
+
+@dataclasses.dataclass(frozen=True)
+class VFNetLoss:
+  """VFNet's loss (core/vfnet.py): Varifocal Loss on the class scores with
+  the refined box's IoU as the positives' target, over num_pos; GIoU on the
+  initial and on the refined box, each weighted by its own IoU with the
+  target and normalised by the sum of those IoUs (mmdetection's
+  VFNetHead.loss_by_feat). Needs quality `vfnet`."""
+
+  name: str = "vfnet"
+  vfl_alpha: float = 0.75  # Weight of the negatives' term.
+  vfl_gamma: float = 2.0  # Negatives' modulating exponent on |p - 0|.
+  iou_weighted: bool = True  # Positives' BCE weighted by their IoU target.
+  giou_weight: float = 1.5  # loss_bbox (initial box).
+  giou_refine_weight: float = 2.0  # loss_bbox_refine (refined box).
+
+  def __post_init__(self):
+    if min(self.vfl_alpha, self.vfl_gamma, self.giou_weight,
+           self.giou_refine_weight) < 0:
+      raise ConfigError(
+          f"model.loss: vfl_alpha={self.vfl_alpha}, vfl_gamma="
+          f"{self.vfl_gamma}, giou_weight={self.giou_weight}, "
+          f"giou_refine_weight={self.giou_refine_weight} must be >= 0.")
+
+
+# VFNet: its head and its loss, chosen together.
+QUALITY["vfnet"] = VFNetQuality
+LOSSES["vfnet"] = VFNetLoss
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The architecture of an FCOS model, and its parts (see the module doc)."""
 
@@ -370,6 +424,7 @@ class ModelConfig:
           f"ModelConfig: fpn_channels={self.fpn_channels} is not divisible by "
           f"gn_groups={self.gn_groups}.")
     _check_gfl(self)
+    _check_vfnet(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
@@ -435,6 +490,21 @@ def _check_gfl(cfg: "ModelConfig"):
     raise ConfigError(
         "ModelConfig: quality 'gfl_joint' regresses distances in stride "
         "units; set norm_reg_targets=True.")
+
+
+def _check_vfnet(cfg: "ModelConfig"):
+  """VFNet's head and its loss only make sense together; its boxes are
+  exp(...) in pixels."""
+  head, loss = cfg.quality.name == "vfnet", cfg.loss.name == "vfnet"
+  if head != loss:
+    raise ConfigError(
+        f"ModelConfig: quality.name={cfg.quality.name!r} with loss.name="
+        f"{cfg.loss.name!r}: VFNet's head ('vfnet') and its loss ('vfnet') "
+        "go together; use the `vfnet` preset or set both.")
+  if head and cfg.norm_reg_targets:
+    raise ConfigError(
+        "ModelConfig: quality 'vfnet' regresses exp(...) distances in "
+        "pixels; set norm_reg_targets=False.")
 
 
 def _part_values(part: str, value) -> dict:
@@ -582,6 +652,23 @@ def atss(**overrides) -> ModelConfig:
   return ModelConfig().replace(**base)
 
 
+def vfnet(**overrides) -> ModelConfig:
+  """VFNet (mmdetection vfnet_r50_fpn_1x_coco, 41.6 AP published):
+  torchvision-layout ResNet-50 with RGB ImageNet input, P6 from P5, a
+  3-conv GN tower pair, the VFNet head (initial box exp(scale * x) * 8
+  strides, star deformable convs, refined box), locations at j * s
+  (mmdetection's points with ATSS), ATSS assignment (topk 9), VFL (alpha
+  0.75, gamma 2, IoU-weighted) + GIoU 1.5 (initial) + GIoU 2.0 (refined),
+  score = sigmoid(cls), NMS 0.6 (docs/algorithm.md, "VFNet")."""
+  base = dict(
+      stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
+      pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
+      location_offset="zero", head_convs=3, norm_reg_targets=False,
+      quality=VFNetQuality(), loss=VFNetLoss(), assign=ATSSAssign())
+  base.update(overrides)
+  return ModelConfig().replace(**base)
+
+
 P2_STRIDES = (4, 8, 16, 32, 64, 128)
 
 
@@ -614,3 +701,4 @@ PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
            "rpn": rpn}
 PRESETS["gfl"] = gfl
 PRESETS.update(iou=iou, atss=atss, p2=p2)
+PRESETS["vfnet"] = vfnet

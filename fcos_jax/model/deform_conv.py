@@ -48,7 +48,8 @@ def modulated_deform_conv(x, offset, mask, kernel, *, strides=1, padding=1,
   Args:
     x: [B, H, W, C].
     offset: [B, Ho, Wo, G * 2K], (dy, dx) per tap, in input pixels.
-    mask: [B, Ho, Wo, G * K], the modulation (already through a sigmoid).
+    mask: [B, Ho, Wo, G * K], the modulation (already through a sigmoid),
+      or None: no modulation (DCNv1, `DeformConv`).
     kernel: [kh, kw, C / feature_group_count, O] (Flax's conv layout).
     strides, padding, dilation: int or (h, w); padding is symmetric.
     feature_group_count: grouped conv (ResNeXt), as in `nn.Conv`.
@@ -66,10 +67,12 @@ def modulated_deform_conv(x, offset, mask, kernel, *, strides=1, padding=1,
         f"modulated_deform_conv: {c} input channels do not fit "
         f"deformable_groups={g} and a kernel for {cin_group} x "
         f"{feature_group_count} groups.")
-  if offset.shape != (b, ho, wo, 2 * g * k) or mask.shape != (b, ho, wo, g * k):
+  if offset.shape != (b, ho, wo, 2 * g * k) or (
+      mask is not None and mask.shape != (b, ho, wo, g * k)):
     raise ValueError(
-        f"modulated_deform_conv: offset {offset.shape} / mask {mask.shape}, "
-        f"expected {(b, ho, wo, 2 * g * k)} / {(b, ho, wo, g * k)}.")
+        f"modulated_deform_conv: offset {offset.shape} / mask "
+        f"{None if mask is None else mask.shape}, expected "
+        f"{(b, ho, wo, 2 * g * k)} / {(b, ho, wo, g * k)}.")
 
   # Sampling positions [B, Ho, Wo, G, K] in float32 (positions in a
   # 1000-px image need more than bfloat16's 8 bits).
@@ -90,8 +93,9 @@ def modulated_deform_conv(x, offset, mask, kernel, *, strides=1, padding=1,
   wy = jnp.stack([1 - ly, 1 - ly, ly, ly], -1)
   wx = jnp.stack([1 - lx, lx, 1 - lx, lx], -1)
   inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
-  weight = jnp.where(inside, wy * wx, 0.0) * mask.astype(jnp.float32).reshape(
-      b, ho, wo, g, k, 1)
+  weight = jnp.where(inside, wy * wx, 0.0)
+  if mask is not None:
+    weight = weight * mask.astype(jnp.float32).reshape(b, ho, wo, g, k, 1)
   index = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).astype(jnp.int32)
 
   # Gather whole rows of C/G channels per (image, deformable group): one
@@ -158,6 +162,39 @@ class ModulatedDeformConv(nn.Module):
         padding=self.padding, dilation=self.dilation,
         feature_group_count=self.feature_group_count, deformable_groups=g)
     return y if bias is None else y + bias.astype(self.dtype)
+
+
+class DeformConv(nn.Module):
+  """A deformable conv without modulation (DCNv1; mmcv's DeformConv2d)
+  whose offsets the caller computes (VFNet's star offsets, from its initial
+  box): (x [B, H, W, C], offset [B, Ho, Wo, 2K] (dy, dx) per tap) ->
+  [B, Ho, Wo, features]. One deformable group, no feature groups.
+
+  Parameters: kernel [k, k, C, features] (and bias with use_bias; mmcv's
+  DeformConv2d has none). Init: uniform(+-1/sqrt(C k^2)), mmcv's
+  reset_parameters."""
+
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: int = 1
+  use_bias: bool = False
+  kernel_init: Callable = nn.initializers.variance_scaling(
+      1 / 3, "fan_in", "uniform")
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, offset):
+    kernel = self.param("kernel", self.kernel_init,
+                        (self.kernel_size, self.kernel_size, x.shape[-1],
+                         self.features), jnp.float32)
+    y = modulated_deform_conv(x.astype(self.dtype), offset, None, kernel,
+                              strides=self.strides, padding=self.padding)
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                        jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class _DeformKernel(nn.Module):

@@ -17,6 +17,7 @@ from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fpn import FPN
 from fcos_jax.model.head import FCOSHead
 from fcos_jax.model.outputs import HeadOutputs
+from fcos_jax.model.vfnet_head import VFNetHead
 
 MODEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, what this network produces.
 
@@ -51,7 +52,9 @@ class FCOS(nn.Module):
     centerness     float32 [B, P]     centerness logits.
   With GFL's joint quality centerness is None and box_distribution
   float32 [B, P, 4, reg_max + 1] holds the logits whose expectation is
-  box_regression (fcos_jax/model/head.py).
+  box_regression (fcos_jax/model/head.py). With VFNet's head
+  (fcos_jax/model/vfnet_head.py) centerness is None, box_regression the
+  refined box in pixels and box_initial float32 [B, P, 4] the initial one.
   """
 
   cfg: ModelConfig
@@ -63,7 +66,8 @@ class FCOS(nn.Module):
     check_config(self.cfg)
     self.backbone = build_backbone(self.cfg, self.stop_gradients)
     self.fpn = FPN(self.cfg)
-    self.head = FCOSHead(self.cfg)
+    head = VFNetHead if self.cfg.quality.name == "vfnet" else FCOSHead
+    self.head = head(self.cfg)
 
   def level_outputs(self, images):
     """Per-level outputs: a list over P3..P7 of (cls [B, H_l, W_l, C],
@@ -76,6 +80,11 @@ class FCOS(nn.Module):
     outs = self.level_outputs(images)
     flat = lambda x: x.reshape(x.shape[0], x.shape[1] * x.shape[2],
                                *x.shape[3:])
+    if self.cfg.quality.name == "vfnet":  # (cls, refined, initial) boxes.
+      cls, reg, init = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
+                        for i in range(3))
+      return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=None,
+                         box_initial=init)
     if len(outs[0]) == 4:  # GFL: no centre-ness, a distribution per side.
       cls, reg, dist = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
                         for i in (0, 1, 3))

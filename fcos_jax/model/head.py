@@ -58,19 +58,24 @@ class FCOSHead(nn.Module):
 
   cfg: ModelConfig
 
-  def setup(self):
+  def _conv(self, features, bias_init=nn.initializers.zeros):
+    """The head's 3x3 conv: N(0, 0.01) kernel, bias `bias_init`."""
+    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)),
+                   kernel_init=nn.initializers.normal(0.01),
+                   bias_init=bias_init, dtype=compute_dtype(self.cfg),
+                   param_dtype=jnp.float32)
+
+  def _norm(self):
+    return nn.GroupNorm(num_groups=self.cfg.gn_groups, epsilon=GN_EPS,
+                        use_fast_variance=False, dtype=compute_dtype(self.cfg),
+                        param_dtype=jnp.float32)
+
+  def _setup_towers(self):
+    """The class and box towers (and their GroupNorms): the layers every
+    head of the family shares."""
     cfg, dtype = self.cfg, compute_dtype(self.cfg)
     normal = nn.initializers.normal(0.01)
-
-    def conv(features, bias_init=nn.initializers.zeros):
-      return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)),
-                     kernel_init=normal, bias_init=bias_init, dtype=dtype,
-                     param_dtype=jnp.float32)
-
-    def norm():
-      return nn.GroupNorm(num_groups=cfg.gn_groups, epsilon=GN_EPS,
-                          use_fast_variance=False, dtype=dtype,
-                          param_dtype=jnp.float32)
+    conv, norm = self._conv, self._norm
 
     def tower_conv(i):
       if cfg.head_dcn and i == n - 1:
@@ -89,6 +94,10 @@ class FCOSHead(nn.Module):
     if gn:
       self.cls_norm = [norm() for _ in range(n)]
       self.box_norm = [norm() for _ in range(n)]
+
+  def setup(self):
+    cfg, conv = self.cfg, self._conv
+    self._setup_towers()
     prior = -math.log((1 - cfg.prior_prob) / cfg.prior_prob)
     self.cls_logits = conv(cfg.num_classes, nn.initializers.constant(prior))
     if uses_distribution(cfg):

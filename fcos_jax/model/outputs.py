@@ -26,6 +26,10 @@ class HeadOutputs:
   # r, b) over {0, ..., reg_max} strides (GFL); box_regression is then its
   # expectation. None for FCOS.
   box_distribution: Any = None
+  # [B, P, 4] VFNet's initial box (l, t, r, b) in pixels, from which its
+  # deformable convs sample; box_regression is then the refined box. None
+  # for the other heads.
+  box_initial: Any = None
 
   def check(self, num_locations: int, num_classes: int, caller: str,
             batch: int | None = None) -> int:
@@ -38,6 +42,8 @@ class HeadOutputs:
     expected = {"cls_logits": (b, num_locations, num_classes),
                 "box_regression": (b, num_locations, 4),
                 "centerness": (b, num_locations)}
+    if self.box_initial is not None:
+      expected["box_initial"] = (b, num_locations, 4)
     if self.box_distribution is not None:
       expected["box_distribution"] = (
           b, num_locations, 4, self.box_distribution.shape[-1])

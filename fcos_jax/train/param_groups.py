@@ -51,7 +51,8 @@ def _label(path: tuple[str, ...], cfg: ModelConfig) -> str:
       return "weight"
     if leaf == "bias":
       return "bias"
-    if leaf == "scale" and "_norm_" in path[-2]:
+    if leaf == "scale" and ("_norm_" in path[-2]
+                            or path[-2].endswith("_norm")):  # VFNet's.
       return "norm"
   raise ValueError(
       f"param_labels: no optimizer group for parameter {'/'.join(path)}; "
