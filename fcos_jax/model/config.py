@@ -299,6 +299,9 @@ class ModelConfig:
   # --- FPN --------------------------------------------------------------
   fpn_channels: int = 256
   p6_from: str = "p5"  # "p5" (official imprv, torchvision) or "c5" (paper).
+  p7_relu: bool = True  # P7 = conv(ReLU(P6)) (official FCOS, torchvision);
+  # False: conv(P6), mmdetection's FPN (relu_before_extra_convs=False, as
+  # its ATSS and GFL configs leave it).
 
   # --- Head -------------------------------------------------------------
   head_convs: int = 4  # Convs in each of the class and box towers.
