@@ -126,6 +126,8 @@ def _mmdet(name, stamp, overrides, ap, imagenet):
 
 # mmdetection's FPN (add_extra_convs="on_output") puts no ReLU before P7.
 _MMDET = dict(p7_relu=False)
+# mmcv's "DCN" (DeformConv2dPack) in res3-res5, v1: no modulation mask.
+_DCN_V1 = dict(dcn_stages=(3, 4, 5), dcn_modulated=False)
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
 _DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
 # FAIR's ResNeXt ImageNet weights: stride in the 3x3.
@@ -195,7 +197,8 @@ _RELEASES = (
             "fcos_resnet50_fpn_coco-99b0c9b7.pth", checksum="99b0c9b7"),
     # configs/gfl of mmdetection: the `gfl` preset (torchvision-style
     # ResNet / ResNeXt, RGB ImageNet input, anchor centres at j * s). Its
-    # dconv models use mmcv's DCN (v1, no mask), which fcos_jax lacks.
+    # dconv models use mmcv's DCN, v1 without a mask (its README's "dcnv2"
+    # notwithstanding: type="DCN" is DeformConv2dPack).
     _mmdet("gfl_r50_fpn_1x_coco", "20200629_121244-25944287", {}, 40.2,
            "resnet50-0676ba61.pth"),
     _mmdet("gfl_r50_fpn_mstrain_2x_coco", "20200629_213802-37bb1edc", {},
@@ -204,6 +207,14 @@ _RELEASES = (
            dict(depth=101), 44.7, "resnet101-63fe2227.pth"),
     _mmdet("gfl_x101_32x4d_fpn_mstrain_2x_coco", "20200630_102002-50c1ffdb",
            dict(depth=101, groups=32, width_per_group=4), 45.9,
+           "resnext101_32x4d-a5af3160.pth"),
+    _mmdet("gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco",
+           "20200630_102002-134b07df", dict(depth=101, **_DCN_V1), 47.1,
+           "resnet101-63fe2227.pth"),
+    _mmdet("gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco",
+           "20200630_102002-14a2bf25",
+           dict(depth=101, groups=32, width_per_group=4,
+                **dict(_DCN_V1, dcn_stages=(4, 5))), 48.1,
            "resnext101_32x4d-a5af3160.pth"),
 )
 
@@ -334,8 +345,10 @@ def markdown() -> str:
       "torchvision's ResNets and open-mmlab's ResNeXt-101 32x4d (the same",
       "names, format `torchvision_resnet`); mmdetection trains the BatchNorm",
       "affine of res3-res5 (statistics frozen), this project freezes it.",
-      "Its dconv GFL models (mmcv's DCN v1, without a mask) are not",
-      "converted: fcos_jax has DCNv2 only.",
+      "Their dconv models use mmcv's `DCN`, v1 without a modulation mask",
+      "(`dcn_modulated=False`; their README says dcnv2); these two convert",
+      "but do not yet train from their ImageNet file (the",
+      "`torchvision_resnet` reader takes no deformable convs).",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",

@@ -8,7 +8,8 @@ BaseDenseHead `_predict_by_feat_single` / `_bbox_post_process` with
 The ResNet is tests/official_fcos_torch.py's with the stride in the 3x3
 (mmdetection's style "pytorch") and BatchNorm epsilon 1e-5 (BatchNorm2d in
 eval mode), renamed to mmdetection's `backbone.conv1`, `backbone.bn1`,
-`backbone.layer1.0...` (torchvision's names).
+`backbone.layer1.0...` (torchvision's names); in `dcn_stages` each 3x3 is
+mmcv's `DCN` (DeformConv2dPack: DCN v1, no mask, fallback_on_stride=False).
 
 mmdetection's ATSS head (DeltaXYWHBBoxCoder boxes) is not restated: it is
 not converted (fcos_jax/convert/mmdet.py).
@@ -22,17 +23,41 @@ from torch.nn import functional as F
 import official_fcos_torch as official
 
 
+class DeformConv2dPack(nn.Module):
+  """mmcv's DCN v1: its own `weight` (no bias) and `conv_offset`, a conv
+  with bias giving 2 x 9 offsets, (dy, dx) per tap."""
+
+  def __init__(self, cin, cout, stride, groups):
+    super().__init__()
+    self.weight = nn.Parameter(torch.empty(cout, cin // groups, 3, 3))
+    nn.init.uniform_(self.weight, -(cin * 9) ** -0.5, (cin * 9) ** -0.5)
+    self.conv_offset = nn.Conv2d(cin, 18, 3, stride, 1)
+    self.stride = stride
+
+  def forward(self, x):
+    return torchvision.ops.deform_conv2d(
+        x, self.conv_offset(x), self.weight, None, stride=self.stride,
+        padding=1)
+
+
 class ResNet(nn.Module):
   """mmdetection's ResNet / ResNeXt (style "pytorch", norm_eval): conv1,
   bn1, layer1..4; returns C3, C4, C5."""
 
-  def __init__(self, depth=50, width=64, groups=1, width_per_group=64):
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               dcn_stages=()):
     super().__init__()
     body = official.ResNet(depth, width, stride_in_1x1=False, groups=groups,
                            width_per_group=width_per_group)
     self.conv1, self.bn1 = body.stem.conv1, body.stem.bn1
     for i in range(1, 5):
-      self.add_module(f"layer{i}", getattr(body, f"layer{i}"))
+      layer = getattr(body, f"layer{i}")
+      if i + 1 in dcn_stages:
+        for block in layer:
+          c = block.conv2
+          block.conv2 = DeformConv2dPack(c.in_channels, c.out_channels,
+                                         c.stride[0], c.groups)
+      self.add_module(f"layer{i}", layer)
     for m in self.modules():
       if isinstance(m, official.FrozenBatchNorm2d):
         m.eps = 1e-5  # nn.BatchNorm2d's, in eval mode.
@@ -148,9 +173,9 @@ class GFL(nn.Module):
   """`backbone`, `neck`, `bbox_head`: the checkpoint's layout."""
 
   def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
-               fpn_channels=256, num_classes=80, reg_max=16):
+               fpn_channels=256, num_classes=80, reg_max=16, dcn_stages=()):
     super().__init__()
-    self.backbone = ResNet(depth, width, groups, width_per_group)
+    self.backbone = ResNet(depth, width, groups, width_per_group, dcn_stages)
     self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
     self.bbox_head = GFLHead(num_classes, fpn_channels, reg_max=reg_max)
 

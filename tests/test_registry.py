@@ -48,13 +48,14 @@ ADELAIDET_README = {
     "FCOS_MS_X_101_64x4d_2x": (44.7, True),
     "FCOS_MS_X_101_32x8d_dcnv2_2x": (46.6, True),
 }
-# mmdetection's configs/gfl/README.md (box AP) of the models without DCN
-# (its dconv models use mmcv's DCN v1), and multi-scale.
+# mmdetection's configs/gfl/README.md (box AP), and multi-scale.
 MMDET_README = {
     "gfl_r50_fpn_1x_coco": (40.2, False),
     "gfl_r50_fpn_mstrain_2x_coco": (42.9, True),
     "gfl_r101_fpn_mstrain_2x_coco": (44.7, True),
+    "gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco": (47.1, True),
     "gfl_x101_32x4d_fpn_mstrain_2x_coco": (45.9, True),
+    "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco": (48.1, True),
 }
 ZOO = {**README, **ADELAIDET_README}
 
@@ -142,7 +143,11 @@ def test_mmdet_zoo_config(name):
       "gfl_joint", "gfl", "atss")
   assert cfg.quality.reg_max == 16 and not cfg.p7_relu
   assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
-  assert cfg.location_offset == "zero" and not cfg.dcn_stages
+  assert cfg.location_offset == "zero" and not cfg.head_dcn
+  # dconv_c3-c5 / c4-c5: mmcv's DCN (v1, no mask) in those stages.
+  dcn = {"dconv_c3-c5": (3, 4, 5), "dconv_c4-c5": (4, 5)}
+  assert cfg.dcn_stages == next((v for k, v in dcn.items() if k in name), ())
+  assert cfg.dcn_modulated is not bool(cfg.dcn_stages)
   assert cfg.depth == (50 if "_r50_" in name else 101)
   assert (cfg.groups, cfg.width_per_group) == (
       (32, 4) if "x101_32x4d" in name else (1, 64))

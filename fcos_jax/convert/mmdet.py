@@ -7,6 +7,9 @@ A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
   backbone.layer1.0.conv1.weight ... layer4       res2 .. res5, torchvision's
   backbone.layer1.0.downsample.{0,1}.*            names (style "pytorch":
                                                   stride in the 3x3)
+  backbone.layer2.0.conv2.weight                  a DCN v1 3x3 (mmcv's "DCN",
+  backbone.layer2.0.conv2.conv_offset.*           dconv models): its kernel,
+                                                  its 18-channel offset conv
   neck.lateral_convs.{0,1,2}.conv.*               1x1 laterals on C3..C5
   neck.fpn_convs.{0,1,2}.conv.*                   3x3 outputs P3..P5
   neck.fpn_convs.{3,4}.conv.*                     P6 (on P5's output), P7
@@ -48,10 +51,11 @@ from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
 from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what mmdetection's GFL weights compute, and their
-# values there (any depth, width, groups: the names follow them).
+# values there (any depth, width, groups, DCN stages: the names follow
+# them; DCN is v1, dcn_modulated=False, checked when there is one).
 _REQUIRED = dict(
     backbone="resnet", stride_in_1x1=False, bn_eps=1e-5,
-    backbone_norm="frozen_bn", dcn_stages=(), input_bgr=False,
+    backbone_norm="frozen_bn", input_bgr=False,
     input_range=1.0, pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
     p6_from="p5", p7_relu=False, head_norm="gn", gn_groups=32, head_dcn=False,
     use_scale=True, norm_reg_targets=True, location_offset="zero",
@@ -103,6 +107,18 @@ def load_mmdet_state_dict(state_dict) -> dict[str, np.ndarray]:
 # --- Names -------------------------------------------------------------------
 
 
+def _backbone_name(path: tuple[str, ...]) -> str:
+  """torchvision's names; a DCN v1 conv2 (conv2/conv, conv2/offset) is
+  mmcv's DeformConv2dPack: conv2.weight and conv2.conv_offset.*."""
+  if len(path) == 5:  # res{k}, block{i}, conv2, conv|offset, leaf
+    block = tv._backbone_name(path[:3] + ("kernel",))  # pylint: disable=protected-access
+    base = block[:-len(".weight")]
+    if path[3] == "conv":
+      return f"{base}.weight"
+    return f"{base}.conv_offset.{'weight' if path[4] == 'kernel' else 'bias'}"
+  return tv._backbone_name(path)  # pylint: disable=protected-access
+
+
 def _fpn_name(path: tuple[str, ...]) -> str:
   module, leaf = path
   leaf = "weight" if leaf == "kernel" else "bias"
@@ -132,7 +148,7 @@ def state_dict_names(cfg: ModelConfig) -> dict:
   """{mmdetection state-dict name: (our parameter path, our shape)} for
   `FCOS(cfg)` (shapes in our layout: conv kernels HWIO). The tower convs'
   biases have no name there (`zero_biases`)."""
-  prefix = {"backbone": ("backbone.", tv._backbone_name),  # pylint: disable=protected-access
+  prefix = {"backbone": ("backbone.", _backbone_name),
             "fpn": ("neck.", _fpn_name), "head": ("bbox_head.", _head_name)}
   targets = {}
   for path, shape in tv._param_shapes(cfg).items():  # pylint: disable=protected-access
@@ -169,7 +185,9 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
   architecture at any width, e.g. in tests). A missing, unexpected or
   mis-shaped tensor is refused with the full list.
   """
-  tv._check_cfg(cfg, _REQUIRED, "mmdetection's GFL checkpoints")  # pylint: disable=protected-access
+  required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
+                                else {}))
+  tv._check_cfg(cfg, required, "mmdetection's GFL checkpoints")  # pylint: disable=protected-access
   sd = load_mmdet_state_dict(state_dict)
   if _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.
     project = np.asarray(sd.pop(_PROJECT), np.float32).reshape(-1)

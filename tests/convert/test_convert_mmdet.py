@@ -19,6 +19,7 @@ from fcos_jax.model.fcos import FCOS
 
 R50 = "gfl_r50_fpn_1x_coco"
 X101 = "gfl_x101_32x4d_fpn_mstrain_2x_coco"
+X101_DCN = "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco"
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +64,12 @@ def test_published_names_and_shapes():
   assert x101["backbone.layer1.0.conv2.weight"] == (128, 4, 3, 3)
   assert x101["backbone.layer3.22.conv2.weight"] == (512, 16, 3, 3)
   assert x101["backbone.layer4.0.conv1.weight"] == (1024, 1024, 1, 1)
+  dcn = _names(X101_DCN)  # mmcv's DCN v1 in res4-res5: 18 offsets.
+  assert dcn["backbone.layer3.0.conv2.weight"] == (512, 16, 3, 3)
+  assert dcn["backbone.layer3.0.conv2.conv_offset.weight"] == (18, 512, 3, 3)
+  assert dcn["backbone.layer4.2.conv2.conv_offset.bias"] == (18,)
+  assert "backbone.layer2.0.conv2.conv_offset.bias" not in dcn
+  assert len(dcn) == len(x101) + 2 * (23 + 3)
   cfg = mmdet.published_config("gfl_r101_fpn_mstrain_2x_coco",
                                score_thresh=0.2)
   assert mmdet.find_published(cfg) == "gfl_r101_fpn_mstrain_2x_coco"
@@ -86,7 +93,7 @@ def torch_model(seed, cfg):
   model = ref.GFL(depth=cfg.depth, width=cfg.width, groups=cfg.groups,
                   width_per_group=cfg.width_per_group,
                   fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes,
-                  reg_max=cfg.quality.reg_max)
+                  reg_max=cfg.quality.reg_max, dcn_stages=cfg.dcn_stages)
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in model.modules():
@@ -100,6 +107,11 @@ def torch_model(seed, cfg):
         m.bias.normal_(0, 0.1, generator=g)
       elif isinstance(m, ref.Scale):
         m.scale.uniform_(0.8, 1.2, generator=g)
+      elif isinstance(m, ref.DeformConv2dPack):
+        # Offsets of a few pixels, so the sampling really is deformed.
+        fan_in = m.conv_offset.weight[0].numel()
+        m.conv_offset.weight.normal_(0, 2.0 / fan_in ** 0.5, generator=g)
+        m.conv_offset.bias.normal_(0, 0.5, generator=g)
     # Few enough candidates that the scores spread (prior-like bias).
     model.bbox_head.gfl_cls.bias.normal_(-3.5, 0.3, generator=g)
   return model.eval()
@@ -132,11 +144,17 @@ def close(got, want, what):
 CANVAS = (128, 160)
 
 
+# The models of the parity test at the small width: R-50, and the DCN v1
+# ResNeXt at depth 50 (its layout: grouped 3x3s, DCN in res4-res5).
+PARITY = {R50: SMALL, X101_DCN: dict(SMALL, depth=50, width=16)}
+
+
 @pytest.mark.torch
-def test_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
+@pytest.mark.parametrize("name", sorted(PARITY))
+def test_head_outputs_and_detections_match_mmdet_restatement(name, tmp_path):
   torch = pytest.importorskip("torch")
   ref = pytest.importorskip("mmdet_heads_torch")
-  cfg = mmdet.published_config(R50, **SMALL)
+  cfg = mmdet.published_config(name, **PARITY[name])
   model = torch_model(0, cfg)
   variables = mmdet.convert_state_dict(
       save_checkpoint(model, tmp_path / "gfl.pth"), cfg)
