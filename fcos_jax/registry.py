@@ -1,9 +1,10 @@
-"""The released FCOS models, in one table: what each computes, how it was
-trained, where its weights are, under which licence.
+"""The released FCOS-family models, in one table: what each computes, how
+it was trained, where its weights are, under which licence.
 
 One `Release` per model published by the official FCOS (tianzhi0549/FCOS,
-maskrcnn-benchmark), AdelaiDet (aim-uofa/AdelaiDet, detectron2) and
-torchvision. The converters (`fcos_jax.convert.official`, `.adelaidet`),
+maskrcnn-benchmark), AdelaiDet (aim-uofa/AdelaiDet, detectron2),
+torchvision, and mmdetection's GFL (open-mmlab/mmdetection). The converters
+(`fcos_jax.convert.official`, `.adelaidet`, `.mmdet`),
 the run config `configs/zoo.py:NAME`, `configs/torchvision_r50.py` and
 docs/model_zoo.md read it;
 
@@ -22,7 +23,7 @@ val2017), not measured here. The official FCOS and AdelaiDet weights are
 licensed for non-commercial use only (the LICENSE of each repository:
 "FCOS for non-commercial purposes", "AdelaiDet for non-commercial
 purposes"; AdelaiDet's authors grant commercial licences on request);
-torchvision's are BSD-3-Clause.
+torchvision's are BSD-3-Clause, mmdetection's Apache-2.0.
 """
 
 from __future__ import annotations
@@ -44,21 +45,25 @@ SOURCES = {
     "official": "official FCOS",
     "adelaidet": "AdelaiDet FCOS",
     "torchvision": "torchvision FCOS",
+    "mmdet": "mmdetection GFL",
 }
 REPOSITORIES = {
     "official": "https://github.com/tianzhi0549/FCOS",
     "adelaidet": "https://github.com/aim-uofa/AdelaiDet",
     "torchvision": "https://github.com/pytorch/vision",
+    "mmdet": "https://github.com/open-mmlab/mmdetection",
 }
 NON_COMMERCIAL = "non-commercial use only"
 LICENCES = {  # Quoted in docs/model_zoo.md.
     "official": f"{NON_COMMERCIAL} (tianzhi0549/FCOS LICENSE)",
     "adelaidet": f"{NON_COMMERCIAL} (aim-uofa/AdelaiDet LICENSE)",
     "torchvision": "BSD-3-Clause",
+    "mmdet": "Apache-2.0",
 }
 
 _OFFICIAL_URL = ("https://huggingface.co/tianzhi/FCOS/resolve/main/"
                  "{}.pth?download=true")
+_MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/gfl/{}/{}.pth"
 _ADELAIDET_URL = ("https://huggingface.co/tianzhi/AdelaiDet-FCOS/resolve/main/"
                   "{}.pth?download=true")
 
@@ -67,7 +72,8 @@ _ADELAIDET_URL = ("https://huggingface.co/tianzhi/AdelaiDet-FCOS/resolve/main/"
 class Release:
   """One released model."""
 
-  name: str  # As released (the weights' file name without .pth).
+  name: str  # As released (the weights' file name without .pth; for
+  # mmdetection its config's name, the file adds a time stamp: `url`).
   source: str  # A key of SOURCES.
   preset: str  # A key of fcos_jax.model.config.PRESETS ...
   overrides: Mapping[str, Any]  # ... and its fields that differ.
@@ -111,6 +117,23 @@ def _adelaidet(name, overrides, ap, imagenet):
                  "detectron_pkl", ap, _ADELAIDET_URL.format(name))
 
 
+def _mmdet(name, stamp, overrides, ap, imagenet):
+  """mmdetection's configs/gfl/NAME.py and its weights NAME_STAMP.pth
+  (STAMP: date, time and the sha256 prefix mmdetection's publish_model
+  appends). Its README's 1x / 2x are 90k / 180k iterations at batch 16
+  (8 GPUs x 2); mstrain draws the short side from [480, 800]."""
+  return Release(name, "mmdet", "gfl", dict(_MMDET, **overrides),
+                 "2x" if "_2x_" in name else "1x", 16,
+                 (480, 800) if "_mstrain_" in name else 800, imagenet,
+                 "torchvision_resnet", ap,
+                 _MMDET_URL.format(name, f"{name}_{stamp}"),
+                 checksum=stamp.rsplit("-", 1)[1])
+
+
+# mmdetection's FPN (add_extra_convs="on_output") puts no ReLU before P7.
+_MMDET = dict(p7_relu=False)
+# mmcv's "DCN" (DeformConv2dPack) in res3-res5, v1: no modulation mask.
+_DCN_V1 = dict(dcn_stages=(3, 4, 5), dcn_modulated=False)
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
 _DCN_X = dict(dcn_stages=(4, 5), head_dcn=True)  # ResNeXt: res4-res5 only.
 # FAIR's ResNeXt ImageNet weights: stride in the 3x3.
@@ -178,6 +201,27 @@ _RELEASES = (
             "resnet50-0676ba61.pth", "torchvision_resnet", 39.2,
             "https://download.pytorch.org/models/"
             "fcos_resnet50_fpn_coco-99b0c9b7.pth", checksum="99b0c9b7"),
+    # configs/gfl of mmdetection: the `gfl` preset (torchvision-style
+    # ResNet / ResNeXt, RGB ImageNet input, anchor centres at j * s). Its
+    # dconv models use mmcv's DCN, v1 without a mask (its README's "dcnv2"
+    # notwithstanding: type="DCN" is DeformConv2dPack).
+    _mmdet("gfl_r50_fpn_1x_coco", "20200629_121244-25944287", {}, 40.2,
+           "resnet50-0676ba61.pth"),
+    _mmdet("gfl_r50_fpn_mstrain_2x_coco", "20200629_213802-37bb1edc", {},
+           42.9, "resnet50-0676ba61.pth"),
+    _mmdet("gfl_r101_fpn_mstrain_2x_coco", "20200629_200126-dd12f847",
+           dict(depth=101), 44.7, "resnet101-63fe2227.pth"),
+    _mmdet("gfl_x101_32x4d_fpn_mstrain_2x_coco", "20200630_102002-50c1ffdb",
+           dict(depth=101, groups=32, width_per_group=4), 45.9,
+           "resnext101_32x4d-a5af3160.pth"),
+    _mmdet("gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco",
+           "20200630_102002-134b07df", dict(depth=101, **_DCN_V1), 47.1,
+           "resnet101-63fe2227.pth"),
+    _mmdet("gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco",
+           "20200630_102002-14a2bf25",
+           dict(depth=101, groups=32, width_per_group=4,
+                **dict(_DCN_V1, dcn_stages=(4, 5))), 48.1,
+           "resnext101_32x4d-a5af3160.pth"),
 )
 
 MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
@@ -283,7 +327,9 @@ def get(name: str, *sources: str) -> Release:
   unknown name in one line that lists the known ones."""
   known = names(*sources)
   if name not in known:
-    what = " or ".join(SOURCES[s] for s in sources) or "released FCOS"
+    what = [SOURCES[s] for s in sources]
+    what = (" or ".join([", ".join(what[:-1]), what[-1]]) if len(what) > 2
+            else " or ".join(what) or "released FCOS")
     raise ConfigError(f"Unknown {what} model {name!r}; known: "
                       f"{', '.join(known)}.")
   return MODELS[name]
@@ -325,6 +371,9 @@ def convert_command(release: Release) -> str:
   """The command that makes the downloaded weights of `release` a run."""
   if release.source == "torchvision":
     convert = f"fcos-convert --torchvision {_file(release.url)}"
+  elif release.source == "mmdet":
+    convert = (f"fcos-convert --mmdet {_file(release.url)} "
+               f"--config configs/zoo.py:{release.name}")
   else:
     convert = (f"fcos-convert --{release.source} {release.name}.pth "
                f"--config configs/zoo.py:{release.name}")
@@ -361,8 +410,8 @@ def markdown() -> str:
       "     python -m fcos_jax.registry > docs/model_zoo.md",
       "     Do not edit by hand: edit the registry and run that command. -->",
       "",
-      "Every released FCOS model this project converts, from one table",
-      "(`fcos_jax/registry.py`; regenerate this page with",
+      "Every released FCOS-family model this project converts, from one",
+      "table (`fcos_jax/registry.py`; regenerate this page with",
       "`python -m fcos_jax.registry > docs/model_zoo.md`). The AP is the",
       "one its authors publish (COCO minival / val2017): **published, not",
       "measured here**.",
@@ -374,9 +423,10 @@ def markdown() -> str:
       f"[aim-uofa/AdelaiDet]({REPOSITORIES['adelaidet']}/blob/master/"
       "LICENSE):",
       "\"AdelaiDet for non-commercial purposes\", commercial licences from",
-      "its authors). torchvision's weights are BSD-3-Clause.",
+      "its authors). torchvision's weights are BSD-3-Clause;",
+      f"[mmdetection]({REPOSITORIES['mmdet']})'s are Apache-2.0.",
       "",
-      "Each official or AdelaiDet model is a run config,",
+      "Each official, AdelaiDet or mmdetection model is a run config,",
       "`configs/zoo.py:NAME`: its architecture (what the released weights",
       "compute) and its training recipe (schedule, batch, training scales,",
       "ImageNet start). Convert and evaluate the released weights:",
@@ -386,7 +436,8 @@ def markdown() -> str:
       "--workdir runs/NAME && fcos-evaluate --workdir runs/NAME",
       "```",
       "",
-      "(`--adelaidet` for AdelaiDet's; details in",
+      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's GFL",
+      "with the file name of its weights; details in",
       "[predict_and_export.md](predict_and_export.md"
       "#the-official-fcos-and-adelaidet-models-as-runs)).",
       "Train one from ImageNet with the file of the ImageNet column",
@@ -407,7 +458,15 @@ def markdown() -> str:
       "the range). The ImageNet files of the official configs are",
       "Detectron's (MSRA R-50 / R-101, FAIR ResNeXt); AdelaiDet's are",
       "detectron2's `ImageNetPretrained/` files of the same names (its",
-      "X-101-32x8d.pkl takes std-normalised input).",
+      "X-101-32x8d.pkl takes std-normalised input). mmdetection's GFL",
+      "models draw the short side from 480-800 (`mstrain`) and start from",
+      "torchvision's ResNets and open-mmlab's ResNeXt-101 32x4d (the same",
+      "names, format `torchvision_resnet`); mmdetection trains the BatchNorm",
+      "affine of res3-res5 (statistics frozen), this project freezes it.",
+      "Their dconv models use mmcv's `DCN`, v1 without a modulation mask",
+      "(`dcn_modulated=False`; their README says dcnv2); these two convert",
+      "but do not yet train from their ImageNet file (the",
+      "`torchvision_resnet` reader takes no deformable convs).",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",
@@ -463,8 +522,7 @@ def weights_markdown() -> str:
       "files that Detectron's and detectron2's MODEL_ZOO.md list are",
       "CC BY-SA 3.0 (\"All models available for download through this",
       "document\").",
-      "mmdetection (Apache-2.0) publishes GFL weights; they are not loaded",
-      "here (`configs/gfl_r50_1x.py` trains GFL from ImageNet).",
+      "mmdetection's GFL weights are Apache-2.0.",
       "",
       "A `.pth` needs torch to read (`pip install \".[convert]\"`); a",
       "checksum given as a sha256 prefix is checked with",

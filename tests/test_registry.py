@@ -1,6 +1,6 @@
 """fcos_jax.registry, the one table of released models, and what reads it:
 the converters, configs/zoo.py:NAME (one run config per released official
-FCOS and AdelaiDet model: the schedule, batch and multi-scale setting of
+FCOS, AdelaiDet and mmdetection GFL model: the schedule, batch and multi-scale setting of
 its source config and the AP its README publishes) and docs/model_zoo.md
 (generated from it)."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from fcos_jax import registry
 from fcos_jax.configs import torchvision_r50, zoo
-from fcos_jax.convert import adelaidet, official
+from fcos_jax.convert import adelaidet, mmdet, official
 from fcos_jax.errors import ConfigError
 from fcos_jax.model import config as presets
 from fcos_jax.model.config_dict import model_config_from
@@ -48,6 +48,15 @@ ADELAIDET_README = {
     "FCOS_MS_X_101_64x4d_2x": (44.7, True),
     "FCOS_MS_X_101_32x8d_dcnv2_2x": (46.6, True),
 }
+# mmdetection's configs/gfl/README.md (box AP), and multi-scale.
+MMDET_README = {
+    "gfl_r50_fpn_1x_coco": (40.2, False),
+    "gfl_r50_fpn_mstrain_2x_coco": (42.9, True),
+    "gfl_r101_fpn_mstrain_2x_coco": (44.7, True),
+    "gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco": (47.1, True),
+    "gfl_x101_32x4d_fpn_mstrain_2x_coco": (45.9, True),
+    "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco": (48.1, True),
+}
 ZOO = {**README, **ADELAIDET_README}
 
 
@@ -55,9 +64,10 @@ def test_one_record_per_released_model():
   assert sorted(registry.names("official")) == sorted(README)
   assert sorted(registry.names("adelaidet")) == sorted(ADELAIDET_README)
   assert registry.names("torchvision") == ["fcos_resnet50_fpn"]
+  assert sorted(registry.names("mmdet")) == sorted(MMDET_README)
 
 
-def _zoo_config(name, reference):
+def _zoo_config(name, reference, multi_scale_range=(640, 800)):
   """configs/zoo.py:NAME, checked against the README `reference`: AP,
   schedule, training scales, batch; -> (config, its ModelConfig)."""
   ap, multi_scale = reference[name]
@@ -65,10 +75,11 @@ def _zoo_config(name, reference):
   release = registry.get(name)
   assert release.ap == ap
   two_x = "_2x" in name
+  assert release.schedule == ("2x" if two_x else "1x")
   assert config.num_train_steps == (180000 if two_x else 90000)
   assert tuple(config.optim.decay_steps) == (
       (120000, 160000) if two_x else (60000, 80000))
-  assert config.data.min_size == ((640, 800) if multi_scale else 800)
+  assert config.data.min_size == (multi_scale_range if multi_scale else 800)
   batch = 32 if "bs32" in name else 16
   assert config.global_batch_size == config.optim.base_batch_size == batch
   assert release.batch == batch
@@ -123,8 +134,34 @@ def test_adelaidet_zoo_config(name):
   assert cfg == adelaidet.published_config(name)
 
 
+@pytest.mark.parametrize("name", sorted(MMDET_README))
+def test_mmdet_zoo_config(name):
+  config, cfg = _zoo_config(name, MMDET_README, multi_scale_range=(480, 800))
+  # The `gfl` preset: torchvision-style ResNet, RGB ImageNet input, anchor
+  # centres at j * s, ATSS assignment; mmdetection's FPN (no ReLU before P7).
+  assert (cfg.quality.name, cfg.loss.name, cfg.assign.name) == (
+      "gfl_joint", "gfl", "atss")
+  assert cfg.quality.reg_max == 16 and not cfg.p7_relu
+  assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
+  assert cfg.location_offset == "zero" and not cfg.head_dcn
+  # dconv_c3-c5 / c4-c5: mmcv's DCN (v1, no mask) in those stages.
+  dcn = {"dconv_c3-c5": (3, 4, 5), "dconv_c4-c5": (4, 5)}
+  assert cfg.dcn_stages == next((v for k, v in dcn.items() if k in name), ())
+  assert cfg.dcn_modulated is not bool(cfg.dcn_stages)
+  assert cfg.depth == (50 if "_r50_" in name else 101)
+  assert (cfg.groups, cfg.width_per_group) == (
+      (32, 4) if "x101_32x4d" in name else (1, 64))
+  assert config.init_backbone_format == "torchvision_resnet"
+  release = registry.get(name)
+  stamp = release.url.rsplit("/", 1)[-1][len(name) + 1:-len(".pth")]
+  assert release.url == ("https://download.openmmlab.com/mmdetection/v2.0/"
+                         f"gfl/{name}/{name}_{stamp}.pth")
+  assert release.checksum == stamp[-8:] and release.licence == "Apache-2.0"
+  assert cfg == mmdet.published_config(name)
+
+
 def test_no_zoo_config_repeats_another():
-  configs = {n: zoo.get_config(n).to_dict() for n in ZOO}
+  configs = {n: zoo.get_config(n).to_dict() for n in {**ZOO, **MMDET_README}}
   for a, b in itertools.combinations(configs, 2):
     assert configs[a] != configs[b], (a, b)
 
@@ -134,7 +171,7 @@ def test_unknown_model_is_refused_in_one_line():
     with pytest.raises(ConfigError) as e:
       call()
     assert "\n" not in str(e.value)
-    assert all(n in str(e.value) for n in ZOO)
+    assert all(n in str(e.value) for n in {**ZOO, **MMDET_README})
     assert "fcos_resnet50_fpn" not in str(e.value)
   with pytest.raises(ValueError, match="Unknown AdelaiDet FCOS model"):
     adelaidet.published_config("FCOS_imprv_R_50_FPN_1x")
@@ -147,8 +184,9 @@ def test_unknown_model_on_the_command_line():
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   first, *rest = proc.stderr.strip().splitlines()
-  assert first.startswith("error: --config: Unknown official FCOS or "
-                          "AdelaiDet FCOS model 'FCOS_R_18'; known: ")
+  assert first.startswith("error: --config: Unknown official FCOS, "
+                          "AdelaiDet FCOS or mmdetection GFL model "
+                          "'FCOS_R_18'; known: ")
   assert "FCOS_MS_R_101_2x" in first and "Traceback" not in proc.stderr
   assert rest == ["Pass --helpshort or --helpfull to see help on flags."]
 
@@ -187,8 +225,10 @@ def test_model_zoo_doc_is_generated_from_the_registry():
     row = next(line for line in doc.splitlines()
                if line.startswith(f"| {name} |") and "fcos-convert" in line)
     assert release.url in row and release.licence in row
+    pth = (release.url.rsplit("/", 1)[-1] if release.source == "mmdet"
+           else f"{name}.pth")
     if release.source != "torchvision":
-      assert (f"--{release.source} {name}.pth --config configs/zoo.py:{name} "
+      assert (f"--{release.source} {pth} --config configs/zoo.py:{name} "
               in row)
   # The page is linked from the docs that used to hold the tables.
   assert "model_zoo.md" in (ROOT / "docs" / "predict_and_export.md").read_text()

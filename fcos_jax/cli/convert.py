@@ -1,15 +1,18 @@
-"""torchvision's or the official FCOS's COCO weights -> a workdir that
-fcos-evaluate and fcos-predict take like a trained run.
+"""torchvision's, the official FCOS's, AdelaiDet's or mmdetection's (GFL)
+COCO weights -> a workdir that fcos-evaluate and fcos-predict take like a
+trained run.
 
   fcos-convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
       --workdir runs/torchvision_coco [--config.data.tfds.data_dir=...]
   fcos-convert --official FCOS_imprv_R_50_FPN_1x.pth \
       --config configs/zoo.py:FCOS_imprv_R_50_FPN_1x \
       --workdir runs/official_r50 [--config.data.tfds.data_dir=...]
+  fcos-convert --mmdet gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth \
+      --config configs/zoo.py:gfl_r50_fpn_1x_coco --workdir runs/gfl_r50
   fcos-evaluate --workdir runs/torchvision_coco    # COCO val2017 AP
   fcos-predict  --workdir runs/torchvision_coco --images photos/ --out /tmp/p
 
-With --official or --adelaidet, --config names the released model
+With --official, --adelaidet or --mmdet, --config names the released model
 (configs/zoo.py:MODEL_NAME; fcos_jax.registry and docs/model_zoo.md list
 them) and only its inference fields may be changed.
 
@@ -35,7 +38,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", os.path.join(common.packaged_configs_dir(), "torchvision_r50.py"),
     "Run config to record; its model must be the torchvision preset with 80 "
-    "classes, or with --official / --adelaidet configs/zoo.py:MODEL_NAME "
+    "classes, or with --official / --adelaidet / --mmdet "
+    "configs/zoo.py:MODEL_NAME "
     "(only the inference fields may differ).", lock_config=True)
 flags.DEFINE_string("torchvision", None,
                     "torchvision fcos_resnet50_fpn COCO state dict (.pth/.npz).")
@@ -45,11 +49,14 @@ flags.DEFINE_string("official", None,
 flags.DEFINE_string("adelaidet", None,
                     "An AdelaiDet FCOS checkpoint (.pth, or its 'model' state "
                     "dict as .npz).")
+flags.DEFINE_string("mmdet", None,
+                    "An mmdetection GFL checkpoint (.pth, or its 'state_dict' "
+                    "as .npz).")
 flags.DEFINE_string("workdir", None, "The workdir to write (local or URL).")
 flags.DEFINE_bool("overwrite", False, "Replace a workdir that has checkpoints.")
 flags.mark_flags_as_required(["workdir"])
-flags.mark_flags_as_mutual_exclusive(["torchvision", "official", "adelaidet"],
-                                     required=True)
+SOURCES = ("official", "adelaidet", "mmdet", "torchvision")
+flags.mark_flags_as_mutual_exclusive(list(SOURCES), required=True)
 
 STEP = 0  # The step number of the converted checkpoint.
 
@@ -64,11 +71,12 @@ def _read_state_dict(state_dict, source: str):
   import pickle  # pylint: disable=import-outside-toplevel
   import zipfile  # pylint: disable=import-outside-toplevel
   from fcos_jax import errors  # pylint: disable=import-outside-toplevel
-  from fcos_jax.convert import official  # pylint: disable=import-outside-toplevel
+  from fcos_jax.convert import mmdet, official  # pylint: disable=import-outside-toplevel
   from fcos_jax.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
   path = os.fspath(state_dict)
-  load = (tv.load_state_dict if source == "torchvision"
-          else official.load_official_state_dict)
+  load = {"torchvision": tv.load_state_dict,
+          "mmdet": mmdet.load_mmdet_state_dict}.get(
+              source, official.load_official_state_dict)
   try:
     return load(path)
   except errors.UserError:
@@ -92,8 +100,8 @@ def convert_to_workdir(state_dict, workdir: str, config, overwrite=False,
                        source="torchvision"):
   """Writes the converted run into `workdir`; returns its ModelConfig.
 
-  source: "torchvision" (its 91-slot COCO FCOS), "official" or "adelaidet"
-  (the released model of that zoo that config.model describes).
+  source: "torchvision" (its 91-slot COCO FCOS), "official", "adelaidet"
+  or "mmdet" (the released model of that zoo that config.model describes).
   The run is written into a new folder beside `workdir` and moved into
   place only once complete, so a failed conversion leaves the old run (with
   --overwrite) or nothing (without) behind. The workdir is locked while
@@ -212,7 +220,7 @@ def _write_converted(state_dict, run, config, source):
   cfg = model_config_from(config.model)
   from fcos_jax.convert import official  # pylint: disable=import-outside-toplevel
   inference = official.inference_fields(cfg)  # What a converted run may set.
-  if source in ("official", "adelaidet"):
+  if source in ("official", "adelaidet", "mmdet"):
     import importlib  # pylint: disable=import-outside-toplevel
     zoo = importlib.import_module(f"fcos_jax.convert.{source}")
     tv_cfg, params, categories = zoo.convert_published(
@@ -246,8 +254,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   common.setup(config, needs=("eval", "model"))
-  source = next(s for s in ("official", "adelaidet", "torchvision")
-                if getattr(FLAGS, s))
+  source = next(s for s in SOURCES if getattr(FLAGS, s))
   convert_to_workdir(getattr(FLAGS, source), FLAGS.workdir, config,
                      overwrite=FLAGS.overwrite, source=source)
   logging.info("Wrote %s: 80 COCO categories, checkpoint step %d. Evaluate "

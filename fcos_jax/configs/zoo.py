@@ -1,6 +1,6 @@
-"""A released official FCOS (tianzhi0549/FCOS) or AdelaiDet (aim-uofa/
-AdelaiDet) model as a run config: `--config configs/zoo.py:NAME`, NAME
-as released (the list, with published AP, weights and licence:
+"""A released official FCOS (tianzhi0549/FCOS), AdelaiDet (aim-uofa/
+AdelaiDet) or mmdetection GFL (open-mmlab/mmdetection) model as a run
+config: `--config configs/zoo.py:NAME`, NAME as released (the list, with published AP, weights and licence:
 docs/model_zoo.md, generated from `fcos_jax.registry`).
 
 It holds the model's architecture in its source's layout (what the
@@ -11,8 +11,8 @@ training scales and the format of its ImageNet start. Data and evaluation
 are configs/default.py's (COCO 2017 from TFDS; evaluation at short side
 800, long side at most 1333, as the official test settings).
 
-Convert and evaluate the released weights (--adelaidet for AdelaiDet's;
-only the inference fields, e.g. --config.model.inference.score_thresh, may change):
+Convert and evaluate the released weights (--adelaidet for AdelaiDet's,
+--mmdet FILE.pth for mmdetection's; only the inference fields, e.g. --config.model.inference.score_thresh, may change):
 
   fcos-convert --official NAME.pth --config configs/zoo.py:NAME \\
       --workdir runs/NAME && fcos-evaluate --workdir runs/NAME
@@ -29,7 +29,7 @@ from fcos_jax.configs import default
 from fcos_jax.errors import ConfigError
 from fcos_jax.model.config_dict import model_config_dict
 
-SOURCES = ("official", "adelaidet")  # torchvision's: configs/torchvision_r50.py
+SOURCES = ("official", "adelaidet", "mmdet")  # torchvision's: configs/torchvision_r50.py
 
 
 def get_config(name: str = ""):

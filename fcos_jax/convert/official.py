@@ -51,7 +51,7 @@ _REQUIRED = dict(
     backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
     pixel_mean=CAFFE_BGR_MEAN, pixel_std=(1.0, 1.0, 1.0), head_norm="gn",
     gn_groups=32, use_scale=True, location_offset="half",
-    location_stride="nominal", strides=MODEL_STRIDES)
+    location_stride="nominal", strides=MODEL_STRIDES, dcn_modulated=True)
 
 # What a converted model may change: the fields of the parts that do not
 # touch the parameters (inference, numerics: RESUME_POLICY "free").

@@ -343,6 +343,9 @@ class ModelConfig:
   dcn_stages: tuple[int, ...] = ()  # ResNet stages (2..5 = res2..res5) whose
   # bottleneck 3x3 convs are all modulated deformable convs (DCNv2), as the
   # official STAGE_WITH_DCN: (3, 4, 5) for ResNet, (4, 5) for ResNeXt.
+  dcn_modulated: bool = True  # The deformable convs (dcn_stages, head_dcn)
+  # are DCNv2, with a modulation mask; False: DCN v1 without a mask (mmcv's
+  # "DCN", mmdetection's dconv models): the offset conv gives 2K channels.
 
   # --- Input normalisation (applied on the device) ------------------------
   input_bgr: bool = True  # Feed channels as BGR (caffe weights) or RGB.
@@ -353,6 +356,9 @@ class ModelConfig:
   # --- FPN --------------------------------------------------------------
   fpn_channels: int = 256
   p6_from: str = "p5"  # "p5" (official imprv, torchvision) or "c5" (paper).
+  p7_relu: bool = True  # P7 = conv(ReLU(P6)) (official FCOS, torchvision);
+  # False: conv(P6), mmdetection's FPN (relu_before_extra_convs=False, as
+  # its ATSS and GFL configs leave it).
 
   # --- Head -------------------------------------------------------------
   head_convs: int = 4  # Convs in each of the class and box towers.

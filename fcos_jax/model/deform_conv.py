@@ -120,7 +120,9 @@ def modulated_deform_conv(x, offset, mask, kernel, *, strides=1, padding=1,
 
 class ModulatedDeformConv(nn.Module):
   """A DCNv2 layer with its own offset/mask conv (the official `DFConv2d`
-  with modulation): [B, H, W, C] -> [B, Ho, Wo, features].
+  with modulation): [B, H, W, C] -> [B, Ho, Wo, features]. With
+  `modulated=False` a DCN v1 layer (mmcv's `DCN`, DeformConv2dPack): the
+  offset conv gives only the G * 2K offsets and the mask is 1.
 
   Submodules, named as the official checkpoint's `<name>.offset.*` and
   `<name>.conv.*`:
@@ -138,6 +140,7 @@ class ModulatedDeformConv(nn.Module):
   feature_group_count: int = 1
   deformable_groups: int = 1
   use_bias: bool = False
+  modulated: bool = True  # False: DCN v1, no mask.
   kernel_init: Callable = nn.initializers.lecun_normal()
   offset_init: Callable = nn.initializers.zeros
   dtype: Any = jnp.float32
@@ -147,12 +150,15 @@ class ModulatedDeformConv(nn.Module):
     k, g = self.kernel_size ** 2, self.deformable_groups
     pad = ((self.padding, self.padding),) * 2
     offset_mask = nn.Conv(
-        3 * g * k, (self.kernel_size,) * 2, strides=self.strides,
+        (3 if self.modulated else 2) * g * k, (self.kernel_size,) * 2,
+        strides=self.strides,
         padding=pad, kernel_dilation=self.dilation, kernel_init=self.offset_init,
         bias_init=nn.initializers.zeros, dtype=self.dtype,
         param_dtype=jnp.float32, name="offset")(x)
     offset = offset_mask[..., :2 * g * k]
-    mask = jax.nn.sigmoid(offset_mask[..., 2 * g * k:].astype(jnp.float32))
+    mask = (jax.nn.sigmoid(offset_mask[..., 2 * g * k:].astype(jnp.float32))
+            if self.modulated else
+            jnp.ones((*offset_mask.shape[:-1], g * k), jnp.float32))
     conv = _DeformKernel(self.features, self.kernel_size,
                          x.shape[-1] // self.feature_group_count,
                          self.use_bias, self.kernel_init, name="conv")

@@ -2,7 +2,7 @@
 
 1x1 laterals, nearest top-down upsampling, 3x3 output convs (no norm, no
 ReLU). P6 = conv3x3/2 on P5 (`p6_from="p5"`) or on C5 ("c5"); P7 = conv3x3/2
-on ReLU(P6). Init: kaiming_uniform(a=1), bias 0, as both the official FCOS
+on ReLU(P6), or on P6 itself with `p7_relu=False` (mmdetection's FPN). Init: kaiming_uniform(a=1), bias 0, as both the official FCOS
 (maskrcnn-benchmark `conv_with_kaiming_uniform`) and torchvision use.
 
 Parameter tree: lateral3..5, output3..5, p6, p7 (each kernel, bias); with
@@ -61,5 +61,5 @@ class FPN(nn.Module):
       top = lat + upsample_to(top, lat.shape[1:3])
       outs.insert(0, conv(3, 1, f"output{k}")(top))
     p6 = conv(3, 2, "p6")(outs[-1] if cfg.p6_from == "p5" else c5)
-    p7 = conv(3, 2, "p7")(nn.relu(p6))
+    p7 = conv(3, 2, "p7")(nn.relu(p6) if cfg.p7_relu else p6)
     return outs + [p6, p7]

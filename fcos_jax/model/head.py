@@ -83,7 +83,8 @@ class FCOSHead(nn.Module):
         # reaches its offset conv only; the deformable kernel keeps
         # uniform(+-1/sqrt(fan_in)), the bias 0.
         return ModulatedDeformConv(
-            f, use_bias=True, offset_init=normal, dtype=dtype,
+            f, use_bias=True, modulated=cfg.dcn_modulated,
+            offset_init=normal, dtype=dtype,
             kernel_init=nn.initializers.variance_scaling(
                 1 / 3, "fan_in", "uniform"))
       return conv(f)

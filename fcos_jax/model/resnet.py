@@ -188,7 +188,8 @@ def _shortcut(x, channels: int, stride: int, bn, dtype):
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 (x4 channels) residual block; ResNeXt when
   cfg.groups > 1 (the 3x3 is a grouped conv, `bottleneck_width` wide);
-  with `dcn` the 3x3 is a DCNv2 (conv2/{conv, offset})."""
+  with `dcn` the 3x3 is a DCNv2 (conv2/{conv, offset}; DCN v1 with
+  cfg.dcn_modulated=False)."""
 
   planes: int
   stride: int
@@ -205,6 +206,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(bn("bn1")(_conv(inner, 1, s1, "conv1", dtype)(x)))
     if self.dcn:
       conv2 = ModulatedDeformConv(inner, 3, s3, feature_group_count=cfg.groups,
+                                  modulated=cfg.dcn_modulated,
                                   kernel_init=_conv_init,
                                   offset_init=_offset_init, dtype=dtype,
                                   name="conv2")

@@ -1,0 +1,212 @@
+"""mmdetection's GFL checkpoints (open-mmlab/mmdetection, configs/gfl) ->
+fcos_jax variables.
+
+A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
+
+  backbone.conv1.weight, backbone.bn1.*          ResNet / ResNeXt stem
+  backbone.layer1.0.conv1.weight ... layer4       res2 .. res5, torchvision's
+  backbone.layer1.0.downsample.{0,1}.*            names (style "pytorch":
+                                                  stride in the 3x3)
+  backbone.layer2.0.conv2.weight                  a DCN v1 3x3 (mmcv's "DCN",
+  backbone.layer2.0.conv2.conv_offset.*           dconv models): its kernel,
+                                                  its 18-channel offset conv
+  neck.lateral_convs.{0,1,2}.conv.*               1x1 laterals on C3..C5
+  neck.fpn_convs.{0,1,2}.conv.*                   3x3 outputs P3..P5
+  neck.fpn_convs.{3,4}.conv.*                     P6 (on P5's output), P7
+                                                  (on P6, no ReLU between)
+  bbox_head.{cls,reg}_convs.{0..3}.conv.weight    tower convs, no bias (a
+  bbox_head.{cls,reg}_convs.{0..3}.gn.*           GroupNorm follows)
+  bbox_head.gfl_cls.*, bbox_head.gfl_reg.*        class logits, 4 x 17 logits
+  bbox_head.scales.{0..4}.scale                   shape () (mmcv's Scale)
+  bbox_head.integral.project                      the buffer 0..reg_max
+                                                  (older mmdetection)
+
+BatchNorm runs in eval mode (norm_eval) with epsilon 1e-5; the input is
+RGB, mean [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] in
+0..255, which is ImageNet's mean and std in 0..1 (the `gfl` preset). The
+class logits have 80 channels, label i the i-th COCO category by id (the
+order `coco_categories()` gives). The released models, their configs and
+published AP are those of `fcos_jax.registry` whose source is "mmdet".
+
+mmdetection's ATSS (configs/atss) is not converted: its head regresses
+DeltaXYWHBBoxCoder deltas (stds 0.1, 0.1, 0.2, 0.2) from an 8-stride
+anchor and scores prob x centre-ness without a square root, neither of
+which fcos_jax's ATSS (the ATSS repository's point regression) computes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from fcos_jax import errors, registry, storage
+from fcos_jax.convert import official, safe_load
+from fcos_jax.convert import torchvision as tv
+from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
+                                   GFLJointQuality, ModelConfig)
+from fcos_jax.model.fcos import MODEL_STRIDES
+
+# Fields that change what mmdetection's GFL weights compute, and their
+# values there (any depth, width, groups, DCN stages: the names follow
+# them; DCN is v1, dcn_modulated=False, checked when there is one).
+_REQUIRED = dict(
+    backbone="resnet", stride_in_1x1=False, bn_eps=1e-5,
+    backbone_norm="frozen_bn", input_bgr=False,
+    input_range=1.0, pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
+    p6_from="p5", p7_relu=False, head_norm="gn", gn_groups=32, head_dcn=False,
+    use_scale=True, norm_reg_targets=True, location_offset="zero",
+    location_stride="nominal", strides=MODEL_STRIDES,
+    quality=GFLJointQuality())
+
+_PROJECT = "bbox_head.integral.project"
+
+
+def published_config(name: str, **overrides) -> ModelConfig:
+  """The ModelConfig of mmdetection's released model `name` (80 classes)."""
+  return registry.get(name, "mmdet").model_config(**overrides)
+
+
+def find_published(cfg: ModelConfig) -> str:
+  """The mmdetection model `cfg` describes; refuses naming the nearest."""
+  return official.find_published(cfg, registry.names("mmdet"),
+                                 published_config)
+
+
+# --- Loading -----------------------------------------------------------------
+
+
+def load_mmdet_state_dict(state_dict) -> dict[str, np.ndarray]:
+  """A path (.pth via torch, .npz) or a mapping -> {name: array}, with the
+  checkpoint's {"meta", "state_dict"} wrapper (and a `module.` prefix)
+  removed."""
+  if isinstance(state_dict, (str, os.PathLike)):
+    path = os.fspath(state_dict)
+    if path.endswith(".npz"):
+      state_dict = tv.load_state_dict(path)
+    else:
+      try:
+        import torch  # noqa: F401  (lazy: only needed to read .pth files)
+      except ImportError as e:
+        raise ImportError(
+            f"Reading {path!r} needs PyTorch (pip install torch). Without it, "
+            "save checkpoint['state_dict'] as .npz elsewhere and pass that."
+        ) from e
+      state_dict = safe_load.torch_load(path, storage.read_bytes(path))
+  if isinstance(state_dict, Mapping) and isinstance(
+      state_dict.get("state_dict"), Mapping):
+    state_dict = state_dict["state_dict"]
+  sd = tv.load_state_dict(state_dict)
+  return {k[len("module."):] if k.startswith("module.") else k: v
+          for k, v in sd.items()}
+
+
+# --- Names -------------------------------------------------------------------
+
+
+def _backbone_name(path: tuple[str, ...]) -> str:
+  """torchvision's names; a DCN v1 conv2 (conv2/conv, conv2/offset) is
+  mmcv's DeformConv2dPack: conv2.weight and conv2.conv_offset.*."""
+  if len(path) == 5:  # res{k}, block{i}, conv2, conv|offset, leaf
+    block = tv._backbone_name(path[:3] + ("kernel",))  # pylint: disable=protected-access
+    base = block[:-len(".weight")]
+    if path[3] == "conv":
+      return f"{base}.weight"
+    return f"{base}.conv_offset.{'weight' if path[4] == 'kernel' else 'bias'}"
+  return tv._backbone_name(path)  # pylint: disable=protected-access
+
+
+def _fpn_name(path: tuple[str, ...]) -> str:
+  module, leaf = path
+  leaf = "weight" if leaf == "kernel" else "bias"
+  if module in ("p6", "p7"):  # The extra convs follow P3..P5's outputs.
+    return f"fpn_convs.{3 if module == 'p6' else 4}.conv.{leaf}"
+  kind = "lateral_convs" if module.startswith("lateral") else "fpn_convs"
+  return f"{kind}.{int(module[-1]) - 3}.conv.{leaf}"
+
+
+def _head_name(path: tuple[str, ...]) -> str | None:
+  """mmdetection's name of our head parameter; None for the tower convs'
+  biases, which mmdetection's ConvModule (conv + GN) does not have."""
+  if path[0].startswith("scale_"):
+    return f"scales.{path[0][len('scale_'):]}.scale"
+  module, leaf = path
+  m = re.fullmatch(r"(cls|box)_(tower|norm)_(\d+)", module)
+  if m:
+    tower = "cls_convs" if m[1] == "cls" else "reg_convs"
+    if m[2] == "tower":
+      return None if leaf == "bias" else f"{tower}.{m[3]}.conv.weight"
+    return f"{tower}.{m[3]}.gn.{'weight' if leaf == 'scale' else 'bias'}"
+  name = {"cls_logits": "gfl_cls", "box_regression": "gfl_reg"}[module]
+  return f"{name}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
+def state_dict_names(cfg: ModelConfig) -> dict:
+  """{mmdetection state-dict name: (our parameter path, our shape)} for
+  `FCOS(cfg)` (shapes in our layout: conv kernels HWIO). The tower convs'
+  biases have no name there (`zero_biases`)."""
+  prefix = {"backbone": ("backbone.", _backbone_name),
+            "fpn": ("neck.", _fpn_name), "head": ("bbox_head.", _head_name)}
+  targets = {}
+  for path, shape in tv._param_shapes(cfg).items():  # pylint: disable=protected-access
+    pre, name = prefix[path[0]]
+    local = name(path[1:])
+    if local is not None:
+      targets[pre + local] = (path, shape)
+  return targets
+
+
+def zero_biases(cfg: ModelConfig) -> dict:
+  """{our path: zeros} of the tower convs' biases: mmdetection's tower
+  convs have none (bias=False before GroupNorm), i.e. zero."""
+  return {path: np.zeros(shape, np.float32)
+          for path, shape in tv._param_shapes(cfg).items()  # pylint: disable=protected-access
+          if path[0] == "head" and path[-1] == "bias"
+          and re.fullmatch(r"(cls|box)_tower_\d+", path[1])}
+
+
+def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
+  """Our shape of the parameter at `path` -> mmdetection's (OIHW convs,
+  scalar scales)."""
+  return tv.torch_shape(shape, path[-1])
+
+
+# --- Conversion --------------------------------------------------------------
+
+
+def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
+  """An mmdetection GFL state dict (or its checkpoint, {"meta", "state_dict"})
+  -> {"params": ...} for `FCOS(cfg)`.
+
+  cfg: `published_config(name)` of the checkpoint's model (or the same
+  architecture at any width, e.g. in tests). A missing, unexpected or
+  mis-shaped tensor is refused with the full list.
+  """
+  required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
+                                else {}))
+  tv._check_cfg(cfg, required, "mmdetection's GFL checkpoints")  # pylint: disable=protected-access
+  sd = load_mmdet_state_dict(state_dict)
+  if _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.
+    project = np.asarray(sd.pop(_PROJECT), np.float32).reshape(-1)
+    want = np.arange(cfg.quality.reg_max + 1, dtype=np.float32)
+    if project.shape != want.shape or not np.allclose(project, want):
+      raise errors.DataError(
+          f"The checkpoint's {_PROJECT} is {project.tolist()}; fcos_jax's "
+          f"Integral takes 0, 1, ..., reg_max={cfg.quality.reg_max}: set "
+          "model.quality.reg_max to the checkpoint's.")
+  # mmcv's Scale is a 0-d tensor (some versions (1,)); ours is a scalar.
+  sd = {k: (v.reshape(()) if re.fullmatch(r"bbox_head\.scales\.\d+\.scale", k)
+            and v.shape == (1,) else v) for k, v in sd.items()}
+  flat = tv._convert(sd, state_dict_names(cfg), "fcos_jax GFL (mmdetection "  # pylint: disable=protected-access
+                     "layout)")
+  flat.update(zero_biases(cfg))
+  return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def convert_published(state_dict, name: str, **inference):
+  """mmdetection's model `name` -> (cfg, params, the 80 COCO categories)."""
+  cfg = published_config(name, **inference)
+  return cfg, convert_state_dict(state_dict, cfg)["params"], tv.coco_categories()

@@ -1,0 +1,364 @@
+"""mmdetection's GFL (configs/gfl) -> fcos_jax: the released models' names
+and shapes, refusals, and outputs (head outputs per level, detections)
+equal to a PyTorch restatement of mmdetection's network and
+post-processing (tests/mmdet_heads_torch.py) with random weights; and the
+command line: a random checkpoint in mmdetection's format converted to a
+run that evaluate.py and predict.py take."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from fcos_jax import errors
+from fcos_jax.convert import mmdet
+from fcos_jax.core.locations import compute_locations
+from fcos_jax.core.postprocess import make_postprocess_fn
+from fcos_jax.model.fcos import FCOS
+
+R50 = "gfl_r50_fpn_1x_coco"
+X101 = "gfl_x101_32x4d_fpn_mstrain_2x_coco"
+X101_DCN = "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco"
+
+
+@pytest.fixture(autouse=True)
+def float32_convolutions():
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+def _names(model):
+  return {k: mmdet.mmdet_shape(shape, path) for k, (path, shape) in
+          mmdet.state_dict_names(mmdet.published_config(model)).items()}
+
+
+def test_published_names_and_shapes():
+  """A few names and shapes of the released gfl_r50_fpn_1x_coco and X-101
+  checkpoints, and the total count."""
+  r50 = _names(R50)
+  expect = {
+      "backbone.conv1.weight": (64, 3, 7, 7),
+      "backbone.bn1.running_var": (64,),
+      "backbone.layer1.0.downsample.0.weight": (256, 64, 1, 1),
+      "backbone.layer2.0.conv2.weight": (128, 128, 3, 3),
+      "backbone.layer4.2.bn3.weight": (2048,),
+      "neck.lateral_convs.0.conv.weight": (256, 512, 1, 1),
+      "neck.lateral_convs.2.conv.bias": (256,),
+      "neck.fpn_convs.2.conv.weight": (256, 256, 3, 3),
+      "neck.fpn_convs.3.conv.weight": (256, 256, 3, 3),  # P6 on P5
+      "neck.fpn_convs.4.conv.bias": (256,),
+      "bbox_head.cls_convs.0.conv.weight": (256, 256, 3, 3),
+      "bbox_head.reg_convs.3.gn.bias": (256,),
+      "bbox_head.gfl_cls.weight": (80, 256, 3, 3),
+      "bbox_head.gfl_reg.bias": (68,),
+      "bbox_head.scales.4.scale": (),
+  }
+  for k, shape in expect.items():
+    assert r50[k] == shape, k
+  assert "bbox_head.cls_convs.0.conv.bias" not in r50
+  # 53 convs + 53 BN (x4); 8 neck convs (x2); 8 tower convs, 8 GN (x2),
+  # 2 outputs (x2), 5 scales.
+  assert len(r50) == 53 + 53 * 4 + 16 + 8 + 16 + 4 + 5
+  x101 = _names(X101)
+  assert x101["backbone.layer1.0.conv2.weight"] == (128, 4, 3, 3)
+  assert x101["backbone.layer3.22.conv2.weight"] == (512, 16, 3, 3)
+  assert x101["backbone.layer4.0.conv1.weight"] == (1024, 1024, 1, 1)
+  dcn = _names(X101_DCN)  # mmcv's DCN v1 in res4-res5: 18 offsets.
+  assert dcn["backbone.layer3.0.conv2.weight"] == (512, 16, 3, 3)
+  assert dcn["backbone.layer3.0.conv2.conv_offset.weight"] == (18, 512, 3, 3)
+  assert dcn["backbone.layer4.2.conv2.conv_offset.bias"] == (18,)
+  assert "backbone.layer2.0.conv2.conv_offset.bias" not in dcn
+  assert len(dcn) == len(x101) + 2 * (23 + 3)
+  cfg = mmdet.published_config("gfl_r101_fpn_mstrain_2x_coco",
+                               score_thresh=0.2)
+  assert mmdet.find_published(cfg) == "gfl_r101_fpn_mstrain_2x_coco"
+  with pytest.raises(ValueError, match=r"nearest, gfl_r50_fpn_1x_coco, "
+                     r"differs in: p7_relu=True \(needs False\)"):
+    mmdet.find_published(mmdet.published_config(R50, p7_relu=True))
+
+
+# --- Parity with the PyTorch restatement -------------------------------------
+
+# Small widths, the real layout: GroupNorm(32) needs 32 | fpn_channels.
+SMALL = dict(width=8, fpn_channels=64)
+
+
+def torch_model(seed, cfg):
+  """The restated GFL of `cfg` with random weights (eval mode)."""
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  official = pytest.importorskip("official_fcos_torch")
+  torch.manual_seed(seed)
+  model = ref.GFL(depth=cfg.depth, width=cfg.width, groups=cfg.groups,
+                  width_per_group=cfg.width_per_group,
+                  fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes,
+                  reg_max=cfg.quality.reg_max, dcn_stages=cfg.dcn_stages)
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, official.FrozenBatchNorm2d):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+        m.running_mean.normal_(0, 0.1, generator=g)
+        m.running_var.uniform_(0.5, 1.5, generator=g)
+      elif isinstance(m, torch.nn.GroupNorm):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+      elif isinstance(m, ref.Scale):
+        m.scale.uniform_(0.8, 1.2, generator=g)
+      elif isinstance(m, ref.DeformConv2dPack):
+        # Offsets of a few pixels, so the sampling really is deformed.
+        fan_in = m.conv_offset.weight[0].numel()
+        m.conv_offset.weight.normal_(0, 2.0 / fan_in ** 0.5, generator=g)
+        m.conv_offset.bias.normal_(0, 0.5, generator=g)
+    # Few enough candidates that the scores spread (prior-like bias).
+    model.bbox_head.gfl_cls.bias.normal_(-3.5, 0.3, generator=g)
+  return model.eval()
+
+
+def save_checkpoint(model, path, meta=True):
+  """As mmdetection saves: {"meta": {...}, "state_dict": ...}."""
+  torch = pytest.importorskip("torch")
+  ckpt = {"state_dict": model.state_dict()}
+  if meta:
+    ckpt["meta"] = {"mmdet_version": "2.1.0", "epoch": 12, "iter": 87960,
+                    "CLASSES": ("person", "bicycle"), "config": "model = ..."}
+  torch.save(ckpt, path)
+  return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _apply(cfg):
+  return jax.jit(FCOS(cfg).apply), jax.jit(
+      lambda v, x: FCOS(cfg).apply(v, x, method=FCOS.level_outputs))
+
+
+def close(got, want, what):
+  scale = np.abs(want).max()
+  assert scale > 0.05, what
+  err = np.abs(np.asarray(got) - want).max()
+  assert err <= 1e-4 * scale, (what, err, scale)
+
+
+CANVAS = (128, 160)
+
+
+# The models of the parity test at the small width: R-50, and the DCN v1
+# ResNeXt at depth 50 (its layout: grouped 3x3s, DCN in res4-res5).
+PARITY = {R50: SMALL, X101_DCN: dict(SMALL, depth=50, width=16)}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", sorted(PARITY))
+def test_head_outputs_and_detections_match_mmdet_restatement(name, tmp_path):
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  cfg = mmdet.published_config(name, **PARITY[name])
+  model = torch_model(0, cfg)
+  variables = mmdet.convert_state_dict(
+      save_checkpoint(model, tmp_path / "gfl.pth"), cfg)
+  image_hw = np.array([CANVAS, [100, 131]], np.int32)
+  orig_hw = np.array([[256, 320], [150, 200]], np.int32)
+  x = np.random.default_rng(1).normal(size=(2, *CANVAS, 3)).astype(np.float32)
+  for b, (h, w) in enumerate(image_hw):  # A zero-padded batch.
+    x[b, h:] = 0
+    x[b, :, w:] = 0
+  with torch.no_grad():
+    head = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+  apply, levels_fn = _apply(cfg)
+  n = cfg.quality.reg_max + 1
+  for l, (cls, reg, ctr, dist) in enumerate(levels_fn(variables, x)):
+    assert ctr is None
+    want_cls = head[0][l].permute(0, 2, 3, 1).numpy()
+    want_dist = head[1][l].permute(0, 2, 3, 1)  # [B, H, W, 4 * n]
+    close(cls, want_cls, f"cls P{l + 3}")
+    close(np.asarray(dist).reshape(want_dist.shape), want_dist.numpy(),
+          f"distribution P{l + 3}")
+    with torch.no_grad():
+      want_reg = model.bbox_head.integral(want_dist.reshape(-1, 4 * n))
+    close(np.asarray(reg).reshape(-1, 4), want_reg.numpy(),
+          f"distances P{l + 3}")
+
+  post = make_postprocess_fn(compute_locations(CANVAS, cfg), cfg)
+  ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
+  dets = ref.postprocess(head, model, image_hw.tolist(), orig_hw.tolist())
+  for b, (boxes, scores, labels) in enumerate(dets):
+    boxes, scores, labels = boxes.numpy(), scores.numpy(), labels.numpy()
+    n_ours = int(ours["valid"][b].sum())
+    assert len(scores) >= 50 and n_ours == len(scores), (n_ours, len(scores))
+    cutoff = np.sort(scores)[::-1][n_ours - 1]
+    used = np.zeros(len(scores), bool)
+    unmatched = []
+    for k in range(n_ours):
+      ok = (~used & (labels == ours["classes"][b, k])
+            & (np.abs(scores - ours["scores"][b, k]) <= 1e-4)
+            & (np.abs(boxes - ours["boxes"][b, k]).max(axis=1) <= 1e-2))
+      if ok.any():
+        used[np.argmax(ok)] = True
+      else:
+        unmatched.append(ours["scores"][b, k])
+    # Only near-ties at the cut-off may differ.
+    assert all(abs(s - cutoff) <= 1e-4 for s in unmatched), (b, unmatched)
+    assert len(unmatched) <= 2
+
+
+# --- Refusals ----------------------------------------------------------------
+
+
+def random_mmdet_state_dict(cfg, seed=0):
+  """Random weights with mmdetection's names and shapes for `cfg` (NumPy):
+  He-scaled kernels, BN statistics near (0, 1), the prior's class bias,
+  and the Integral's `project` buffer as older mmdetection saved it."""
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for name, (path, shape) in mmdet.state_dict_names(cfg).items():
+    shape = mmdet.mmdet_shape(shape, path)
+    leaf = path[-1]
+    if leaf == "kernel":
+      v = rng.normal(size=shape) * np.sqrt(1.0 / np.prod(shape[1:]))
+    elif leaf in ("var", "scale") or leaf.startswith("scale_"):
+      v = rng.uniform(0.8, 1.2, shape)
+    else:
+      v = 0.05 * rng.normal(size=shape)
+    sd[name] = v.astype(np.float32)
+  sd["bbox_head.gfl_cls.bias"] = np.full(cfg.num_classes, -4.0, np.float32)
+  sd["bbox_head.integral.project"] = np.arange(
+      cfg.quality.reg_max + 1, dtype=np.float32)
+  for k in [k for k in sd if k.endswith("running_var")]:  # BN's counter.
+    sd[k.replace("running_var", "num_batches_tracked")] = np.array(0)
+  return sd
+
+
+def test_converts_random_checkpoint_and_refuses_bad_ones(tmp_path):
+  cfg = mmdet.published_config(R50, **SMALL)
+  sd = random_mmdet_state_dict(cfg)
+  params = mmdet.convert_state_dict({"meta": {}, "state_dict": sd},
+                                    cfg)["params"]
+  # The state dict saved as .npz (no torch needed) converts alike.
+  np.savez(tmp_path / "gfl.npz", **sd)
+  from_npz = mmdet.convert_state_dict(str(tmp_path / "gfl.npz"), cfg)
+  jax.tree.map(np.testing.assert_array_equal, from_npz["params"], params)
+  np.testing.assert_array_equal(
+      params["head"]["box_tower_2"]["kernel"],
+      sd["bbox_head.reg_convs.2.conv.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params["head"]["cls_tower_0"]["bias"], 0.0)
+  np.testing.assert_array_equal(params["head"]["cls_norm_1"]["scale"],
+                                sd["bbox_head.cls_convs.1.gn.weight"])
+  np.testing.assert_array_equal(params["fpn"]["p7"]["bias"],
+                                sd["neck.fpn_convs.4.conv.bias"])
+  np.testing.assert_array_equal(params["fpn"]["lateral3"]["bias"],
+                                sd["neck.lateral_convs.0.conv.bias"])
+  assert params["head"]["scale_3"].shape == ()
+  assert params["head"]["scale_3"] == sd["bbox_head.scales.3.scale"]
+  # (1,) scales (some mmcv versions) are taken too.
+  one = dict(sd, **{"bbox_head.scales.0.scale": np.ones(1, np.float32)})
+  mmdet.convert_state_dict(one, cfg)
+
+  # Missing, unexpected and mis-shaped: the full list in one error.
+  bad = dict(sd)
+  del bad["neck.fpn_convs.4.conv.bias"]
+  del bad["bbox_head.reg_convs.3.gn.weight"]
+  bad["bbox_head.atss_centerness.weight"] = np.zeros((1, 64, 3, 3), np.float32)
+  bad["bbox_head.gfl_reg.weight"] = np.zeros((4, 64, 3, 3), np.float32)
+  with pytest.raises(errors.DataError) as err:
+    mmdet.convert_state_dict(bad, cfg)
+  msg = str(err.value)
+  assert ("2 missing: bbox_head.reg_convs.3.gn.weight, "
+          "neck.fpn_convs.4.conv.bias") in msg
+  assert "1 unexpected: bbox_head.atss_centerness.weight" in msg
+  assert "bbox_head.gfl_reg.weight: got (4, 64, 3, 3), expected (68, 64, 3, 3)" in msg
+  # Another Integral.
+  with pytest.raises(errors.DataError, match="reg_max=16"):
+    mmdet.convert_state_dict(
+        dict(sd, **{"bbox_head.integral.project": np.arange(8.0)}), cfg)
+  # A config that computes something else: the fields named.
+  with pytest.raises(errors.ConfigError, match=r"p7_relu=True \(needs False\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(p7_relu=True))
+  with pytest.raises(errors.ConfigError, match=r"location_offset='half'"):
+    mmdet.convert_state_dict(sd, cfg.replace(location_offset="half"))
+
+
+# --- The command line ----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
+  """A random full-size gfl_r50_fpn_1x_coco checkpoint, saved as
+  mmdetection saves it -> fcos-convert --mmdet -> evaluate.py and
+  predict.py on a tiny COCO-format set."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  import coco_files as testing
+  from cli_runs import ROOT
+  from fcos_jax.convert import torchvision as tv
+  torch = pytest.importorskip("torch")
+
+  sd = random_mmdet_state_dict(mmdet.published_config(R50), seed=1)
+  pth = tmp_path / "gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth"
+  torch.save({"meta": {"mmdet_version": "2.1.0", "CLASSES": ("person",)},
+              "state_dict": {k: torch.from_numpy(np.asarray(v))
+                             for k, v in sd.items()}}, pth)
+  cats = [(c["id"], c["name"]) for c in tv.coco_categories()]
+  images = testing.random_images(2, sizes=((100, 150), (150, 100)),
+                                 categories=(1, 18, 90))
+  gt_json, img_dir = testing.write_coco(str(tmp_path / "coco"), images,
+                                        categories=cats, fmt="jpg")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TF_CPP_MIN_LOG_LEVEL="2")
+
+  def run(args, check=True):
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+      raise AssertionError(f"{args[:2]} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+  workdir = tmp_path / "converted"
+  data = ["--config.data.source=coco_format",
+          f"--config.data.coco.val_json={gt_json}",
+          f"--config.data.coco.val_images={img_dir}",
+          "--config.data.min_size=128", "--config.data.max_size=192",
+          "--config.data.canvases=((192,192),)",  # One compile.
+          "--config.eval_batch_size=1",
+          "--config.model.inference.score_thresh=0.02",
+          "--config.compilation_cache_dir="]
+  run(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
+       f"--config=configs/zoo.py:{R50}", f"--workdir={workdir}"] + data)
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"]["p7_relu"] is False
+  assert config["model"]["quality"]["name"] == "gfl_joint"
+  assert config["model"]["inference"]["score_thresh"] == 0.02
+  saved = json.loads((workdir / "categories.json").read_text())["categories"]
+  assert [c["id"] for c in saved] == [c for c, _ in cats]
+
+  # Another model's config is refused by name, nothing written.
+  proc = run(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
+              f"--config=configs/zoo.py:{X101}",
+              f"--workdir={tmp_path / 'x101'}"], check=False)
+  assert proc.returncode == 1 and "backbone.layer3.22.conv1.weight" in (
+      proc.stderr), proc.stderr[-2000:]
+  assert not (tmp_path / "x101" / "checkpoints").exists()
+
+  proc = run([str(ROOT / "evaluate.py"), f"--workdir={workdir}"])
+  assert "COCO bbox evaluation at step 0 on 2 images" in proc.stdout
+  want = json.loads((workdir / "eval" / "detections_step0.json").read_text())
+  assert len(want) > 20
+  assert {r["category_id"] for r in want} <= {c for c, _ in cats}
+
+  out = tmp_path / "pred"
+  run([str(ROOT / "predict.py"), f"--workdir={workdir}",
+       f"--images={img_dir}", f"--out={out}", "--noexif"])
+  got = json.loads((out / "detections.json").read_text())
+  ids = {im["file_name"]: im["id"]
+         for im in json.loads(open(gt_json).read())["images"]}
+  for r in got:
+    r.pop("category_name")
+    r["image_id"] = ids[os.path.basename(r.pop("file_name"))]
+  key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])
+  assert sorted(got, key=key) == sorted(want, key=key)

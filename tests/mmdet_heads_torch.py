@@ -1,0 +1,248 @@
+"""mmdetection's GFL detector restated in PyTorch for the converter's parity
+tests: written from reading open-mmlab/mmdetection (necks/fpn.py,
+dense_heads/gfl_head.py, mmcv's ConvModule and Scale, the post-processing of
+BaseDenseHead `_predict_by_feat_single` / `_bbox_post_process` with
+`filter_scores_and_topk`, distance2bbox), with its module names, so
+`state_dict()` has the checkpoint's names and shapes. Any width; eval only.
+
+The ResNet is tests/official_fcos_torch.py's with the stride in the 3x3
+(mmdetection's style "pytorch") and BatchNorm epsilon 1e-5 (BatchNorm2d in
+eval mode), renamed to mmdetection's `backbone.conv1`, `backbone.bn1`,
+`backbone.layer1.0...` (torchvision's names); in `dcn_stages` each 3x3 is
+mmcv's `DCN` (DeformConv2dPack: DCN v1, no mask, fallback_on_stride=False).
+
+mmdetection's ATSS head (DeltaXYWHBBoxCoder boxes) is not restated: it is
+not converted (fcos_jax/convert/mmdet.py).
+"""
+
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+import official_fcos_torch as official
+
+
+class DeformConv2dPack(nn.Module):
+  """mmcv's DCN v1: its own `weight` (no bias) and `conv_offset`, a conv
+  with bias giving 2 x 9 offsets, (dy, dx) per tap."""
+
+  def __init__(self, cin, cout, stride, groups):
+    super().__init__()
+    self.weight = nn.Parameter(torch.empty(cout, cin // groups, 3, 3))
+    nn.init.uniform_(self.weight, -(cin * 9) ** -0.5, (cin * 9) ** -0.5)
+    self.conv_offset = nn.Conv2d(cin, 18, 3, stride, 1)
+    self.stride = stride
+
+  def forward(self, x):
+    return torchvision.ops.deform_conv2d(
+        x, self.conv_offset(x), self.weight, None, stride=self.stride,
+        padding=1)
+
+
+class ResNet(nn.Module):
+  """mmdetection's ResNet / ResNeXt (style "pytorch", norm_eval): conv1,
+  bn1, layer1..4; returns C3, C4, C5."""
+
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               dcn_stages=()):
+    super().__init__()
+    body = official.ResNet(depth, width, stride_in_1x1=False, groups=groups,
+                           width_per_group=width_per_group)
+    self.conv1, self.bn1 = body.stem.conv1, body.stem.bn1
+    for i in range(1, 5):
+      layer = getattr(body, f"layer{i}")
+      if i + 1 in dcn_stages:
+        for block in layer:
+          c = block.conv2
+          block.conv2 = DeformConv2dPack(c.in_channels, c.out_channels,
+                                         c.stride[0], c.groups)
+      self.add_module(f"layer{i}", layer)
+    for m in self.modules():
+      if isinstance(m, official.FrozenBatchNorm2d):
+        m.eps = 1e-5  # nn.BatchNorm2d's, in eval mode.
+
+  def forward(self, x):
+    x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+    c3 = self.layer2(self.layer1(x))
+    c4 = self.layer3(c3)
+    return [c3, c4, self.layer4(c4)]
+
+
+class ConvModule(nn.Module):
+  """mmcv's ConvModule: `conv` (no bias when a norm follows), `gn`, ReLU;
+  without norm and activation just the conv with its bias."""
+
+  def __init__(self, cin, cout, k, stride=1, norm=False, act=False):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)
+    if norm:
+      self.gn = nn.GroupNorm(32, cout)
+    self.norm, self.act = norm, act
+
+  def forward(self, x):
+    x = self.conv(x)
+    if self.norm:
+      x = self.gn(x)
+    return F.relu(x) if self.act else x
+
+
+class FPN(nn.Module):
+  """start_level=1 (C3..C5), add_extra_convs="on_output", num_outs=5,
+  relu_before_extra_convs=False: P6 = fpn_convs[3](P5), P7 =
+  fpn_convs[4](P6) without a ReLU between."""
+
+  def __init__(self, in_channels, cout, num_outs=5):
+    super().__init__()
+    self.lateral_convs = nn.ModuleList(
+        [ConvModule(c, cout, 1) for c in in_channels])
+    self.fpn_convs = nn.ModuleList(
+        [ConvModule(cout, cout, 3) for _ in in_channels] +
+        [ConvModule(cout, cout, 3, stride=2)
+         for _ in range(num_outs - len(in_channels))])
+
+  def forward(self, inputs):
+    laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
+    for i in range(len(laterals) - 1, 0, -1):
+      laterals[i - 1] = laterals[i - 1] + F.interpolate(
+          laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+    outs = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
+    outs.append(self.fpn_convs[len(laterals)](outs[-1]))  # on_output
+    for i in range(len(laterals) + 1, len(self.fpn_convs)):
+      outs.append(self.fpn_convs[i](outs[-1]))
+    return outs
+
+
+class Scale(nn.Module):
+  """mmcv's Scale: a 0-d learnable factor."""
+
+  def __init__(self, scale=1.0):
+    super().__init__()
+    self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float))
+
+  def forward(self, x):
+    return x * self.scale
+
+
+class Integral(nn.Module):
+  """softmax over reg_max + 1 bins, expectation with `project` = 0..reg_max."""
+
+  def __init__(self, reg_max=16):
+    super().__init__()
+    self.reg_max = reg_max
+    self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1))
+
+  def forward(self, x):
+    x = F.softmax(x.reshape(-1, self.reg_max + 1), dim=1)
+    return F.linear(x, self.project.type_as(x)).reshape(-1, 4)
+
+
+class GFLHead(nn.Module):
+
+  def __init__(self, num_classes, channels, stacked_convs=4, reg_max=16,
+               strides=(8, 16, 32, 64, 128)):
+    super().__init__()
+    self.cls_convs = nn.ModuleList(
+        [ConvModule(channels, channels, 3, norm=True, act=True)
+         for _ in range(stacked_convs)])
+    self.reg_convs = nn.ModuleList(
+        [ConvModule(channels, channels, 3, norm=True, act=True)
+         for _ in range(stacked_convs)])
+    self.gfl_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
+    self.gfl_reg = nn.Conv2d(channels, 4 * (reg_max + 1), 3, padding=1)
+    self.scales = nn.ModuleList([Scale(1.0) for _ in strides])
+    self.integral = Integral(reg_max)
+    self.strides, self.reg_max = strides, reg_max
+
+  def forward(self, feats):
+    """Per level: class logits [B, C, H, W], distribution logits
+    [B, 4 * (reg_max + 1), H, W] (scaled by the level's Scale)."""
+    cls_scores, bbox_preds = [], []
+    for x, scale in zip(feats, self.scales):
+      cls_feat, reg_feat = x, x
+      for conv in self.cls_convs:
+        cls_feat = conv(cls_feat)
+      for conv in self.reg_convs:
+        reg_feat = conv(reg_feat)
+      cls_scores.append(self.gfl_cls(cls_feat))
+      bbox_preds.append(scale(self.gfl_reg(reg_feat)).float())
+    return cls_scores, bbox_preds
+
+
+class GFL(nn.Module):
+  """`backbone`, `neck`, `bbox_head`: the checkpoint's layout."""
+
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               fpn_channels=256, num_classes=80, reg_max=16, dcn_stages=()):
+    super().__init__()
+    self.backbone = ResNet(depth, width, groups, width_per_group, dcn_stages)
+    self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
+    self.bbox_head = GFLHead(num_classes, fpn_channels, reg_max=reg_max)
+
+  def forward(self, x):
+    return self.bbox_head(self.neck(self.backbone(x)))
+
+
+def anchor_centers(h, w, stride):
+  """[h * w, 2] (x, y) of AnchorGenerator's anchors (center_offset 0,
+  octave_base_scale 8: an 8 s square centred on (j s, i s)), row-major:
+  the centre of each anchor box."""
+  ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride,
+                          indexing="ij")
+  cx, cy = xs.reshape(-1).float(), ys.reshape(-1).float()
+  half = 8 * stride / 2
+  boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], 1)
+  return torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2,
+                      (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+
+
+def distance2bbox(points, distance, max_shape):
+  """Centres and (l, t, r, b) -> boxes, clamped to [0, w] x [0, h]."""
+  x1 = (points[:, 0] - distance[:, 0]).clamp(0, max_shape[1])
+  y1 = (points[:, 1] - distance[:, 1]).clamp(0, max_shape[0])
+  x2 = (points[:, 0] + distance[:, 2]).clamp(0, max_shape[1])
+  y2 = (points[:, 1] + distance[:, 3]).clamp(0, max_shape[0])
+  return torch.stack([x1, y1, x2, y2], -1)
+
+
+def postprocess(head, model, image_sizes, orig_sizes, score_thr=0.05,
+                nms_pre=1000, iou_threshold=0.6, max_per_img=100,
+                min_bbox_size=0):
+  """GFLHead's test_cfg post-processing per image -> list of (boxes in
+  original pixels, scores, labels from 0)."""
+  cls_scores, bbox_preds = head
+  gfl = model.bbox_head
+  results = []
+  for i, ((h, w), (oh, ow)) in enumerate(zip(image_sizes, orig_sizes)):
+    all_boxes, all_scores, all_labels = [], [], []
+    for cls_score, bbox_pred, stride in zip(cls_scores, bbox_preds,
+                                            gfl.strides):
+      c, hl, wl = cls_score.shape[1:]
+      scores = cls_score[i].permute(1, 2, 0).reshape(-1, c).sigmoid()
+      reg = bbox_pred[i].permute(1, 2, 0).reshape(-1, 4 * (gfl.reg_max + 1))
+      # filter_scores_and_topk: every (location, class) above score_thr,
+      # the best nms_pre of them.
+      valid = scores > score_thr
+      kept = scores[valid]
+      valid_idxs = torch.nonzero(valid)
+      kept, order = kept.sort(descending=True)
+      kept, order = kept[:nms_pre], order[:nms_pre]
+      loc, labels = valid_idxs[order].unbind(1)
+      distances = gfl.integral(reg[loc]) * stride
+      centers = anchor_centers(hl, wl, stride)[loc]
+      all_boxes.append(distance2bbox(centers, distances, (h, w)))
+      all_scores.append(kept)
+      all_labels.append(labels)
+    boxes, scores, labels = (torch.cat(t) for t in (all_boxes, all_scores,
+                                                    all_labels))
+    # _bbox_post_process: rescale (scale_factor = resized / original),
+    # drop boxes without area (min_bbox_size 0), class-wise NMS.
+    boxes = boxes / torch.tensor([w / ow, h / oh, w / ow, h / oh])
+    if min_bbox_size >= 0:
+      bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+      keep = (bw > min_bbox_size) & (bh > min_bbox_size)
+      boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = torchvision.ops.batched_nms(boxes, scores, labels, iou_threshold)
+    keep = keep[:max_per_img]
+    results.append((boxes[keep], scores[keep], labels[keep]))
+  return results
