@@ -251,7 +251,26 @@ def _with_resolved_config(argv):
       continue
     out.append(a)
     i += 1
-  return out
+  return _with_recorded_config(out)
+
+
+def _with_recorded_config(argv):
+  """--config.FIELD overrides without --config change the recorded config
+  of --workdir (configs/recorded.py), placed first as ml-collections needs
+  --config before its overrides."""
+  args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  if (not any(a.startswith("--config.") for a in args) or
+      any(a == "--config" or a.startswith("--config=") for a in args)):
+    return argv
+  workdir = [a.split("=", 1)[1] for a in args if a.startswith("--workdir=")]
+  workdir += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--workdir"]
+  if not workdir:
+    first = next(a for a in args if a.startswith("--config."))
+    _flag_error(f"{first.split('=')[0]}: an override needs a config: give "
+                "--config CONFIG, or --workdir of a run to change the config "
+                "it recorded.")
+  recorded = os.path.join(packaged_configs_dir(), "recorded.py")
+  return argv[:1] + [f"--config={recorded}:{workdir[-1]}"] + argv[1:]
 
 
 def _flag_error(text: str):
@@ -264,8 +283,15 @@ def _parse_flags(argv):
   """absl's flag parsing, with --config by name and a bad flag or
   --config.FIELD as one line (exit 2): ml-collections raises plain
   AttributeError/KeyError for unknown fields."""
+  from fcos_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
     return flags.FLAGS(_with_resolved_config(argv))
+  except OSError as e:
+    # ml-collections keeps a config file's failure to load (e.g. the
+    # recorded config of a --workdir without config.json) for its first use.
+    if not isinstance(e.__cause__, UserError):
+      raise
+    _flag_error(f"--config: {e.__cause__}")
   except flags.Error as e:
     # A config file's get_config refusing with a UserError: its one line,
     # not the traceback ml-collections puts into the flag's message.

@@ -175,3 +175,52 @@ def test_config_that_is_no_config_file_is_one_line(tmp_path):
         proc.stderr
     [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert str(path) in line and needle in line, line
+
+
+def _recorded_run(tmp_path):
+  from fcos_jax.configs import synthetic_cpu
+  from fcos_jax.run import Run
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  Run(str(workdir)).write_config(synthetic_cpu.get_config())
+  return workdir
+
+
+def test_overrides_without_config_change_the_runs_recorded_config(
+    tmp_path, monkeypatch):
+  """fcos-evaluate --workdir RUN --config.FIELD=V: the run's own config.json,
+  with V type-checked and applied as ml-collections applies overrides."""
+  from ml_collections import config_flags
+  workdir = _recorded_run(tmp_path)
+  argv = common._with_resolved_config(
+      ["evaluate.py", f"--workdir={workdir}",
+       "--config.model.inference.score_thresh=0.0"])
+  assert argv[1] == (f"--config={common.packaged_configs_dir()}/recorded.py:"
+                     f"{workdir}")
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+  flags.DEFINE_string("workdir", None, "", flag_values=values)
+  monkeypatch.setattr(sys, "argv", argv)  # ml-collections reads it too.
+  values(argv)
+  assert values.config.model.inference.score_thresh == 0.0
+  assert values.config.num_train_steps == 1500  # The rest as recorded.
+  # With --config given, the overrides are that file's, as before.
+  given = ["evaluate.py", "--config=synthetic_cpu", f"--workdir={workdir}",
+           "--config.seed=3"]
+  assert common._with_resolved_config(given)[1] == (
+      f"--config={common.packaged_configs_dir()}/synthetic_cpu.py")
+
+
+@pytest.mark.parametrize("case", ["no_workdir", "no_record", "bad_value"])
+def test_overrides_without_config_fail_in_one_line(case, tmp_path):
+  workdir = (_recorded_run(tmp_path) if case == "bad_value"
+             else tmp_path / "empty")
+  args = {"no_workdir": ["--out=x", "--config.seed=3"],
+          "no_record": [f"--workdir={workdir}", "--config.seed=3"],
+          "bad_value": [f"--workdir={workdir}", "--config.seed=abc"]}[case]
+  proc = _python(["-m", "fcos_jax.cli.evaluate"] + args, cwd=tmp_path)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+  [line] = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert {"no_workdir": "an override needs a config",
+          "no_record": "has no config.json",
+          "bad_value": "--config.seed=abc"}[case] in line, line
