@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
 
 from fcos_jax import errors
@@ -37,6 +38,14 @@ def torch_load(path: str, data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     text = str(e)
+    opcode = re.search(r"Unsupported operand (\d+)", text)
+    if opcode and not _is_pickle_opcode(int(opcode.group(1))):
+      # Not an opcode at all: bytes that are no pickle (a damaged or
+      # foreign file), not a pickle asking for too much.
+      raise errors.DataError(
+          f"{path}: not a readable PyTorch weights file (byte "
+          f"{int(opcode.group(1))} is no pickle opcode); it may be damaged "
+          "or not a .pth at all.") from None
     found = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(
         r"Unsupported (?:global|operand)[^:]*: (?:GLOBAL )?([\w.<>]+)", text)
     if found or "Weights only load failed" in text:
@@ -50,6 +59,10 @@ def torch_load(path: str, data: bytes):
         f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
         f"{_first_line(str(e))}); it may be truncated or not a .pth at all."
     ) from None
+
+
+def _is_pickle_opcode(byte: int) -> bool:
+  return 0 <= byte < 256 and chr(byte) in {op.code for op in pickletools.opcodes}
 
 
 def _first_line(text: str) -> str:

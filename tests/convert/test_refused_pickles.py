@@ -133,3 +133,25 @@ def test_train_refuses_a_detectron_pickle_that_runs_code(tmp_path):
   _cli_one_line(["fcos_jax.cli.train", "--config",
                  str(ROOT / "configs" / "synthetic_cpu.py"),
                  f"--workdir={tmp_path / 'run'}"] + args, path, marker)
+
+
+def test_bytes_that_are_no_pickle_are_called_damaged_not_dangerous(tmp_path):
+  path = tmp_path / "noise.pth"
+  data = bytes([0xB6]) + np.random.default_rng(0).bytes(4000)  # 0xB6: no opcode.
+  path.write_bytes(data)
+  with pytest.raises(errors.DataError) as e:
+    safe_load.torch_load(str(path), data)
+  assert not isinstance(e.value, safe_load.RefusedPickle)
+  assert "no pickle opcode" in str(e.value) and str(path) in str(e.value)
+
+
+def test_protocol_0_pickle_that_builds_an_object_is_still_refused(tmp_path):
+  """INST ('i', opcode 105) builds an object: refused as a pickle asking
+  for too much, and it does not run."""
+  marker = tmp_path / "ran_inst"
+  data = f"(S'touch {marker}'\nios\nsystem\n.".encode()
+  path = tmp_path / "inst.pth"
+  path.write_bytes(data)
+  with pytest.raises(safe_load.RefusedPickle):
+    safe_load.torch_load(str(path), data)
+  assert not marker.exists()
