@@ -38,8 +38,12 @@ from fcos_jax.train.state import TrainState
 from fcos_jax.train.writers import StepTrace, TrainProgress, create_writer
 
 
-def _require_workdir(run: Run) -> None:
-  """Makes the workdir now, so a bad one fails before any work."""
+def _require_workdir(run: Run) -> list[str]:
+  """Makes the workdir now, so a bad one fails before any work; returns the
+  local folders this made (removed again if the start fails while they
+  are empty)."""
+  made = [] if storage.is_url(run.workdir) else [
+      p for p in (run.checkpoints, run.workdir) if not storage.exists(p)]
   try:
     storage.makedirs(run.checkpoints)
   except OSError as e:
@@ -47,6 +51,17 @@ def _require_workdir(run: Run) -> None:
         f"Cannot make or write --workdir {run.workdir}: "
         f"{type(e).__name__}: {e.strerror or e}. Choose a folder (or gs:// "
         "URL) this process can write.") from None
+  return made
+
+
+def _remove_if_empty(folders) -> None:
+  """After a failed start: the folders `_require_workdir` made, if nothing
+  was written into them (never a file of anyone's)."""
+  for folder in folders:
+    try:
+      os.rmdir(folder)
+    except OSError:  # Not empty, or gone: leave it.
+      pass
 
 
 # After SIGTERM/SIGINT, how long the run may take to save and stop before it
@@ -240,10 +255,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_batch(config)
   coco_eval.check_backend(config.eval_backend)  # Fail now, not after training.
   run = Run(workdir)
-  _require_workdir(run)
-  with _holding_workdir(run, "train.py",
-                        config.stop_check_every_steps) as stop:
-    return _train(config, run, cfg, mesh, stop)
+  made = _require_workdir(run)
+  try:
+    with _holding_workdir(run, "train.py",
+                          config.stop_check_every_steps) as stop:
+      return _train(config, run, cfg, mesh, stop)
+  except BaseException:
+    _remove_if_empty(made)
+    raise
 
 
 def _train(config, run, cfg, mesh, stop) -> dict:

@@ -583,9 +583,27 @@ def test_a_start_whose_first_batch_fails_leaves_no_record(tmp_path):
       "--config.model.num_classes=1"]
   line = _one_error_line(run("train.py", workdir, args, check=False))
   assert im in line or "not an image" in line or ".png" in line, line
-  left = {p.name for p in workdir.iterdir()}
+  left = {p.name for p in workdir.iterdir()} if workdir.exists() else set()
   assert not left & {"config.json", "categories.json", "lock.json"}, left
-  assert checkpoint_steps(workdir) == []
+  # The checkpoints folder the start made is removed while empty.
+  assert "checkpoints" not in left, left
+
+
+def test_a_refused_start_leaves_no_empty_folders(tmp_path):
+  """A start refused after the workdir was made (the data has other
+  categories than model.num_classes): the folders it made are gone; a
+  folder that was there before stays, with the user's file."""
+  workdir = tmp_path / "new" / "run"
+  args = tiny_args(tmp_path, 2, eval_at_end=False) + [
+      "--config.model.num_classes=2"]
+  line = _one_error_line(run("train.py", workdir, args, check=False))
+  assert "num_classes" in line, line
+  assert not workdir.exists()
+  kept = tmp_path / "kept"
+  kept.mkdir()
+  (kept / "notes.txt").write_text("mine")
+  _one_error_line(run("train.py", kept, args, check=False))
+  assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
 
 
 @pytest.mark.slow
