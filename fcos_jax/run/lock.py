@@ -18,6 +18,7 @@ elsewhere the written token is read back after a short pause.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -36,6 +37,10 @@ STALE_AFTER_S = 300.0
 # check that another writer's upload did not land over ours (needed where
 # the store ignores the create-only precondition).
 READ_BACK_PAUSE_S = 0.5
+# A lock file that exists but does not parse is read again after this pause
+# (another writer has created it and not yet written it) before it counts
+# as an unknown, stale holder's.
+UNREADABLE_PAUSE_S = 0.2
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,12 +142,13 @@ class WorkdirLock:
         self._start_heartbeat()
         return self
       holder = self.read()
-      if holder is None:  # Released meanwhile (or unreadable): try again.
-        if storage.exists(self.path):
-          holder = {"command": "an unknown process", "pid": "?", "host": "?",
-                    "started": "?", "heartbeat": 0}
-        else:
+      if holder is None:  # Released meanwhile, or being written: try again.
+        if not storage.exists(self.path):
           continue
+        time.sleep(UNREADABLE_PAUSE_S)  # Created, not yet filled?
+        holder = self.read() or {
+            "command": "an unknown process", "pid": "?", "host": "?",
+            "started": "?", "heartbeat": 0}
       reason = self._stale_reason(holder)
       if reason is None:
         raise WorkdirLockedError(
@@ -151,10 +157,28 @@ class WorkdirLock:
             f"--workdir (if it is dead, remove {self.path}).")
       logging.warning("Taking over the lock of %s from %s: %s.", self.workdir,
                       describe(holder), reason)
-      self._remove_if(holder.get("token"))
+      self._remove_stale(holder.get("token"))
     raise WorkdirLockedError(
         f"Could not take the lock {self.path} (other processes keep taking "
         "it); use another --workdir.")
+
+  def _remove_stale(self, token) -> None:
+    """Removes the lock file if it still holds the stale `token`. Locally,
+    take-overs hold an flock on the workdir folder meanwhile: two of them
+    at once could otherwise both read the stale lock, and the slower one
+    remove the lock the faster one had just made (a creator cannot slip in
+    between the read and the removal: the stale file is still there). On a
+    URL the file is read, then removed."""
+    if storage.is_url(self.path):
+      self._remove_if(token)
+      return
+    fd = os.open(os.path.dirname(os.fspath(storage.path(self.path))),
+                 os.O_RDONLY)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)  # Released with the descriptor.
+      self._remove_if(token)
+    finally:
+      os.close(fd)
 
   def _remove_if(self, token) -> None:
     held = self.read()

@@ -183,3 +183,37 @@ def test_two_processes_racing_for_a_gcs_lock_one_wins(gcs, tmp_path):  # noqa: F
                             f"(pid {winner.pid} on "), refused
   assert len(refused.strip().splitlines()) == 1
   assert not storage.exists(Run(workdir).lock_file)
+
+
+def _stale_local_lock(workdir):
+  stale = {"host": "a-lost-machine", "pid": 1, "command": "train.py",
+           "started": "2026-01-01T00:00:00+00:00",
+           "heartbeat": time.time() - 10 * lock_lib.STALE_AFTER_S,
+           "token": "dead"}
+  os.makedirs(workdir, exist_ok=True)
+  storage.write_text_atomic(Run(workdir).lock_file, json.dumps(stale))
+
+
+def test_threads_racing_to_take_over_a_stale_local_lock(tmp_path):
+  workdir = str(tmp_path / "race_stale_local")
+  for _ in range(10):  # Rounds: the interleavings differ.
+    _stale_local_lock(workdir)
+    held, failed = _race(workdir, 4)
+    _check_one_winner(workdir, held, failed, 4)
+    assert os.listdir(workdir) == []  # Nothing set aside is left.
+
+
+def test_a_late_take_over_never_removes_the_fresh_lock(tmp_path):
+  """B saw the stale lock, A took it over first: B's removal of "the stale
+  lock" must leave A's."""
+  workdir = str(tmp_path / "late")
+  _stale_local_lock(workdir)
+  a = Run(workdir).lock("train.py").acquire()
+  b = Run(workdir).lock("train.py")
+  try:
+    b._remove_stale("dead")  # pylint: disable=protected-access
+    on_disk = json.loads(storage.read_text(Run(workdir).lock_file))
+    assert on_disk["token"] == a.token
+    assert os.listdir(workdir) == [lock_lib.FILE]
+  finally:
+    a.release()
