@@ -158,8 +158,8 @@ def load_flax_head(head: TOODHead, params) -> None:
 
   for i, m in enumerate(head.inter_convs):
     set_conv(m.conv, params[f"inter_convs_{i}"])
-    m.gn.weight.data = vec(params[f"inter_norms_{i}"]["scale"])
-    m.gn.bias.data = vec(params[f"inter_norms_{i}"]["bias"])
+    m.gn.weight.data = vec(params[f"inter_norm_{i}"]["scale"])
+    m.gn.bias.data = vec(params[f"inter_norm_{i}"]["bias"])
   for name in ("cls_decomp", "reg_decomp"):
     p, m = params[name], getattr(head, name)
     set_conv(m.layer_attention[0], p["layer_attention_0"])

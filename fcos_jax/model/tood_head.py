@@ -24,7 +24,7 @@ location, in pixels. A resampled box need not contain its location: the
 distances can be negative.
 
 Parameter tree, named after mmdetection's modules: inter_convs_{i}
-(kernel; no bias with GN, as mmdetection's ConvModule), inter_norms_{i}
+(kernel; no bias with GN, as mmdetection's ConvModule), inter_norm_{i}
 (GN), cls_decomp and reg_decomp (layer_attention_0, layer_attention_2:
 1x1 kernel + bias; reduction_conv: kernel [1, 1, n F, F], no bias;
 reduction_norm: GN), tood_cls, tood_reg (3x3, kernel + bias),
@@ -137,7 +137,7 @@ class TOODHead(FCOSHead):
 
     self.inter_convs = [conv(f, 3, 0.01, use_bias=not gn) for _ in range(n)]
     if gn:
-      self.inter_norms = [self._norm() for _ in range(n)]
+      self.inter_norm = [self._norm() for _ in range(n)]
     hidden = (f * n) // (cfg.quality.la_down_rate * n)
     decomp = lambda: TaskDecomposition(f, n, hidden, cfg.gn_groups, gn, dtype)
     self.cls_decomp = decomp()
@@ -161,7 +161,7 @@ class TOODHead(FCOSHead):
     for i, conv in enumerate(self.inter_convs):
       x = conv(x)
       if gn:
-        x = self.inter_norms[i](x)
+        x = self.inter_norm[i](x)
       x = nn.relu(x)
       inter.append(x)
     feat = jnp.concatenate(inter, axis=-1)                      # [B, H, W, nF]

@@ -106,6 +106,14 @@ def test_model_outputs_and_preset_checks():
   # Initial score: the prior 0.01 (sqrt(0.01 * 0.01)).
   np.testing.assert_allclose(jax.nn.sigmoid(out.cls_logits).mean(), 0.01,
                              rtol=0.1)
+  # Every parameter has an optimizer group; the GN scales are "norm".
+  from fcos_jax.train.param_groups import param_labels
+  labels = traverse_util.flatten_dict(param_labels(variables["params"], cfg))
+  head = {k[1:]: v for k, v in labels.items() if k[0] == "head"}
+  assert head[("inter_norm_0", "scale")] == "norm"
+  assert head[("cls_decomp", "reduction_norm", "scale")] == "norm"
+  assert head[("reg_offset_module_2", "bias")] == "bias"
+  assert head[("scale_0",)] == "weight"
   tood = config_lib.tood()
   assert (tood.assign.topk, tood.assign.alpha, tood.assign.beta,
           tood.assign.initial_topk, tood.head_convs, tood.loss.giou_weight,
