@@ -13,6 +13,9 @@ from fcos_jax.core.locations import Locations
 from fcos_jax.model.config import ModelConfig
 
 ASSIGN_FUNCTIONS = {"fcos": targets.assign_targets, "atss": atss.assign_atss}
+ASSIGN_FUNCTIONS["tal"] = tal.assign_tood
+# Assigners that also read the model's predictions and the training step.
+READS_PREDICTIONS = frozenset({"tal"})
 
 
 def assign(boxes, classes, box_valid, is_crowd, locations: Locations,
@@ -20,8 +23,8 @@ def assign(boxes, classes, box_valid, is_crowd, locations: Locations,
   """The targets of `cfg.assign`'s rule (FCOS: core/targets.py; ATSS:
   core/atss.py; TAL: core/tal.py, on `outputs` at training `step`, its
   warm-up's ATSS without outputs)."""
-  if cfg.assign.name == "tal":
-    return tal.assign_tood(boxes, classes, box_valid, is_crowd, locations,
-                           cfg, outputs, step)
+  if cfg.assign.name in READS_PREDICTIONS:
+    return ASSIGN_FUNCTIONS[cfg.assign.name](
+        boxes, classes, box_valid, is_crowd, locations, cfg, outputs, step)
   return ASSIGN_FUNCTIONS[cfg.assign.name](boxes, classes, box_valid, is_crowd,
                                            locations, cfg)
