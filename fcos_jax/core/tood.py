@@ -108,7 +108,7 @@ def tood_loss(outputs, targets: Targets, locations: Locations,
   if cfg.assign.name == "tal" and cfg.assign.initial_steps <= 0:
     cls_sum = qfl()  # No warm-up: one loss only in the graph.
   else:
-    cls_sum = jnp.where(initial, focal(), qfl())
+    cls_sum = jax.lax.cond(initial, focal, qfl)  # One dense loss a step.
   loss_cls = cls_sum / cls_avg
 
   mask4 = positive[..., None]
