@@ -46,10 +46,10 @@ def brute_force(points, scores, pred, boxes, labels, usable, topk, alpha,
       metric[g, i] = scores[i, labels[g]] ** alpha * iou[g, i] ** beta
     order = sorted(range(num_points), key=lambda i: (-metric[g, i], i))
     x0, y0, x1, y1 = boxes[g]
-    positives[g] = [
-        i for i in order[:min(topk, num_points)]
-        if metric[g, i] > 0 and min(points[i][0] - x0, points[i][1] - y0,
-                                    x1 - points[i][0], y1 - points[i][1]) > 0.01]
+    inside = lambda i: min(points[i][0] - x0, points[i][1] - y0,
+                           x1 - points[i][0], y1 - points[i][1]) > 0.01
+    positives[g] = [i for i in order[:min(topk, num_points)]
+                    if metric[g, i] > 0 and inside(i)]
   assigned = np.full(num_points, -1)
   for i in range(num_points):
     best = -np.inf

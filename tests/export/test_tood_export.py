@@ -49,7 +49,8 @@ def test_tood_exports_to_onnx(tmp_path):
   onnx_export.export(cfg, params, CANVAS, onnx_path, batch=1)
   args = _inputs(1, seed=1)
   want = jax.device_get(jax.jit(serving.serving_function(cfg, params))(*args))
-  got = {k: np.asarray(v) for k, v in onnx_export.load(onnx_path)(*args).items()}
+  got = {k: np.asarray(v)
+         for k, v in onnx_export.load(onnx_path)(*args).items()}
   n = int(want["valid"].sum())
   assert n >= 5 and int(got["valid"].sum()) == n
   for k in range(n):  # Each detection has a twin on the other side.
