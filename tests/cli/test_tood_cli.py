@@ -4,6 +4,7 @@ scores its checkpoint; both TOOD configs build the `tood` parts and pass
 the run-config checks."""
 
 import json
+import re
 
 import pytest
 
@@ -41,7 +42,11 @@ def test_tood_trains_and_evaluates_through_the_clis(tmp_path):
   workdir = tmp_path / "tood"
   proc = run("train.py", workdir, tiny_args(tmp_path, steps=4) + [
       "--config.model.assign.initial_steps=2"], config=TOOD_CONFIG)
-  assert "initial" in proc.stderr and "loss_ctr" not in proc.stderr
+  # Steps 1-2 are the warm-up (ATSS, focal loss), steps 3-4 TAL.
+  initial = re.findall(r"\[(\d+)\].*?initial=([\d.e+-]+)", proc.stderr)
+  assert {int(step): float(v) for step, v in initial} == {
+      1: 1.0, 2: 1.0, 3: 0.0, 4: 0.0}, proc.stderr[-3000:]
+  assert "loss_ctr" not in proc.stderr
   assert "Average Precision" in proc.stdout
   recorded = json.loads((workdir / "config.json").read_text())
   assert recorded["model"]["quality"]["name"] == "tood"
