@@ -126,18 +126,21 @@ def _assign_one(boxes, classes, usable, levels, all_points, anchor_scale):
 
 
 def assign_atss(boxes, classes, box_valid, is_crowd, locations: Locations,
-                cfg: ModelConfig) -> Targets:
+                cfg: ModelConfig, topk: int | None = None,
+                anchor_scale: float | None = None) -> Targets:
   """ATSS targets of every location; the arguments and result of
   `targets.assign_targets`. Reads cfg.assign.topk, cfg.assign.anchor_scale
-  and cfg.class_agnostic."""
+  (unless given: TOOD's warm-up passes its own) and cfg.class_agnostic."""
   _check_inputs(boxes, classes, box_valid, is_crowd, locations, cfg)
   boxes = jnp.asarray(boxes, jnp.float32)
   usable = jnp.asarray(box_valid, bool) & ~jnp.asarray(is_crowd, bool)
   classes = jnp.asarray(classes, jnp.int32)
   if cfg.class_agnostic:
     classes = jnp.zeros_like(classes)
-  levels = _level_candidates(locations, cfg.assign.topk)
+  topk = cfg.assign.topk if topk is None else topk
+  levels = _level_candidates(locations, topk)
   points = np.asarray(locations.points, np.float32)
-  scale = float(cfg.assign.anchor_scale)
+  scale = float(cfg.assign.anchor_scale if anchor_scale is None
+                else anchor_scale)
   return jax.vmap(lambda b, c, u: _assign_one(b, c, u, levels, points, scale))(
       boxes, classes, usable)

@@ -178,7 +178,8 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
 
   The entry point of every loss: another `cfg.loss.name` is computed by its
   own module (loss "gfl": `fcos_jax.core.gfl.gfl_loss`; loss "vfnet":
-  `fcos_jax.core.vfnet.vfnet_loss`).
+  `fcos_jax.core.vfnet.vfnet_loss`; loss "tood":
+  `fcos_jax.core.tood.tood_loss`).
   """
   if cfg.loss.name == "gfl":
     from fcos_jax.core import gfl  # pylint: disable=import-outside-toplevel
@@ -186,6 +187,9 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   if cfg.loss.name == "vfnet":
     from fcos_jax.core import vfnet  # pylint: disable=import-outside-toplevel
     return vfnet.vfnet_loss(outputs, targets, locations, cfg)
+  if cfg.loss.name == "tood":
+    from fcos_jax.core import tood  # pylint: disable=import-outside-toplevel
+    return tood.tood_loss(outputs, targets, locations, cfg)
   _check_inputs(outputs, targets, locations, cfg)
   positive = targets.positive
   pos = positive.astype(jnp.float32)                        # [B, P]

@@ -49,6 +49,11 @@ class Targets(NamedTuple):
   reg_targets:   [B, P, 4] float32 (l*, t*, r*, b*) in pixels; 0 on background.
   centerness:    [B, P] float32 in (0, 1]; 0 on background.
   matched_index: [B, P] int32, index in M of the matched box; -1 on background.
+  alignment:     [B, P] float32, TOOD's normalised alignment metric (the
+                 soft class target and box weight; 1 on the warm-up's ATSS
+                 positives), 0 on background; None for the other assigners.
+  initial:       [B] bool, TOOD's warm-up (ATSS targets, focal loss) is on;
+                 None for the other assigners.
   """
 
   labels: jax.Array
@@ -56,6 +61,8 @@ class Targets(NamedTuple):
   reg_targets: jax.Array
   centerness: jax.Array
   matched_index: jax.Array
+  alignment: jax.Array | None = None
+  initial: jax.Array | None = None
 
 
 def axis_tests(coord, lo_edge, hi_edge, stride: float, radius: float,

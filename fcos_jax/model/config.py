@@ -305,6 +305,88 @@ LOSSES["vfnet"] = VFNetLoss
 
 
 @dataclasses.dataclass(frozen=True)
+class TOODQuality:
+  """TOOD's T-head (Feng et al. 2021; mmdetection TOODHead, anchor_free):
+  `head_convs` shared GN convs (inter_convs, TOOD: 6) whose outputs are
+  stacked; a task decomposition (layer attention) for each task; the class
+  score sqrt(sigmoid(cls) * sigmoid(cls_prob)) and a box exp(x) * scale
+  (strides) resampled at learned offsets, one per side. No separate
+  quality branch: the score is trained towards the alignment metric.
+  Needs assign `tal` and loss `tood` (fcos_jax/model/tood_head.py)."""
+
+  name: str = "tood"
+  la_down_rate: int = 8  # Layer attention's hidden width is (head_convs
+  # * fpn_channels) // (la_down_rate * head_convs): mmdetection passes
+  # stacked_convs * 8 as its la_down_rate.
+
+  def __post_init__(self):
+    if self.la_down_rate < 1:
+      raise ConfigError(
+          f"model.quality.la_down_rate={self.la_down_rate}: must be >= 1 "
+          "(TOOD: 8).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TALAssign:
+  """TOOD's Task Alignment Learning assignment (core/tal.py, mmdetection
+  TaskAlignedAssigner): per box, the topk locations of highest alignment
+  t = s^alpha * u^beta (s the predicted score of the box's class, u the IoU
+  of the predicted box with it) whose point lies inside the box are
+  positive; a location positive for several boxes takes the one of highest
+  IoU. For the first `initial_steps` steps (mmdetection's initial_epoch)
+  the assignment is ATSS (initial_topk, anchor_scale) and the loss
+  focal, as TOOD's warm-up."""
+
+  name: str = "tal"
+  topk: int = 13
+  alpha: float = 1.0
+  beta: float = 6.0
+  initial_steps: int = 0  # Warm-up steps with ATSS + focal loss (TOOD 1x:
+  # 4 of 12 epochs; the `tood` preset: 30000 of 90000 steps).
+  initial_topk: int = 9  # The warm-up ATSS's candidates per level.
+  anchor_scale: float = 8.0  # The warm-up ATSS's anchor side, in strides.
+
+  def __post_init__(self):
+    if (self.topk < 1 or self.initial_topk < 1 or self.anchor_scale <= 0
+        or self.initial_steps < 0 or self.alpha < 0 or self.beta < 0):
+      raise ConfigError(
+          f"model.assign: topk={self.topk}, initial_topk={self.initial_topk},"
+          f" anchor_scale={self.anchor_scale} must be positive and "
+          f"initial_steps={self.initial_steps}, alpha={self.alpha}, beta="
+          f"{self.beta} >= 0 (TOOD: 13, 9, 8, 4 epochs, 1, 6).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TOODLoss:
+  """TOOD's loss (core/tood.py, mmdetection TOODHead.loss): after the
+  warm-up, Quality Focal Loss on the score with the normalised alignment
+  metric as the positives' target, over the sum of those targets; GIoU
+  weighted by them, over their sum. During the warm-up (assign
+  initial_steps): focal loss over num_pos, GIoU weighted by centre-ness
+  targets, over their sum. Needs quality `tood` and assign `tal`."""
+
+  name: str = "tood"
+  qfl_beta: float = 2.0  # QFL's exponent on |t - p|.
+  giou_weight: float = 2.0  # loss_bbox's weight.
+  focal_alpha: float = 0.25  # The warm-up's focal loss (initial_loss_cls).
+  focal_gamma: float = 2.0
+
+  def __post_init__(self):
+    if min(self.qfl_beta, self.giou_weight, self.focal_alpha,
+           self.focal_gamma) < 0:
+      raise ConfigError(
+          f"model.loss: qfl_beta={self.qfl_beta}, giou_weight="
+          f"{self.giou_weight}, focal_alpha={self.focal_alpha}, focal_gamma="
+          f"{self.focal_gamma} must be >= 0.")
+
+
+# TOOD: its head, its assigner and its loss, chosen together.
+QUALITY["tood"] = TOODQuality
+ASSIGNERS["tal"] = TALAssign
+LOSSES["tood"] = TOODLoss
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The architecture of an FCOS model, and its parts (see the module doc)."""
 
@@ -431,6 +513,7 @@ class ModelConfig:
           f"gn_groups={self.gn_groups}.")
     _check_gfl(self)
     _check_vfnet(self)
+    _check_tood(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
@@ -511,6 +594,33 @@ def _check_vfnet(cfg: "ModelConfig"):
     raise ConfigError(
         "ModelConfig: quality 'vfnet' regresses exp(...) distances in "
         "pixels; set norm_reg_targets=False.")
+
+
+def _check_tood(cfg: "ModelConfig"):
+  """TOOD's head, TAL and its loss only make sense together; its boxes are
+  in pixels, decoded from locations one stride apart."""
+  names = (cfg.quality.name == "tood", cfg.assign.name == "tal",
+           cfg.loss.name == "tood")
+  if any(names) and not all(names):
+    raise ConfigError(
+        f"ModelConfig: quality.name={cfg.quality.name!r}, assign.name="
+        f"{cfg.assign.name!r}, loss.name={cfg.loss.name!r}: TOOD's head "
+        "('tood'), its assigner ('tal') and its loss ('tood') go together; "
+        "use the `tood` preset or set all three.")
+  if names[0] and cfg.norm_reg_targets:
+    raise ConfigError(
+        "ModelConfig: quality 'tood' gives boxes in pixels; set "
+        "norm_reg_targets=False.")
+  if names[0] and cfg.location_stride != "nominal":
+    raise ConfigError(
+        "ModelConfig: quality 'tood' decodes its boxes from locations one "
+        "stride apart; set location_stride='nominal'.")
+  if names[0] and (cfg.fpn_channels * cfg.head_convs) // (
+          cfg.quality.la_down_rate * cfg.head_convs) < 1:
+    raise ConfigError(
+        f"ModelConfig: fpn_channels={cfg.fpn_channels} leaves TOOD's layer "
+        f"attention no channels (fpn_channels // quality.la_down_rate = "
+        f"{cfg.fpn_channels} // {cfg.quality.la_down_rate} must be >= 1).")
 
 
 def _part_values(part: str, value) -> dict:
@@ -708,3 +818,25 @@ PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
 PRESETS["gfl"] = gfl
 PRESETS.update(iou=iou, atss=atss, p2=p2)
 PRESETS["vfnet"] = vfnet
+
+
+def tood(**overrides) -> ModelConfig:
+  """TOOD (mmdetection tood_r50_fpn_1x_coco, 42.4 AP published):
+  torchvision-layout ResNet-50 with RGB ImageNet input, P6 from P5, the
+  T-head (6 shared GN convs, task decomposition, score sqrt(sigmoid(cls) *
+  sigmoid(prob)), box exp(x) * scale strides resampled at learned
+  offsets), locations at j * s (mmdetection's anchor centres), TAL (topk
+  13, alpha 1, beta 6) after a warm-up of 30000 steps (4 of the 1x's 12
+  epochs) with ATSS (topk 9) and focal loss, QFL (beta 2) + GIoU 2.0,
+  score > 0.05, NMS 0.6 (docs/algorithm.md, "TOOD")."""
+  base = dict(
+      stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
+      pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
+      location_offset="zero", p7_relu=False, head_convs=6,
+      norm_reg_targets=False, quality=TOODQuality(), assign=TALAssign(initial_steps=30000),
+      loss=TOODLoss())
+  base.update(overrides)
+  return ModelConfig().replace(**base)
+
+
+PRESETS["tood"] = tood

@@ -17,6 +17,7 @@ from fcos_jax.model.config import ModelConfig
 from fcos_jax.model.fpn import FPN
 from fcos_jax.model.head import FCOSHead
 from fcos_jax.model.outputs import HeadOutputs
+from fcos_jax.model.tood_head import TOODHead
 from fcos_jax.model.vfnet_head import VFNetHead
 
 MODEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, what this network produces.
@@ -55,6 +56,9 @@ class FCOS(nn.Module):
   box_regression (fcos_jax/model/head.py). With VFNet's head
   (fcos_jax/model/vfnet_head.py) centerness is None, box_regression the
   refined box in pixels and box_initial float32 [B, P, 4] the initial one.
+  With TOOD's T-head (fcos_jax/model/tood_head.py) centerness is None,
+  cls_logits the logit of its score and box_regression its resampled box
+  in pixels.
   """
 
   cfg: ModelConfig
@@ -66,7 +70,8 @@ class FCOS(nn.Module):
     check_config(self.cfg)
     self.backbone = build_backbone(self.cfg, self.stop_gradients)
     self.fpn = FPN(self.cfg)
-    head = VFNetHead if self.cfg.quality.name == "vfnet" else FCOSHead
+    head = {"vfnet": VFNetHead, "tood": TOODHead}.get(
+        self.cfg.quality.name, FCOSHead)
     self.head = head(self.cfg)
 
   def level_outputs(self, images):
@@ -85,6 +90,10 @@ class FCOS(nn.Module):
                         for i in range(3))
       return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=None,
                          box_initial=init)
+    if self.cfg.quality.name == "tood":  # (score logits, box in pixels).
+      cls, reg = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
+                  for i in range(2))
+      return HeadOutputs(cls_logits=cls, box_regression=reg, centerness=None)
     if len(outs[0]) == 4:  # GFL: no centre-ness, a distribution per side.
       cls, reg, dist = (jnp.concatenate([flat(o[i]) for o in outs], axis=1)
                         for i in (0, 1, 3))

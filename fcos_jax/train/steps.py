@@ -21,9 +21,10 @@ from fcos_jax.core.locations import compute_locations
 from fcos_jax.train.state import TrainState
 
 
-def compute_loss(params, batch, cfg: ModelConfig):
+def compute_loss(params, batch, cfg: ModelConfig, step=None):
   """Loss and (metrics, BatchNorm batch statistics: empty unless
-  backbone_norm="bn") of one batch (see `fcos_jax.core.batch` for the format)."""
+  backbone_norm="bn") of one batch (see `fcos_jax.core.batch` for the format).
+  step: the training step (TOOD's warm-up reads it)."""
   canvas_hw = batch["image"].shape[1:3]
   locations = compute_locations(canvas_hw, cfg)
   with cpu_conv.kernel_gradients_as_gemm(cfg.numerics.conv_kernel_grad):
@@ -34,7 +35,8 @@ def compute_loss(params, batch, cfg: ModelConfig):
       outputs = head_outputs(params, batch["image"], batch["image_hw"], cfg)
       stats = {}
   tgt = assign.assign(batch["boxes"], batch["classes"], batch["box_valid"],
-                      batch["is_crowd"], locations, cfg)
+                      batch["is_crowd"], locations, cfg,
+                      outputs=outputs, step=step)
   loss, metrics = losses.fcos_loss(outputs, tgt, locations, cfg)
   return loss, (metrics, stats)
 
@@ -50,7 +52,7 @@ def train_step(state: TrainState, batch, *, cfg: ModelConfig,
                tx: optax.GradientTransformation, schedule):
   """One SGD update. Returns (new_state, metrics)."""
   (loss, (metrics, stats)), grads = jax.value_and_grad(
-      compute_loss, has_aux=True)(state.params, batch, cfg)
+      compute_loss, has_aux=True)(state.params, batch, cfg, state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if stats:  # Trainable BatchNorm: move its running statistics.

@@ -43,7 +43,7 @@ def test_config_dict_round_trip():
 
 @pytest.mark.parametrize("values, match", [
     ({"no_such_field": 1}, "unknown key 'no_such_field'"),
-    ({"assign": {"name": "nope"}}, r"model.assign.name='nope': must be one of \['atss', 'fcos'\]"),
+    ({"assign": {"name": "nope"}}, r"model.assign.name='nope': must be one of \['atss', 'fcos', 'tal'\]"),
     ({"loss": {"gamma": 2.0}}, r"model.loss: unknown key\(s\) \['gamma'\]"),
     ({"inference": {"score_thresh_on": "max"}}, "score_thresh_on='max'"),
     ({"assign": {"center_sampling_radius": -1.0}}, "center_sampling_radius=-1.0"),

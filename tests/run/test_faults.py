@@ -488,8 +488,8 @@ def test_a_nan_update_is_never_applied(monkeypatch):
   from fcos_jax.train import state as state_lib
   from fcos_jax.train import steps
 
-  def quadratic(params, batch, cfg):
-    del cfg
+  def quadratic(params, batch, cfg, step=None):
+    del cfg, step
     loss = jnp.sum((params["w"] - batch["x"]) ** 2)
     return loss, ({"l": loss}, {})
 
