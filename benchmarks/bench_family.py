@@ -11,6 +11,10 @@ only the preset's parts changed, exactly as `train.py --config` builds it:
   atss      ATSS assignment and loss (configs/synthetic_atss_cpu.py)
   gfl       GFL: joint quality + QFL, DFL, ATSS (configs/synthetic_gfl_cpu.py)
   p2        the main model with a P2 level (configs/synthetic_p2_cpu.py)
+  vfnet     VFNet: star deformable refinement, VFL, ATSS
+            (configs/synthetic_vfnet_cpu.py)
+  tood      TOOD: T-head, TAL after an ATSS warm-up
+            (configs/synthetic_tood_cpu.py; timed after its warm-up)
 
 Per row: parameters; the train step of `benchmarks.bench_model.Ours`
 (`fcos_jax.train.steps.train_step` with the config's optimizer, state
@@ -41,7 +45,8 @@ from fcos_jax.model.config_dict import model_config_from
 # command's setting.
 FAMILY = {"official": "synthetic_cpu", "iou": "synthetic_iou_cpu",
           "atss": "synthetic_atss_cpu", "gfl": "synthetic_gfl_cpu",
-          "p2": "synthetic_p2_cpu"}
+          "p2": "synthetic_p2_cpu", "vfnet": "synthetic_vfnet_cpu",
+          "tood": "synthetic_tood_cpu"}
 BASELINE = "official"
 
 # --smoke: the same models on a tiny canvas and batch. Their five train
@@ -53,10 +58,14 @@ SMOKE = {"canvases": ((64, 64),), "batch": 2, "max_boxes": 5, "repeats": 2}
 
 
 def family_configs() -> dict:
-  """preset -> the ml_collections config of its row (see FAMILY)."""
-  return {preset: importlib.import_module(
+  """preset -> the ml_collections config of its row (see FAMILY). TOOD's
+  row is timed after its warm-up (TAL, QFL): the step that most of its
+  training runs (the warm-up's ATSS step is lighter)."""
+  configs = {preset: importlib.import_module(
       f"fcos_jax.configs.{module}").get_config()
-          for preset, module in FAMILY.items()}
+             for preset, module in FAMILY.items()}
+  configs["tood"].model.assign.initial_steps = 0
+  return configs
 
 
 def settings(smoke: bool, repeats: int) -> dict:

@@ -52,8 +52,9 @@ flags.DEFINE_float("score_thresh", None,
                    "Candidate score threshold (model.inference.score_thresh; on the "
                    "class probability, or on sqrt(prob * ctr) for the "
                    "torchvision preset); default: the config's.")
-flags.DEFINE_float("draw_min_score", 0.3,
-                   "Boxes below this score are left out of the pictures.")
+flags.DEFINE_float("draw_min_score", None,
+                   "Boxes below this score are left out of the pictures "
+                   "(default 0.5: fcos_jax.inference.draw.MIN_SCORE).")
 flags.DEFINE_float("draw_duplicate_iou", 0.7,
                    "A box whose IoU with a better-scoring drawn box (any "
                    "class) is this or more is left out of the pictures: one "
@@ -80,7 +81,7 @@ flags.register_validator(
     "score_thresh", lambda v: v is None or (math.isfinite(v) and 0 <= v <= 1),
     "must be a number in [0, 1] (a score threshold), e.g. 0.05.")
 flags.register_validator(
-    "draw_min_score", lambda v: math.isfinite(v) and 0 <= v <= 1,
+    "draw_min_score", lambda v: v is None or (math.isfinite(v) and 0 <= v <= 1),
     "must be a number in [0, 1], e.g. 0.3.")
 flags.register_validator(
     "draw_duplicate_iou", lambda v: math.isfinite(v) and 0 < v,

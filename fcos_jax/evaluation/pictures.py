@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fcos_jax import storage
-from fcos_jax.inference.draw import draw_detections
+from fcos_jax.inference.draw import MIN_SCORE, draw_detections
 
 IOUS = (0.50, 0.75)
 
@@ -88,7 +88,7 @@ def pr_curve_summaries(curves: dict[float, np.ndarray], num_gt: int,
 
 
 def drawn_examples(gt: dict, image_dir: str, dets: dict, names, count: int = 4,
-                   min_score: float = 0.3) -> list[np.ndarray]:
+                   min_score: float = MIN_SCORE) -> list[np.ndarray]:
   """The first `count` evaluated images with the ground truth (white) and
   the detections (class colours, name and score) drawn."""
   by_id = {int(i): k for k, i in enumerate(dets["image_id"])}

@@ -41,6 +41,10 @@ def _overlap(a, b) -> float:
 # A box drawn over a better-scoring one with this IoU or more, of any class,
 # is the same object: the picture shows only the better one.
 DUPLICATE_IOU = 0.7
+# Boxes below this score are left out of pictures: on the main command's
+# model 0.3 still drew second guesses (a triangle's box labelled rectangle
+# 0.33 beside its triangle 0.65; docs/predict_example.png), 0.5 does not.
+MIN_SCORE = 0.5
 
 
 def _iou(a, b) -> float:

@@ -69,14 +69,15 @@ def _save_png(picture, path: str) -> None:
 
 def predict_to_folder(det, paths, out: str, *, draw: bool = False,
                       heatmaps: bool = False, exif: bool = True,
-                      workers: int = 4, draw_min_score: float = 0.3,
+                      workers: int = 4, draw_min_score: float | None = None,
                       draw_duplicate_iou: float | None = None,
                       on_image=None) -> dict:
   """Runs `det` (a Detector) over image files into `out` (made already,
   see `prepare_out_dir`): out/detections.json (COCO results with
   category_name and file_name; image_id = the input's position),
   out/draw/<name>.png (one label per object: `draw.boxes_to_draw` with
-  draw_min_score and draw_duplicate_iou, default draw.DUPLICATE_IOU) and
+  draw_min_score and draw_duplicate_iou, defaults draw.MIN_SCORE and
+  draw.DUPLICATE_IOU) and
   out/heatmaps/<name>.png, <name> unique per input
   (`unique_names`), and out/images.json: per input its id, file_name,
   number of detections and outputs (or the error that skipped it).
@@ -87,6 +88,8 @@ def predict_to_folder(det, paths, out: str, *, draw: bool = False,
   """
   from fcos_jax.inference import draw as draw_lib  # pylint: disable=import-outside-toplevel
   names = unique_names(paths)
+  min_score = (draw_lib.MIN_SCORE if draw_min_score is None
+               else draw_min_score)
   duplicate_iou = (draw_lib.DUPLICATE_IOU if draw_duplicate_iou is None
                    else draw_duplicate_iou)
   records, errors, entries = [], {}, []
@@ -105,7 +108,7 @@ def predict_to_folder(det, paths, out: str, *, draw: bool = False,
     if draw:
       pic = draw_lib.draw_detections(r["image"], r["boxes"], r["scores"],
                                      r["labels"], r["names"],
-                                     min_score=draw_min_score,
+                                     min_score=min_score,
                                      duplicate_iou=duplicate_iou)
       outputs["draw"] = posixpath.join("draw", names[i] + ".png")
       _save_png(pic, storage.join(out, outputs["draw"]))

@@ -24,7 +24,8 @@ SMOKE_XLA_FLAGS = (os.environ.get("XLA_FLAGS", "") +
 
 def test_rows_are_the_presets_on_the_main_setting():
   configs = bench_family.family_configs()
-  assert list(configs) == ["official", "iou", "atss", "gfl", "p2"]
+  assert list(configs) == ["official", "iou", "atss", "gfl", "p2", "vfnet",
+                           "tood"]
   main = model_config_from(configs["official"].model)
   for preset, config in configs.items():
     cfg = model_config_from(config.model)
@@ -60,7 +61,8 @@ def test_smoke_times_and_sizes_every_preset(tmp_path):
   r = json.loads(out.read_text())["sections"]["family"]
   assert r["smoke"] and r["settings"]["canvases"] == [[64, 64]]
   rows = {row["preset"]: row for row in r["rows"]}
-  assert list(rows) == ["official", "iou", "atss", "gfl", "p2"]
+  assert list(rows) == ["official", "iou", "atss", "gfl", "p2", "vfnet",
+                        "tood"]
   for preset, row in rows.items():
     s = row["s"]
     assert s["n"] == 2 and all(math.isfinite(v) and v > 0 for v in s["values"])
