@@ -52,10 +52,27 @@ def main_command() -> str:
                [[_f(r["metrics"][k]) for k in COCO] + [r["measured"]]])
 
 
+def _family_rows() -> dict:
+  """results/family.json's rows, each with its train-step and memory
+  ratios to FCOS from the recorded benchmark (`bench`: the JSON of
+  `python -m benchmarks --sections family --json`), by preset name."""
+  fam = load("family")
+  bench = {r["preset"]: r for r in
+           fam.get("bench", {}).get("sections", {}).get("family", {}).get(
+               "rows", [])}
+  rows = {}
+  for key, row in fam["rows"].items():
+    row = dict(row)
+    if key in bench:
+      row["step_vs_fcos"] = bench[key]["time_ratio"]
+      row["memory_vs_fcos"] = bench[key]["memory_ratio"]
+    rows[key] = row
+  return rows
+
+
 def family_readme() -> str:
-  fam = load("family")["rows"]
   rows = []
-  for row in fam.values():
+  for row in _family_rows().values():
     if "metrics" not in row or "step_vs_fcos" not in row:
       continue  # The front door: the presets, each measured in full.
     m = row["metrics"]
@@ -67,9 +84,8 @@ def family_readme() -> str:
 
 
 def family() -> str:
-  fam = load("family")["rows"]
   rows = []
-  for row in fam.values():
+  for row in _family_rows().values():
     m = row.get("metrics")
     cells = ([_f(m[k]) for k in COCO] if m else
              [row.get("note", "")] + [""] * (len(COCO) - 1))
@@ -82,9 +98,8 @@ def family() -> str:
 
 
 def family_tta() -> str:
-  fam = load("family")["rows"]
   rows = [[row["label"]] + [_f(row["tta_metrics"][k]) for k in COCO]
-          for row in fam.values() if "tta_metrics" in row]
+          for row in _family_rows().values() if "tta_metrics" in row]
   return _rows(["preset, `--tta=cheap`"] + list(COCO), rows)
 
 
