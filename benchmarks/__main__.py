@@ -31,6 +31,10 @@ Sections (CPU mode; see BENCHMARKS.md for what each figure includes):
          benchmarks/bench_predict.py: predict.py's path on JPEG files
          (images/s), and the exported StableHLO / SavedModel / ONNX
          against the jitted model (latency ratio), on the small config.
+  serving benchmarks/bench_predict.py: CPU serving of R-50 at 800x1344,
+         batch 1, NMS included: our ONNX export in ONNX Runtime, our jitted
+         model and torchvision's FCOS, taking turns in one process. Not
+         run unless named in --sections.
   family benchmarks/bench_family.py: the train step (ms/step, XLA memory,
          parameters, ratios to FCOS) of each preset of the family
          (official, iou, atss, gfl, p2) on the main command's setting
@@ -55,7 +59,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco",
-            "predict", "export", "dcn", "zoo", "family")
+            "predict", "export", "dcn", "zoo", "family", "serving")
 DEFAULT_SECTIONS = ("r50", "small", "conv", "loss", "post", "input", "coco")
 
 
@@ -223,6 +227,9 @@ def run_cpu(args) -> dict:
     from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
     sections["export"] = bench_predict.exported_latency(
         args.smoke, repeats=3 * args.repeats)
+  if "serving" in args.sections:
+    from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
+    sections["serving"] = bench_predict.cpu_serving(args.smoke)
   result["env"]["load_avg_end"] = os.getloadavg()
   return result
 
@@ -284,6 +291,12 @@ def print_cpu_table(r: dict):
     for name, t in e["s"].items():
       print(f"{'export ' + name + ' b' + str(e['batch']):26s} {_fmt_s(t)} "
             f" x{e['ratio_to_jitted'][name]:.2f} of jitted")
+  if "serving" in s:
+    e = s["serving"]
+    for name, t in e["s"].items():
+      print(f"{'serve ' + name + ' b1':26s} {_fmt_s(t)} "
+            f" torchvision / this x{e['torchvision_over'][name]:.2f} "
+            f"({e['canvas'][0]}x{e['canvas'][1]}, NMS included)")
   if "conv" in s:
     c = s["conv"]
     print(f"-- one 3x3 conv {c['channels']}->{c['channels']} at "

@@ -134,6 +134,58 @@ def exported_latency(smoke: bool = False, batch: int = 1,
   return out
 
 
+def cpu_serving(smoke: bool = False, repeats: int = 5, block: int = 1) -> dict:
+  """R-50 FCOS (torchvision's preset, random weights, 80 classes) at
+  800x1344, batch 1, NMS included, in one process taking turns: our ONNX
+  export in ONNX Runtime, our jitted serving function, and torchvision's
+  FCOS (eval, inference_mode, its own resize of a 800x1344 image).
+  Ratio = torchvision median / the row's median (> 1: faster than
+  torchvision)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from benchmarks.bench_model import build_torchvision_fcos
+  from fcos_jax.export import onnx_export, serving
+  from fcos_jax.model import config as config_lib
+  from fcos_jax.model.fcos import init_variables
+  if smoke:
+    cfg = config_lib.torchvision(num_classes=80, depth=18, width=8,
+                                 fpn_channels=32, gn_groups=8, head_convs=1)
+    canvas, repeats = (64, 96), 2
+  else:
+    cfg, canvas = config_lib.torchvision(num_classes=80), (800, 1344)
+  params = serving.as_numpy_params(
+      init_variables(cfg, jax.random.key(0))["params"])
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 255, (1, *canvas, 3), dtype=np.uint8)
+  hw = np.asarray([canvas], np.int32)
+  jitted = jax.jit(serving.serving_function(cfg, params))
+  torch.manual_seed(0)
+  tv = build_torchvision_fcos(cfg, canvas).eval()
+  tv_image = [torch.from_numpy(image[0]).permute(2, 0, 1).float() / 255]
+
+  def torchvision_once():
+    with torch.inference_mode():
+      return tv(tv_image)
+
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "r50.onnx")
+    t0 = time.perf_counter()
+    onnx_export.export(cfg, params, canvas, path, batch=1)
+    export_s = time.perf_counter() - t0
+    fns = {"torchvision": torchvision_once,
+           "jitted": lambda: jax.block_until_ready(jitted(image, hw, hw)),
+           "onnxruntime": functools.partial(onnx_export.load(path), image, hw,
+                                            hw)}
+    timed = timing.time_interleaved(fns, repeats, warmup=1, block=block)
+  out = {"canvas": list(canvas), "batch": 1, "torch_threads":
+         torch.get_num_threads(), "onnx_export_s": export_s, "s": {}}
+  for name, res in timed.items():
+    out["s"][name] = res["s"]
+  base = out["s"]["torchvision"]["median"]
+  out["torchvision_over"] = {k: base / v["median"]
+                             for k, v in out["s"].items()}
+  return out
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--smoke", action="store_true")

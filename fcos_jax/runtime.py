@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -88,7 +89,13 @@ def compile_everywhere(jitted, *args, name: str = "step",
   CPU (gloo) collectives give up after 30 s, so a process that compiles much
   faster than another would fail without the barrier.
   """
+  # A line before the silent minute (a cold compile on a small CPU), and
+  # its time after (seconds when the persistent cache has it).
+  logging.info("Compiling %s (cached for later runs once compiled)...",
+               name)
+  start = time.perf_counter()
   jitted.lower(*args).compile()
+  logging.info("Compiled %s in %.1f s.", name, time.perf_counter() - start)
   barrier(f"{name}_compiled", timeout_s)
 
 

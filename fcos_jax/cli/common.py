@@ -53,7 +53,7 @@ quiet_native_logs()
 # by the name of their Python logger. faster-coco-eval logs its own copy of
 # the COCO table (we print it once); jax2onnx its conversion steps.
 _QUIET_LOGGERS = ("jax", "orbax", "etils", "gcsfs", "fsspec", "google",
-                  "urllib3", "faster_coco_eval", "jax2onnx")
+                  "urllib3", "faster_coco_eval", "jax2onnx", "matplotlib")
 # Libraries that log through absl's or the root logger, known by their
 # installed folder (_QuietPackages).
 _QUIET_PACKAGES = ("orbax.checkpoint", "jax2onnx")

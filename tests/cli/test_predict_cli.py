@@ -115,6 +115,7 @@ def test_console_is_quiet(trained):
   env = {k: v for k, v in os.environ.items()
          if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["MPLCONFIGDIR"] = str(tmp / "fresh_matplotlib")  # As on a new machine.
   proc = subprocess.run(
       command("evaluate.py", workdir, tiny_args(tmp, steps=4) + [
           "--checkpoint=4", "--config.eval_backend=faster_coco_eval",
@@ -124,6 +125,7 @@ def test_console_is_quiet(trained):
   assert proc.returncode == 0, proc.stderr[-3000:]
   console = proc.stdout + proc.stderr
   assert "oneDNN" not in console and "absl::InitializeLog" not in console
+  assert "fontManager" not in console  # matplotlib's first-run INFO line.
   assert not re.search(r"read[ _]only", console, re.IGNORECASE), console
   lines = [re.sub(r"^[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", line)
            for line in console.splitlines() if line.strip()]
