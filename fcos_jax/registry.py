@@ -3,7 +3,7 @@ it was trained, where its weights are, under which licence.
 
 One `Release` per model published by the official FCOS (tianzhi0549/FCOS,
 maskrcnn-benchmark), AdelaiDet (aim-uofa/AdelaiDet, detectron2),
-torchvision, and mmdetection's GFL (open-mmlab/mmdetection). The converters
+torchvision, and mmdetection's GFL and VFNet (open-mmlab/mmdetection). The converters
 (`fcos_jax.convert.official`, `.adelaidet`, `.mmdet`),
 the run config `configs/zoo.py:NAME`, `configs/torchvision_r50.py` and
 docs/model_zoo.md read it;
@@ -45,7 +45,7 @@ SOURCES = {
     "official": "official FCOS",
     "adelaidet": "AdelaiDet FCOS",
     "torchvision": "torchvision FCOS",
-    "mmdet": "mmdetection GFL",
+    "mmdet": "mmdetection GFL / VFNet",
 }
 REPOSITORIES = {
     "official": "https://github.com/tianzhi0549/FCOS",
@@ -63,7 +63,7 @@ LICENCES = {  # Quoted in docs/model_zoo.md.
 
 _OFFICIAL_URL = ("https://huggingface.co/tianzhi/FCOS/resolve/main/"
                  "{}.pth?download=true")
-_MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/gfl/{}/{}.pth"
+_MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/{}/{}/{}.pth"
 _ADELAIDET_URL = ("https://huggingface.co/tianzhi/AdelaiDet-FCOS/resolve/main/"
                   "{}.pth?download=true")
 
@@ -117,21 +117,25 @@ def _adelaidet(name, overrides, ap, imagenet):
                  "detectron_pkl", ap, _ADELAIDET_URL.format(name))
 
 
-def _mmdet(name, stamp, overrides, ap, imagenet):
-  """mmdetection's configs/gfl/NAME.py and its weights NAME_STAMP.pth
+def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl"):
+  """mmdetection's configs/FAMILY/NAME.py and its weights NAME_STAMP.pth
   (STAMP: date, time and the sha256 prefix mmdetection's publish_model
   appends). Its README's 1x / 2x are 90k / 180k iterations at batch 16
-  (8 GPUs x 2); mstrain draws the short side from [480, 800]."""
-  return Release(name, "mmdet", "gfl", dict(_MMDET, **overrides),
+  (8 GPUs x 2); mstrain draws the short side from [480, 800] (GFL) or
+  [480, 960] (VFNet). FAMILY is the preset."""
+  overrides = dict(_MMDET if family == "gfl" else {}, **overrides)
+  return Release(name, "mmdet", family, overrides,
                  "2x" if "_2x_" in name else "1x", 16,
-                 (480, 800) if "_mstrain_" in name else 800, imagenet,
-                 "torchvision_resnet", ap,
-                 _MMDET_URL.format(name, f"{name}_{stamp}"),
+                 _MMDET_MSTRAIN[family] if "_mstrain_" in name else 800,
+                 imagenet, "torchvision_resnet", ap,
+                 _MMDET_URL.format(family, name, f"{name}_{stamp}"),
                  checksum=stamp.rsplit("-", 1)[1])
 
 
-# mmdetection's FPN (add_extra_convs="on_output") puts no ReLU before P7.
+# mmdetection's GFL FPN (add_extra_convs="on_output") puts no ReLU before
+# P7; VFNet's (relu_before_extra_convs=True) does, the preset's default.
 _MMDET = dict(p7_relu=False)
+_MMDET_MSTRAIN = {"gfl": (480, 800), "vfnet": (480, 960)}
 # mmcv's "DCN" (DeformConv2dPack) in res3-res5, v1: no modulation mask.
 _DCN_V1 = dict(dcn_stages=(3, 4, 5), dcn_modulated=False)
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
@@ -222,6 +226,17 @@ _RELEASES = (
            dict(depth=101, groups=32, width_per_group=4,
                 **dict(_DCN_V1, dcn_stages=(4, 5))), 48.1,
            "resnext101_32x4d-a5af3160.pth"),
+    # configs/vfnet of mmdetection (box AP val): the `vfnet` preset. Its
+    # mdconv models (DCNv2 in res3-res5 and on the towers' last conv) and
+    # the ResNeXt ones (all mdconv) are not here: fcos_jax.convert.mmdet.
+    _mmdet("vfnet_r50_fpn_1x_coco", "20201027-38db6f58", {}, 41.6,
+           "resnet50-0676ba61.pth", family="vfnet"),
+    _mmdet("vfnet_r50_fpn_mstrain_2x_coco", "20201027-7cc75bd2", {}, 44.5,
+           "resnet50-0676ba61.pth", family="vfnet"),
+    _mmdet("vfnet_r101_fpn_1x_coco", "20201027pth-c831ece7",
+           dict(depth=101), 43.0, "resnet101-63fe2227.pth", family="vfnet"),
+    _mmdet("vfnet_r101_fpn_mstrain_2x_coco", "20201027pth-4a5d53f1",
+           dict(depth=101), 46.2, "resnet101-63fe2227.pth", family="vfnet"),
 )
 
 MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
@@ -302,12 +317,26 @@ IMAGENET_STARTS = (
                   _CC_BY_SA.format("Detectron")),
     # torchvision's ResNet-50 (IMAGENET1K_V1; the sha256 prefix is in the
     # file name): torchvision's FCOS and this project's default config
-    # (configs/fcos_imprv_r50_1x.py) start from it.
-    ImageNetStart("resnet50-0676ba61.pth", ("torchvision",),
+    # (configs/fcos_imprv_r50_1x.py) start from it; so do mmdetection's
+    # GFL / VFNet configs (`torchvision://resnet50`).
+    ImageNetStart("resnet50-0676ba61.pth", ("torchvision", "mmdet"),
                   "torchvision_resnet",
                   "https://download.pytorch.org/models/resnet50-0676ba61.pth",
                   "torchvision: ResNet-50 (IMAGENET1K_V1)", "BSD-3-Clause",
                   checksum="0676ba61", config="configs/fcos_imprv_r50_1x.py"),
+    # mmdetection's `torchvision://resnet101` and `open-mmlab://
+    # resnext101_32x4d` (mmcv's model_zoo/open_mmlab.json).
+    ImageNetStart("resnet101-63fe2227.pth", ("mmdet",), "torchvision_resnet",
+                  "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+                  "torchvision: ResNet-101 (IMAGENET1K_V1)", "BSD-3-Clause",
+                  checksum="63fe2227"),
+    ImageNetStart("resnext101_32x4d-a5af3160.pth", ("mmdet",),
+                  "torchvision_resnet",
+                  "https://download.openmmlab.com/pretrain/third_party/"
+                  "resnext101_32x4d-a5af3160.pth",
+                  "open-mmlab: ResNeXt-101 32x4d (torchvision's names)",
+                  "none stated for the file (mmcv's open_mmlab.json lists "
+                  "it; mmdetection is Apache-2.0)", checksum="a5af3160"),
 )
 
 
@@ -436,7 +465,7 @@ def markdown() -> str:
       "--workdir runs/NAME && fcos-evaluate --workdir runs/NAME",
       "```",
       "",
-      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's GFL",
+      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's GFL / VFNet",
       "with the file name of its weights; details in",
       "[predict_and_export.md](predict_and_export.md"
       "#the-official-fcos-and-adelaidet-models-as-runs)).",
@@ -466,7 +495,11 @@ def markdown() -> str:
       "Their dconv models use mmcv's `DCN`, v1 without a modulation mask",
       "(`dcn_modulated=False`; their README says dcnv2); these two convert",
       "but do not yet train from their ImageNet file (the",
-      "`torchvision_resnet` reader takes no deformable convs).",
+      "`torchvision_resnet` reader takes no deformable convs). Its VFNet",
+      "models (the `vfnet` preset) draw the short side from 480-960",
+      "(`mstrain`); its mdconv VFNet models (DCNv2 in the backbone and on",
+      "the towers' last conv), the ResNeXt ones among them, are not listed:",
+      "they do not convert yet.",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",
@@ -522,7 +555,7 @@ def weights_markdown() -> str:
       "files that Detectron's and detectron2's MODEL_ZOO.md list are",
       "CC BY-SA 3.0 (\"All models available for download through this",
       "document\").",
-      "mmdetection's GFL weights are Apache-2.0.",
+      "mmdetection's GFL and VFNet weights are Apache-2.0.",
       "",
       "A `.pth` needs torch to read (`pip install \".[convert]\"`); a",
       "checksum given as a sha256 prefix is checked with",

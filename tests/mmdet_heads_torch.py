@@ -11,6 +11,11 @@ eval mode), renamed to mmdetection's `backbone.conv1`, `backbone.bn1`,
 `backbone.layer1.0...` (torchvision's names); in `dcn_stages` each 3x3 is
 mmcv's `DCN` (DeformConv2dPack: DCN v1, no mask, fallback_on_stride=False).
 
+VFNet: the same backbone and FPN (relu_before_extra_convs=True) with
+tests/vfnet_torch.py's VFNetHead; its test-mode boxes are the refined ones
+(VFNetHead.forward_single returns cls_score, bbox_pred_refine out of
+training), decoded from the points j * s (anchor_center_offset 0, use_atss).
+
 mmdetection's ATSS head (DeltaXYWHBBoxCoder boxes) is not restated: it is
 not converted (fcos_jax/convert/mmdet.py).
 """
@@ -88,12 +93,14 @@ class ConvModule(nn.Module):
 
 
 class FPN(nn.Module):
-  """start_level=1 (C3..C5), add_extra_convs="on_output", num_outs=5,
-  relu_before_extra_convs=False: P6 = fpn_convs[3](P5), P7 =
-  fpn_convs[4](P6) without a ReLU between."""
+  """start_level=1 (C3..C5), add_extra_convs="on_output", num_outs=5:
+  P6 = fpn_convs[3](P5), P7 = fpn_convs[4](P6), with a ReLU on P6 before
+  it only with relu_before_extra_convs (GFL: False, VFNet: True)."""
 
-  def __init__(self, in_channels, cout, num_outs=5):
+  def __init__(self, in_channels, cout, num_outs=5,
+               relu_before_extra_convs=False):
     super().__init__()
+    self.relu_before_extra_convs = relu_before_extra_convs
     self.lateral_convs = nn.ModuleList(
         [ConvModule(c, cout, 1) for c in in_channels])
     self.fpn_convs = nn.ModuleList(
@@ -109,7 +116,8 @@ class FPN(nn.Module):
     outs = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
     outs.append(self.fpn_convs[len(laterals)](outs[-1]))  # on_output
     for i in range(len(laterals) + 1, len(self.fpn_convs)):
-      outs.append(self.fpn_convs[i](outs[-1]))
+      prev = F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
+      outs.append(self.fpn_convs[i](prev))
     return outs
 
 
@@ -183,6 +191,26 @@ class GFL(nn.Module):
     return self.bbox_head(self.neck(self.backbone(x)))
 
 
+class VFNet(nn.Module):
+  """`backbone`, `neck`, `bbox_head` (tests/vfnet_torch.py's VFNetHead,
+  3 tower convs): the checkpoint's layout. Per level (cls_score,
+  bbox_pred, bbox_pred_refine), NCHW."""
+
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               fpn_channels=256, num_classes=80):
+    super().__init__()
+    import vfnet_torch  # pylint: disable=import-outside-toplevel
+    self.backbone = ResNet(depth, width, groups, width_per_group)
+    self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels,
+                    relu_before_extra_convs=True)
+    self.bbox_head = vfnet_torch.VFNetHead(num_classes, fpn_channels,
+                                           stacked_convs=3)
+
+  def forward(self, x):
+    feats = self.neck(self.backbone(x))
+    return [self.bbox_head.forward_single(f, l) for l, f in enumerate(feats)]
+
+
 def anchor_centers(h, w, stride):
   """[h * w, 2] (x, y) of AnchorGenerator's anchors (center_offset 0,
   octave_base_scale 8: an 8 s square centred on (j s, i s)), row-major:
@@ -212,14 +240,37 @@ def postprocess(head, model, image_sizes, orig_sizes, score_thr=0.05,
   original pixels, scores, labels from 0)."""
   cls_scores, bbox_preds = head
   gfl = model.bbox_head
+
+  def distances(level, reg):  # The Integral's expectation, in pixels.
+    return gfl.integral(reg) * gfl.strides[level]
+
+  return postprocess_distances(cls_scores, bbox_preds, distances, gfl.strides,
+                               image_sizes, orig_sizes, score_thr, nms_pre,
+                               iou_threshold, max_per_img, min_bbox_size)
+
+
+def postprocess_vfnet(levels, model, image_sizes, orig_sizes, **kw):
+  """VFNetHead's test_cfg post-processing (its refined boxes, in pixels)."""
+  return postprocess_distances(
+      [l[0] for l in levels], [l[2] for l in levels], lambda _, reg: reg,
+      model.bbox_head.strides, image_sizes, orig_sizes, **kw)
+
+
+def postprocess_distances(cls_scores, bbox_preds, distances, strides,
+                          image_sizes, orig_sizes, score_thr=0.05,
+                          nms_pre=1000, iou_threshold=0.6, max_per_img=100,
+                          min_bbox_size=0):
+  """BaseDenseHead's post-processing per image: `distances(level, rows)`
+  turns the selected rows of a level's box output into (l, t, r, b)
+  pixels."""
   results = []
   for i, ((h, w), (oh, ow)) in enumerate(zip(image_sizes, orig_sizes)):
     all_boxes, all_scores, all_labels = [], [], []
-    for cls_score, bbox_pred, stride in zip(cls_scores, bbox_preds,
-                                            gfl.strides):
+    for level, (cls_score, bbox_pred, stride) in enumerate(
+        zip(cls_scores, bbox_preds, strides)):
       c, hl, wl = cls_score.shape[1:]
       scores = cls_score[i].permute(1, 2, 0).reshape(-1, c).sigmoid()
-      reg = bbox_pred[i].permute(1, 2, 0).reshape(-1, 4 * (gfl.reg_max + 1))
+      reg = bbox_pred[i].permute(1, 2, 0).reshape(-1, bbox_pred.shape[1])
       # filter_scores_and_topk: every (location, class) above score_thr,
       # the best nms_pre of them.
       valid = scores > score_thr
@@ -228,9 +279,9 @@ def postprocess(head, model, image_sizes, orig_sizes, score_thr=0.05,
       kept, order = kept.sort(descending=True)
       kept, order = kept[:nms_pre], order[:nms_pre]
       loc, labels = valid_idxs[order].unbind(1)
-      distances = gfl.integral(reg[loc]) * stride
+      dist = distances(level, reg[loc])
       centers = anchor_centers(hl, wl, stride)[loc]
-      all_boxes.append(distance2bbox(centers, distances, (h, w)))
+      all_boxes.append(distance2bbox(centers, dist, (h, w)))
       all_scores.append(kept)
       all_labels.append(labels)
     boxes, scores, labels = (torch.cat(t) for t in (all_boxes, all_scores,

@@ -1,5 +1,5 @@
-"""mmdetection's GFL checkpoints (open-mmlab/mmdetection, configs/gfl) ->
-fcos_jax variables.
+"""mmdetection's GFL and VFNet checkpoints (open-mmlab/mmdetection,
+configs/gfl, configs/vfnet) -> fcos_jax variables.
 
 A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
 
@@ -20,6 +20,23 @@ A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
   bbox_head.scales.{0..4}.scale                   shape () (mmcv's Scale)
   bbox_head.integral.project                      the buffer 0..reg_max
                                                   (older mmdetection)
+
+VFNet (the `vfnet` preset) has the same backbone and neck names, a ReLU
+before P7 (relu_before_extra_convs=True: p7_relu) and 3 tower convs; its
+head beside the towers:
+
+  bbox_head.vfnet_reg_conv.conv.weight, .gn.*     the initial box's GN conv
+                                                  (no bias: ours is 0)
+  bbox_head.vfnet_reg.*, vfnet_reg_refine.*,      initial box, refined box,
+  bbox_head.vfnet_cls.*                           class logits
+  bbox_head.vfnet_{reg_refine,cls}_dconv.weight   the star deformable convs
+                                                  (mmcv DeformConv2d, no bias)
+  bbox_head.scales.{0..4}.scale,                  initial / refined box's
+  bbox_head.scales_refine.{0..4}.scale            Scales
+
+Its released mdconv models (DCNv2 in res3-res5 and on the towers' last
+conv, dcn_on_last_conv=True) are not converted: mmcv's modulated
+ConvModule in the head is not a layout fcos_jax's `head_dcn` restates.
 
 BatchNorm runs in eval mode (norm_eval) with epsilon 1e-5; the input is
 RGB, mean [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] in
@@ -47,7 +64,8 @@ from fcos_jax import errors, registry, storage
 from fcos_jax.convert import official, safe_load
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
-                                   GFLJointQuality, ModelConfig)
+                                   GFLJointQuality, ModelConfig,
+                                   VFNetQuality)
 from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what mmdetection's GFL weights compute, and their
@@ -61,6 +79,12 @@ _REQUIRED = dict(
     use_scale=True, norm_reg_targets=True, location_offset="zero",
     location_stride="nominal", strides=MODEL_STRIDES,
     quality=GFLJointQuality())
+# VFNet's (configs/vfnet): a ReLU before P7, 3 tower convs, boxes in pixels
+# (an initial box in units of 8 strides), no DCN in the backbone (the mdconv
+# models are not converted). gradient_mul only changes training.
+_REQUIRED_VFNET = dict(
+    _REQUIRED, p7_relu=True, head_convs=3, norm_reg_targets=False,
+    dcn_stages=(), quality=VFNetQuality())
 
 _PROJECT = "bbox_head.integral.project"
 
@@ -129,11 +153,20 @@ def _fpn_name(path: tuple[str, ...]) -> str:
 
 
 def _head_name(path: tuple[str, ...]) -> str | None:
-  """mmdetection's name of our head parameter; None for the tower convs'
-  biases, which mmdetection's ConvModule (conv + GN) does not have."""
+  """mmdetection's name of our head parameter; None for the biases of the
+  convs that a GroupNorm follows (the towers, VFNet's vfnet_reg_conv),
+  which mmdetection's ConvModule (conv + GN) does not have."""
+  if path[0].startswith("scale_refine_"):
+    return f"scales_refine.{path[0][len('scale_refine_'):]}.scale"
   if path[0].startswith("scale_"):
     return f"scales.{path[0][len('scale_'):]}.scale"
   module, leaf = path
+  if module == "vfnet_reg_conv":
+    return None if leaf == "bias" else "vfnet_reg_conv.conv.weight"
+  if module == "vfnet_reg_norm":
+    return f"vfnet_reg_conv.gn.{'weight' if leaf == 'scale' else 'bias'}"
+  if module.startswith("vfnet_"):  # The convs (bias), the dconvs (none).
+    return f"{module}.{'weight' if leaf == 'kernel' else 'bias'}"
   m = re.fullmatch(r"(cls|box)_(tower|norm)_(\d+)", module)
   if m:
     tower = "cls_convs" if m[1] == "cls" else "reg_convs"
@@ -160,12 +193,13 @@ def state_dict_names(cfg: ModelConfig) -> dict:
 
 
 def zero_biases(cfg: ModelConfig) -> dict:
-  """{our path: zeros} of the tower convs' biases: mmdetection's tower
-  convs have none (bias=False before GroupNorm), i.e. zero."""
+  """{our path: zeros} of the biases of the convs a GroupNorm follows (the
+  towers, VFNet's vfnet_reg_conv): mmdetection's have none (bias=False
+  before GroupNorm), i.e. zero."""
   return {path: np.zeros(shape, np.float32)
           for path, shape in tv._param_shapes(cfg).items()  # pylint: disable=protected-access
           if path[0] == "head" and path[-1] == "bias"
-          and re.fullmatch(r"(cls|box)_tower_\d+", path[1])}
+          and re.fullmatch(r"(cls|box)_tower_\d+|vfnet_reg_conv", path[1])}
 
 
 def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
@@ -178,18 +212,23 @@ def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
-  """An mmdetection GFL state dict (or its checkpoint, {"meta", "state_dict"})
-  -> {"params": ...} for `FCOS(cfg)`.
+  """An mmdetection GFL or VFNet state dict (or its checkpoint, {"meta",
+  "state_dict"}) -> {"params": ...} for `FCOS(cfg)` (quality `gfl_joint`
+  or `vfnet` says which).
 
   cfg: `published_config(name)` of the checkpoint's model (or the same
   architecture at any width, e.g. in tests). A missing, unexpected or
   mis-shaped tensor is refused with the full list.
   """
-  required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
-                                else {}))
-  tv._check_cfg(cfg, required, "mmdetection's GFL checkpoints")  # pylint: disable=protected-access
+  if cfg.quality.name == "vfnet":
+    required, what = _REQUIRED_VFNET, "VFNet"
+  else:
+    required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
+                                  else {}))
+    what = "GFL"
+  tv._check_cfg(cfg, required, f"mmdetection's {what} checkpoints")  # pylint: disable=protected-access
   sd = load_mmdet_state_dict(state_dict)
-  if _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.
+  if what == "GFL" and _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.
     project = np.asarray(sd.pop(_PROJECT), np.float32).reshape(-1)
     want = np.arange(cfg.quality.reg_max + 1, dtype=np.float32)
     if project.shape != want.shape or not np.allclose(project, want):
@@ -198,10 +237,11 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
           f"Integral takes 0, 1, ..., reg_max={cfg.quality.reg_max}: set "
           "model.quality.reg_max to the checkpoint's.")
   # mmcv's Scale is a 0-d tensor (some versions (1,)); ours is a scalar.
-  sd = {k: (v.reshape(()) if re.fullmatch(r"bbox_head\.scales\.\d+\.scale", k)
-            and v.shape == (1,) else v) for k, v in sd.items()}
-  flat = tv._convert(sd, state_dict_names(cfg), "fcos_jax GFL (mmdetection "  # pylint: disable=protected-access
-                     "layout)")
+  sd = {k: (v.reshape(()) if re.fullmatch(
+      r"bbox_head\.scales(_refine)?\.\d+\.scale", k) and v.shape == (1,)
+            else v) for k, v in sd.items()}
+  flat = tv._convert(sd, state_dict_names(cfg), f"fcos_jax {what} "  # pylint: disable=protected-access
+                     "(mmdetection layout)")
   flat.update(zero_biases(cfg))
   return {"params": traverse_util.unflatten_dict(flat)}
 

@@ -362,3 +362,175 @@ def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
     r["image_id"] = ids[os.path.basename(r.pop("file_name"))]
   key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])
   assert sorted(got, key=key) == sorted(want, key=key)
+
+
+# --- VFNet (configs/vfnet) ---------------------------------------------------
+
+VFNET = "vfnet_r50_fpn_1x_coco"
+
+
+def test_vfnet_published_names_and_shapes():
+  """The released vfnet_r50_fpn_1x_coco's head names and shapes, the
+  count, and the config the converter asks for."""
+  names = _names(VFNET)
+  expect = {
+      "neck.fpn_convs.4.conv.weight": (256, 256, 3, 3),  # P7 on ReLU(P6)
+      "bbox_head.cls_convs.2.conv.weight": (256, 256, 3, 3),
+      "bbox_head.reg_convs.2.gn.bias": (256,),
+      "bbox_head.vfnet_reg_conv.conv.weight": (256, 256, 3, 3),
+      "bbox_head.vfnet_reg_conv.gn.weight": (256,),
+      "bbox_head.vfnet_reg.weight": (4, 256, 3, 3),
+      "bbox_head.vfnet_reg_refine.bias": (4,),
+      "bbox_head.vfnet_reg_refine_dconv.weight": (256, 256, 3, 3),
+      "bbox_head.vfnet_cls_dconv.weight": (256, 256, 3, 3),
+      "bbox_head.vfnet_cls.weight": (80, 256, 3, 3),
+      "bbox_head.scales_refine.4.scale": (),
+  }
+  for k, shape in expect.items():
+    assert names[k] == shape, k
+  for k in ("bbox_head.cls_convs.3.conv.weight",
+            "bbox_head.vfnet_reg_conv.conv.bias",
+            "bbox_head.vfnet_cls_dconv.bias"):
+    assert k not in names
+  # Backbone and neck as GFL's; 6 tower convs + 6 GN (x2); vfnet_reg_conv
+  # (conv, GN x2); 3 convs (x2), 2 dconvs; 10 scales.
+  assert len(names) == 53 + 53 * 4 + 16 + 6 + 12 + 3 + 6 + 2 + 10
+  cfg = mmdet.published_config("vfnet_r101_fpn_mstrain_2x_coco")
+  assert cfg.p7_relu and cfg.depth == 101
+  # The 1x and mstrain 2x models compute alike: the first is named.
+  assert cfg == mmdet.published_config("vfnet_r101_fpn_1x_coco")
+  assert mmdet.find_published(cfg) == "vfnet_r101_fpn_1x_coco"
+
+
+def vfnet_torch_model(seed, cfg):
+  """mmdetection's VFNet restated (tests/mmdet_heads_torch.py's backbone
+  and FPN, tests/vfnet_torch.py's head) with random weights (eval)."""
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  vf = pytest.importorskip("vfnet_torch")
+  official = pytest.importorskip("official_fcos_torch")
+  torch.manual_seed(seed)
+  model = ref.VFNet(depth=cfg.depth, width=cfg.width,
+                    fpn_channels=cfg.fpn_channels,
+                    num_classes=cfg.num_classes)
+  g = torch.Generator().manual_seed(seed)
+  head = model.bbox_head
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, official.FrozenBatchNorm2d):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+        m.running_mean.normal_(0, 0.1, generator=g)
+        m.running_var.uniform_(0.5, 1.5, generator=g)
+      elif isinstance(m, torch.nn.GroupNorm):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+      elif isinstance(m, vf.Scale):
+        m.scale.uniform_(0.8, 1.2, generator=g)
+      elif isinstance(m, vf.DeformConv2d):  # mmcv's init; torch.empty here.
+        bound = m.weight[0].numel() ** -0.5
+        m.weight.uniform_(-bound, bound, generator=g)
+    # Boxes of a few strides (offsets that really deform), a prior-like
+    # class bias.
+    for conv in (head.vfnet_reg, head.vfnet_reg_refine):
+      conv.weight.normal_(0, 0.02, generator=g)
+      conv.bias.normal_(-1.0, 0.3, generator=g)
+    head.vfnet_reg_refine.bias.normal_(0.0, 0.2, generator=g)
+    head.vfnet_cls.bias.normal_(-3.5, 0.3, generator=g)
+  return model.eval()
+
+
+@pytest.mark.torch
+def test_vfnet_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  cfg = mmdet.published_config(VFNET, **SMALL)
+  model = vfnet_torch_model(0, cfg)
+  variables = mmdet.convert_state_dict(
+      save_checkpoint(model, tmp_path / "vfnet.pth"), cfg)
+  np.testing.assert_array_equal(
+      variables["params"]["head"]["vfnet_reg_conv"]["bias"], 0.0)
+  image_hw = np.array([CANVAS, [100, 131]], np.int32)
+  orig_hw = np.array([[256, 320], [150, 200]], np.int32)
+  x = np.random.default_rng(1).normal(size=(2, *CANVAS, 3)).astype(np.float32)
+  for b, (h, w) in enumerate(image_hw):  # A zero-padded batch.
+    x[b, h:] = 0
+    x[b, :, w:] = 0
+  with torch.no_grad():
+    head = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+  apply, levels_fn = _apply(cfg)
+  nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()
+  for l, (cls, refine, init) in enumerate(levels_fn(variables, x)):
+    want_cls, want_init, want_refine = head[l]
+    close(cls, nhwc(want_cls), f"cls P{l + 3}")
+    close(init, nhwc(want_init), f"initial box P{l + 3}")
+    close(refine, nhwc(want_refine), f"refined box P{l + 3}")
+
+  post = make_postprocess_fn(compute_locations(CANVAS, cfg), cfg)
+  ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
+  dets = ref.postprocess_vfnet(head, model, image_hw.tolist(),
+                               orig_hw.tolist())
+  _same_detections(ours, dets)
+
+
+def _same_detections(ours, dets):
+  for b, (boxes, scores, labels) in enumerate(dets):
+    boxes, scores, labels = boxes.numpy(), scores.numpy(), labels.numpy()
+    n_ours = int(ours["valid"][b].sum())
+    assert len(scores) >= 50 and n_ours == len(scores), (n_ours, len(scores))
+    cutoff = np.sort(scores)[::-1][n_ours - 1]
+    used = np.zeros(len(scores), bool)
+    unmatched = []
+    for k in range(n_ours):
+      ok = (~used & (labels == ours["classes"][b, k])
+            & (np.abs(scores - ours["scores"][b, k]) <= 1e-4)
+            & (np.abs(boxes - ours["boxes"][b, k]).max(axis=1) <= 1e-2))
+      if ok.any():
+        used[np.argmax(ok)] = True
+      else:
+        unmatched.append(ours["scores"][b, k])
+    # Only near-ties at the cut-off may differ.
+    assert all(abs(s - cutoff) <= 1e-4 for s in unmatched), (b, unmatched)
+    assert len(unmatched) <= 2
+
+
+def test_vfnet_converts_random_checkpoint_and_refuses_bad_ones():
+  cfg = mmdet.published_config(VFNET, **SMALL)
+  rng = np.random.default_rng(0)
+  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
+      np.float32) for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  params = mmdet.convert_state_dict({"meta": {}, "state_dict": sd},
+                                    cfg)["params"]["head"]
+  np.testing.assert_array_equal(
+      params["vfnet_cls_dconv"]["kernel"],
+      sd["bbox_head.vfnet_cls_dconv.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params["vfnet_reg_norm"]["scale"],
+                                sd["bbox_head.vfnet_reg_conv.gn.weight"])
+  np.testing.assert_array_equal(params["vfnet_reg_refine"]["bias"],
+                                sd["bbox_head.vfnet_reg_refine.bias"])
+  np.testing.assert_array_equal(params["box_tower_2"]["bias"], 0.0)
+  assert params["scale_refine_2"] == sd["bbox_head.scales_refine.2.scale"]
+  one = dict(sd, **{"bbox_head.scales_refine.0.scale": np.ones(1, np.float32)})
+  mmdet.convert_state_dict(one, cfg)  # (1,) scales are taken too.
+
+  bad = dict(sd)
+  del bad["bbox_head.scales_refine.4.scale"]
+  bad["bbox_head.vfnet_cls_dconv.bias"] = np.zeros(64, np.float32)
+  bad["bbox_head.vfnet_reg.weight"] = np.zeros((68, 64, 3, 3), np.float32)
+  with pytest.raises(errors.DataError) as err:
+    mmdet.convert_state_dict(bad, cfg)
+  msg = str(err.value)
+  assert "fcos_jax VFNet (mmdetection layout)" in msg
+  assert "1 missing: bbox_head.scales_refine.4.scale" in msg
+  assert "1 unexpected: bbox_head.vfnet_cls_dconv.bias" in msg
+  assert ("bbox_head.vfnet_reg.weight: got (68, 64, 3, 3), expected "
+          "(4, 64, 3, 3)") in msg
+  # GFL's FPN (no ReLU before P7) or 4 tower convs compute something else.
+  with pytest.raises(errors.ConfigError, match=r"p7_relu=False \(needs True\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(p7_relu=False))
+  with pytest.raises(errors.ConfigError, match=r"head_convs=4 \(needs 3\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(head_convs=4))
+  # A GFL checkpoint given for VFNet: the VFNet names it lacks are listed.
+  gfl = mmdet.published_config(R50, **SMALL)
+  with pytest.raises(errors.DataError, match="bbox_head.vfnet_cls.weight"):
+    mmdet.convert_state_dict(random_mmdet_state_dict(gfl), cfg)
