@@ -3,7 +3,8 @@ it was trained, where its weights are, under which licence.
 
 One `Release` per model published by the official FCOS (tianzhi0549/FCOS,
 maskrcnn-benchmark), AdelaiDet (aim-uofa/AdelaiDet, detectron2),
-torchvision, and mmdetection's GFL and VFNet (open-mmlab/mmdetection). The converters
+torchvision, and mmdetection's GFL, VFNet and TOOD (open-mmlab/
+mmdetection). The converters
 (`fcos_jax.convert.official`, `.adelaidet`, `.mmdet`),
 the run config `configs/zoo.py:NAME`, `configs/torchvision_r50.py` and
 docs/model_zoo.md read it;
@@ -45,7 +46,7 @@ SOURCES = {
     "official": "official FCOS",
     "adelaidet": "AdelaiDet FCOS",
     "torchvision": "torchvision FCOS",
-    "mmdet": "mmdetection GFL / VFNet",
+    "mmdet": "mmdetection GFL / VFNet / TOOD",
 }
 REPOSITORIES = {
     "official": "https://github.com/tianzhi0549/FCOS",
@@ -135,7 +136,7 @@ def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl"):
 # mmdetection's GFL FPN (add_extra_convs="on_output") puts no ReLU before
 # P7; VFNet's (relu_before_extra_convs=True) does, the preset's default.
 _MMDET = dict(p7_relu=False)
-_MMDET_MSTRAIN = {"gfl": (480, 800), "vfnet": (480, 960)}
+_MMDET_MSTRAIN = {"gfl": (480, 800), "vfnet": (480, 960), "tood": (480, 800)}
 # mmcv's "DCN" (DeformConv2dPack) in res3-res5, v1: no modulation mask.
 _DCN_V1 = dict(dcn_stages=(3, 4, 5), dcn_modulated=False)
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
@@ -237,6 +238,18 @@ _RELEASES = (
            dict(depth=101), 43.0, "resnet101-63fe2227.pth", family="vfnet"),
     _mmdet("vfnet_r101_fpn_mstrain_2x_coco", "20201027pth-4a5d53f1",
            dict(depth=101), 46.2, "resnet101-63fe2227.pth", family="vfnet"),
+    # configs/tood of mmdetection (box AP, metafile.yml): the `tood` preset,
+    # anchor_type "anchor_free". Not here: the anchor-based model and the
+    # dconv ones (DCNv2 in the backbone and the T-head).
+    _mmdet("tood_r50_fpn_1x_coco", "20211210_103425-20e20746", {}, 42.4,
+           "resnet50-0676ba61.pth", family="tood"),
+    _mmdet("tood_r50_fpn_mstrain_2x_coco", "20211210_144231-3b23174c", {},
+           44.5, "resnet50-0676ba61.pth", family="tood"),
+    _mmdet("tood_r101_fpn_mstrain_2x_coco", "20211210_144232-a18f53c8",
+           dict(depth=101), 46.1, "resnet101-63fe2227.pth", family="tood"),
+    _mmdet("tood_x101_64x4d_fpn_mstrain_2x_coco", "20211211_003519-a4f36113",
+           dict(depth=101, groups=64, width_per_group=4), 47.6,
+           "resnext101_64x4d-ee2c6f71.pth", family="tood"),
 )
 
 MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
@@ -337,6 +350,13 @@ IMAGENET_STARTS = (
                   "open-mmlab: ResNeXt-101 32x4d (torchvision's names)",
                   "none stated for the file (mmcv's open_mmlab.json lists "
                   "it; mmdetection is Apache-2.0)", checksum="a5af3160"),
+    ImageNetStart("resnext101_64x4d-ee2c6f71.pth", ("mmdet",),
+                  "torchvision_resnet",
+                  "https://download.openmmlab.com/pretrain/third_party/"
+                  "resnext101_64x4d-ee2c6f71.pth",
+                  "open-mmlab: ResNeXt-101 64x4d (torchvision's names)",
+                  "none stated for the file (mmcv's open_mmlab.json lists "
+                  "it; mmdetection is Apache-2.0)", checksum="ee2c6f71"),
 )
 
 
@@ -465,7 +485,8 @@ def markdown() -> str:
       "--workdir runs/NAME && fcos-evaluate --workdir runs/NAME",
       "```",
       "",
-      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's GFL / VFNet",
+      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's",
+      "GFL / VFNet / TOOD",
       "with the file name of its weights; details in",
       "[predict_and_export.md](predict_and_export.md"
       "#the-official-fcos-and-adelaidet-models-as-runs)).",
@@ -499,7 +520,9 @@ def markdown() -> str:
       "models (the `vfnet` preset) draw the short side from 480-960",
       "(`mstrain`); its mdconv VFNet models (DCNv2 in the backbone and on",
       "the towers' last conv), the ResNeXt ones among them, are not listed:",
-      "they do not convert yet.",
+      "they do not convert yet. Its TOOD models (the `tood` preset,",
+      "anchor-free) draw it from 480-800; its anchor-based and dconv TOOD",
+      "models are not listed.",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",
@@ -555,7 +578,7 @@ def weights_markdown() -> str:
       "files that Detectron's and detectron2's MODEL_ZOO.md list are",
       "CC BY-SA 3.0 (\"All models available for download through this",
       "document\").",
-      "mmdetection's GFL and VFNet weights are Apache-2.0.",
+      "mmdetection's GFL, VFNet and TOOD weights are Apache-2.0.",
       "",
       "A `.pth` needs torch to read (`pip install \".[convert]\"`); a",
       "checksum given as a sha256 prefix is checked with",

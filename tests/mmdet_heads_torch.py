@@ -16,6 +16,13 @@ tests/vfnet_torch.py's VFNetHead; its test-mode boxes are the refined ones
 (VFNetHead.forward_single returns cls_score, bbox_pred_refine out of
 training), decoded from the points j * s (anchor_center_offset 0, use_atss).
 
+TOOD: the same backbone and FPN (no ReLU before P7) with
+tests/tood_torch.py's TOODHead (anchor_free); `tood_state_dict` renames its
+modules to mmdetection's (TaskDecomposition's reduction_conv is a
+ConvModule: reduction_conv.conv, reduction_conv.gn; scales are mmcv Scales).
+Its post-processing (TOODHead._get_bboxes_single) takes the scores as they
+are (probabilities), the boxes as bbox_pred * stride, and clips nothing.
+
 mmdetection's ATSS head (DeltaXYWHBBoxCoder boxes) is not restated: it is
 not converted (fcos_jax/convert/mmdet.py).
 """
@@ -211,6 +218,56 @@ class VFNet(nn.Module):
     return [self.bbox_head.forward_single(f, l) for l, f in enumerate(feats)]
 
 
+class TOOD(nn.Module):
+  """`backbone`, `neck`, `bbox_head` (tests/tood_torch.py's TOODHead, 6
+  inter convs). Per level (cls_score probabilities, bbox_pred boxes in
+  strides), NCHW."""
+
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               fpn_channels=256, num_classes=80):
+    super().__init__()
+    import tood_torch  # pylint: disable=import-outside-toplevel
+    self.backbone = ResNet(depth, width, groups, width_per_group)
+    self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
+    self.bbox_head = tood_torch.TOODHead(num_classes, fpn_channels, 6, 32)
+
+  def forward(self, x):
+    feats = self.neck(self.backbone(x))
+    return [self.bbox_head.forward_level(f, l) for l, f in enumerate(feats)]
+
+
+def tood_state_dict(model):
+  """`model.state_dict()` under mmdetection's TOOD names."""
+  import re  # pylint: disable=import-outside-toplevel
+  out = {}
+  for k, v in model.state_dict().items():
+    k = re.sub(r"(_decomp)\.reduction_conv\.weight$",
+               r"\1.reduction_conv.conv.weight", k)
+    k = re.sub(r"(_decomp)\.gn\.", r"\1.reduction_conv.gn.", k)
+    k = re.sub(r"^(bbox_head\.scales\.\d+)$", r"\1.scale", k)
+    out[k] = v
+  return out
+
+
+def postprocess_tood(levels, model, image_sizes, orig_sizes, clip=False,
+                     **kw):
+  """TOODHead's test_cfg post-processing; `clip` clamps the boxes to the
+  resized image first (fcos_jax does, mmdetection does not)."""
+  strides = model.bbox_head.strides
+
+  def boxes(level, rows, centers, hw):
+    del centers
+    b = rows * strides[level]
+    if clip:
+      b = torch.stack([b[:, 0].clamp(0, hw[1]), b[:, 1].clamp(0, hw[0]),
+                       b[:, 2].clamp(0, hw[1]), b[:, 3].clamp(0, hw[0])], -1)
+    return b
+
+  return postprocess_distances(
+      [l[0] for l in levels], [l[1] for l in levels], None, strides,
+      image_sizes, orig_sizes, activated=True, decode=boxes, **kw)
+
+
 def anchor_centers(h, w, stride):
   """[h * w, 2] (x, y) of AnchorGenerator's anchors (center_offset 0,
   octave_base_scale 8: an 8 s square centred on (j s, i s)), row-major:
@@ -259,17 +316,21 @@ def postprocess_vfnet(levels, model, image_sizes, orig_sizes, **kw):
 def postprocess_distances(cls_scores, bbox_preds, distances, strides,
                           image_sizes, orig_sizes, score_thr=0.05,
                           nms_pre=1000, iou_threshold=0.6, max_per_img=100,
-                          min_bbox_size=0):
+                          min_bbox_size=0, activated=False, decode=None):
   """BaseDenseHead's post-processing per image: `distances(level, rows)`
   turns the selected rows of a level's box output into (l, t, r, b)
-  pixels."""
+  pixels, decoded from the points and clipped to the image; or
+  `decode(level, rows, centers, (h, w))` gives the boxes. `activated`:
+  the class outputs are probabilities already (no sigmoid)."""
   results = []
   for i, ((h, w), (oh, ow)) in enumerate(zip(image_sizes, orig_sizes)):
     all_boxes, all_scores, all_labels = [], [], []
     for level, (cls_score, bbox_pred, stride) in enumerate(
         zip(cls_scores, bbox_preds, strides)):
       c, hl, wl = cls_score.shape[1:]
-      scores = cls_score[i].permute(1, 2, 0).reshape(-1, c).sigmoid()
+      scores = cls_score[i].permute(1, 2, 0).reshape(-1, c)
+      if not activated:
+        scores = scores.sigmoid()
       reg = bbox_pred[i].permute(1, 2, 0).reshape(-1, bbox_pred.shape[1])
       # filter_scores_and_topk: every (location, class) above score_thr,
       # the best nms_pre of them.
@@ -279,9 +340,12 @@ def postprocess_distances(cls_scores, bbox_preds, distances, strides,
       kept, order = kept.sort(descending=True)
       kept, order = kept[:nms_pre], order[:nms_pre]
       loc, labels = valid_idxs[order].unbind(1)
-      dist = distances(level, reg[loc])
       centers = anchor_centers(hl, wl, stride)[loc]
-      all_boxes.append(distance2bbox(centers, dist, (h, w)))
+      if decode is not None:
+        all_boxes.append(decode(level, reg[loc], centers, (h, w)))
+      else:
+        all_boxes.append(distance2bbox(centers, distances(level, reg[loc]),
+                                       (h, w)))
       all_scores.append(kept)
       all_labels.append(labels)
     boxes, scores, labels = (torch.cat(t) for t in (all_boxes, all_scores,

@@ -1,5 +1,5 @@
-"""mmdetection's GFL and VFNet checkpoints (open-mmlab/mmdetection,
-configs/gfl, configs/vfnet) -> fcos_jax variables.
+"""mmdetection's GFL, VFNet and TOOD checkpoints (open-mmlab/mmdetection,
+configs/gfl, configs/vfnet, configs/tood) -> fcos_jax variables.
 
 A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
 
@@ -34,7 +34,25 @@ head beside the towers:
   bbox_head.scales.{0..4}.scale,                  initial / refined box's
   bbox_head.scales_refine.{0..4}.scale            Scales
 
-Its released mdconv models (DCNv2 in res3-res5 and on the towers' last
+TOOD (the `tood` preset, anchor_type "anchor_free") has GFL's backbone and
+neck (no ReLU before P7) and the T-head:
+
+  bbox_head.inter_convs.{0..5}.conv.weight, .gn.* the shared GN convs
+  bbox_head.{cls,reg}_decomp.layer_attention.     task decomposition: layer
+      {0,2}.*, .reduction_conv.conv.weight (no    attention (1x1 convs), the
+      bias), .reduction_conv.gn.*                 reduction conv and its GN
+  bbox_head.tood_cls.*, bbox_head.tood_reg.*      3x3 outputs
+  bbox_head.cls_prob_module.{0,2}.*,              the score's probability and
+  bbox_head.reg_offset_module.{0,2}.*             the boxes' sampling offsets
+  bbox_head.scales.{0..4}.scale
+
+Not converted: TOOD's anchor-based model (its boxes are DeltaXYWH deltas
+from anchors) and its dconv models (DCNv2 in the backbone and num_dcn=2 in
+the T-head's first inter convs). mmdetection does not clip TOOD's boxes to
+the image; fcos_jax's post-processing does (boxes that cross the border
+differ, those inside are the same).
+
+VFNet's released mdconv models (DCNv2 in res3-res5 and on the towers' last
 conv, dcn_on_last_conv=True) are not converted: mmcv's modulated
 ConvModule in the head is not a layout fcos_jax's `head_dcn` restates.
 
@@ -65,7 +83,7 @@ from fcos_jax.convert import official, safe_load
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
                                    GFLJointQuality, ModelConfig,
-                                   VFNetQuality)
+                                   TOODQuality, VFNetQuality)
 from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what mmdetection's GFL weights compute, and their
@@ -85,6 +103,11 @@ _REQUIRED = dict(
 _REQUIRED_VFNET = dict(
     _REQUIRED, p7_relu=True, head_convs=3, norm_reg_targets=False,
     dcn_stages=(), quality=VFNetQuality())
+# TOOD's (configs/tood, anchor_free): 6 shared convs, la_down_rate 8
+# (mmdetection's stacked_convs * 8), boxes in pixels, no DCN.
+_REQUIRED_TOOD = dict(
+    _REQUIRED, head_convs=6, norm_reg_targets=False, dcn_stages=(),
+    quality=TOODQuality())
 
 _PROJECT = "bbox_head.integral.project"
 
@@ -160,7 +183,23 @@ def _head_name(path: tuple[str, ...]) -> str | None:
     return f"scales_refine.{path[0][len('scale_refine_'):]}.scale"
   if path[0].startswith("scale_"):
     return f"scales.{path[0][len('scale_'):]}.scale"
+  w_b = lambda leaf: "weight" if leaf in ("kernel", "scale") else "bias"
+  if len(path) == 3:  # TOOD's task decompositions.
+    decomp, module, leaf = path
+    sub = {"reduction_conv": "reduction_conv.conv",
+           "reduction_norm": "reduction_conv.gn"}.get(
+               module, module.replace("layer_attention_", "layer_attention."))
+    return f"{decomp}.{sub}.{w_b(leaf)}"
   module, leaf = path
+  m = re.fullmatch(r"inter_(convs|norm)_(\d+)", module)  # TOOD
+  if m:
+    sub = "conv" if m[1] == "convs" else "gn"
+    return f"inter_convs.{m[2]}.{sub}.{w_b(leaf)}"
+  m = re.fullmatch(r"(cls_prob_module|reg_offset_module)_(\d)", module)
+  if m:
+    return f"{m[1]}.{m[2]}.{w_b(leaf)}"
+  if module.startswith("tood_"):
+    return f"{module}.{w_b(leaf)}"
   if module == "vfnet_reg_conv":
     return None if leaf == "bias" else "vfnet_reg_conv.conv.weight"
   if module == "vfnet_reg_norm":
@@ -212,9 +251,9 @@ def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
-  """An mmdetection GFL or VFNet state dict (or its checkpoint, {"meta",
-  "state_dict"}) -> {"params": ...} for `FCOS(cfg)` (quality `gfl_joint`
-  or `vfnet` says which).
+  """An mmdetection GFL, VFNet or TOOD state dict (or its checkpoint,
+  {"meta", "state_dict"}) -> {"params": ...} for `FCOS(cfg)` (quality
+  `gfl_joint`, `vfnet` or `tood` says which).
 
   cfg: `published_config(name)` of the checkpoint's model (or the same
   architecture at any width, e.g. in tests). A missing, unexpected or
@@ -222,6 +261,8 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
   """
   if cfg.quality.name == "vfnet":
     required, what = _REQUIRED_VFNET, "VFNet"
+  elif cfg.quality.name == "tood":
+    required, what = _REQUIRED_TOOD, "TOOD"
   else:
     required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
                                   else {}))

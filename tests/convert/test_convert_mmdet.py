@@ -498,7 +498,8 @@ def test_vfnet_converts_random_checkpoint_and_refuses_bad_ones():
   cfg = mmdet.published_config(VFNET, **SMALL)
   rng = np.random.default_rng(0)
   sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
-      np.float32) for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+      np.float32)
+        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
   params = mmdet.convert_state_dict({"meta": {}, "state_dict": sd},
                                     cfg)["params"]["head"]
   np.testing.assert_array_equal(
@@ -534,3 +535,139 @@ def test_vfnet_converts_random_checkpoint_and_refuses_bad_ones():
   gfl = mmdet.published_config(R50, **SMALL)
   with pytest.raises(errors.DataError, match="bbox_head.vfnet_cls.weight"):
     mmdet.convert_state_dict(random_mmdet_state_dict(gfl), cfg)
+
+
+# --- TOOD (configs/tood, anchor_free) ----------------------------------------
+
+TOOD = "tood_r50_fpn_1x_coco"
+
+
+def test_tood_published_names_and_shapes():
+  names = _names(TOOD)
+  expect = {
+      "bbox_head.inter_convs.5.conv.weight": (256, 256, 3, 3),
+      "bbox_head.inter_convs.0.gn.bias": (256,),
+      "bbox_head.cls_decomp.layer_attention.0.weight": (32, 1536, 1, 1),
+      "bbox_head.reg_decomp.layer_attention.2.bias": (6,),
+      "bbox_head.cls_decomp.reduction_conv.conv.weight": (256, 1536, 1, 1),
+      "bbox_head.reg_decomp.reduction_conv.gn.weight": (256,),
+      "bbox_head.tood_cls.weight": (80, 256, 3, 3),
+      "bbox_head.tood_reg.bias": (4,),
+      "bbox_head.cls_prob_module.0.weight": (64, 1536, 1, 1),
+      "bbox_head.cls_prob_module.2.weight": (1, 64, 3, 3),
+      "bbox_head.reg_offset_module.2.bias": (8,),
+      "bbox_head.scales.4.scale": (),
+  }
+  for k, shape in expect.items():
+    assert names[k] == shape, k
+  assert "bbox_head.inter_convs.0.conv.bias" not in names
+  assert "bbox_head.cls_decomp.reduction_conv.conv.bias" not in names
+  # Backbone and neck; 6 inter convs + GN (x2); 2 decompositions (2 convs
+  # x2, reduction conv, GN x2); 2 outputs, 4 branch convs (x2); 5 scales.
+  assert len(names) == 53 + 53 * 4 + 16 + 6 + 12 + 2 * 7 + 4 + 8 + 5
+  x64 = _names("tood_x101_64x4d_fpn_mstrain_2x_coco")
+  assert x64["backbone.layer1.0.conv2.weight"] == (256, 4, 3, 3)
+  cfg = mmdet.published_config("tood_r101_fpn_mstrain_2x_coco")
+  assert not cfg.p7_relu and cfg.head_convs == 6
+  assert mmdet.find_published(cfg) == "tood_r101_fpn_mstrain_2x_coco"
+
+
+def tood_torch_model(seed, cfg):
+  """mmdetection's TOOD restated (tests/mmdet_heads_torch.py's backbone and
+  FPN, tests/tood_torch.py's T-head) with random weights (eval)."""
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  official = pytest.importorskip("official_fcos_torch")
+  torch.manual_seed(seed)
+  model = ref.TOOD(depth=cfg.depth, width=cfg.width,
+                   fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes)
+  g = torch.Generator().manual_seed(seed)
+  head = model.bbox_head
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, official.FrozenBatchNorm2d):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+        m.running_mean.normal_(0, 0.1, generator=g)
+        m.running_var.uniform_(0.5, 1.5, generator=g)
+      elif isinstance(m, torch.nn.GroupNorm):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+    for s in head.scales:
+      s.uniform_(0.8, 1.2, generator=g)
+    # Boxes of a few strides, offsets of about a cell, spread scores.
+    head.tood_reg.weight.normal_(0, 0.02, generator=g)
+    head.tood_reg.bias.normal_(0.5, 0.3, generator=g)
+    head.reg_offset_module[2].weight.normal_(0, 0.02, generator=g)
+    head.reg_offset_module[2].bias.normal_(0, 0.7, generator=g)
+    head.tood_cls.bias.normal_(-2.5, 0.3, generator=g)
+    head.cls_prob_module[2].bias.fill_(-1.5)
+  return model.eval()
+
+
+@pytest.mark.torch
+def test_tood_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  cfg = mmdet.published_config(TOOD, **SMALL)
+  model = tood_torch_model(0, cfg)
+  path = tmp_path / "tood.pth"
+  torch.save({"meta": {"mmdet_version": "2.20.0"},
+              "state_dict": ref.tood_state_dict(model)}, path)
+  variables = mmdet.convert_state_dict(str(path), cfg)
+  image_hw = np.array([CANVAS, [100, 131]], np.int32)
+  orig_hw = np.array([[256, 320], [150, 200]], np.int32)
+  x = np.random.default_rng(1).normal(size=(2, *CANVAS, 3)).astype(np.float32)
+  for b, (h, w) in enumerate(image_hw):  # A zero-padded batch.
+    x[b, h:] = 0
+    x[b, :, w:] = 0
+  with torch.no_grad():
+    head = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+  apply, levels_fn = _apply(cfg)
+  for l, (cls, ltrb) in enumerate(levels_fn(variables, x)):
+    s = cfg.strides[l]
+    want_score, want_box = (t.permute(0, 2, 3, 1).numpy() for t in head[l])
+    close(jax.nn.sigmoid(cls), want_score, f"score P{l + 3}")
+    hl, wl = ltrb.shape[1:3]
+    cy, cx = np.meshgrid(np.arange(hl) * s, np.arange(wl) * s, indexing="ij")
+    ltrb = np.asarray(ltrb)
+    box = np.stack([cx - ltrb[..., 0], cy - ltrb[..., 1],
+                    cx + ltrb[..., 2], cy + ltrb[..., 3]], -1)
+    close(box, want_box * s, f"box P{l + 3}")
+
+  post = make_postprocess_fn(compute_locations(CANVAS, cfg), cfg)
+  ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
+  # fcos_jax clips the boxes to the image, mmdetection's TOOD does not.
+  dets = ref.postprocess_tood(head, model, image_hw.tolist(),
+                              orig_hw.tolist(), clip=True)
+  _same_detections(ours, dets)
+
+
+def test_tood_refuses_bad_checkpoints():
+  cfg = mmdet.published_config(TOOD, **SMALL)
+  rng = np.random.default_rng(0)
+  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
+      np.float32)
+        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  params = mmdet.convert_state_dict(sd, cfg)["params"]["head"]
+  np.testing.assert_array_equal(
+      params["reg_decomp"]["reduction_conv"]["kernel"],
+      sd["bbox_head.reg_decomp.reduction_conv.conv.weight"].transpose(
+          2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      params["cls_decomp"]["layer_attention_2"]["bias"],
+      sd["bbox_head.cls_decomp.layer_attention.2.bias"])
+  np.testing.assert_array_equal(params["inter_norm_3"]["scale"],
+                                sd["bbox_head.inter_convs.3.gn.weight"])
+  bad = dict(sd)
+  del bad["bbox_head.cls_decomp.reduction_conv.gn.bias"]
+  bad["bbox_head.inter_convs.0.conv.conv_offset.weight"] = np.zeros(
+      (27, 64, 3, 3), np.float32)  # A dconv T-head (num_dcn > 0).
+  with pytest.raises(errors.DataError) as err:
+    mmdet.convert_state_dict(bad, cfg)
+  msg = str(err.value)
+  assert "fcos_jax TOOD (mmdetection layout)" in msg
+  assert "1 missing: bbox_head.cls_decomp.reduction_conv.gn.bias" in msg
+  assert "1 unexpected: bbox_head.inter_convs.0.conv.conv_offset.weight" in msg
+  with pytest.raises(errors.ConfigError, match=r"p7_relu=True \(needs False\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(p7_relu=True))
