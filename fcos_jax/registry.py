@@ -136,6 +136,9 @@ def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl"):
 # mmdetection's GFL FPN (add_extra_convs="on_output") puts no ReLU before
 # P7; VFNet's (relu_before_extra_convs=True) does, the preset's default.
 _MMDET = dict(p7_relu=False)
+# VFNet's mdconv: mmcv's DCNv2 (with its mask) in res3-res5 and as the
+# towers' last conv.
+_MDCONV = dict(dcn_stages=(3, 4, 5), dcn_modulated=True, head_dcn=True)
 _MMDET_MSTRAIN = {"gfl": (480, 800), "vfnet": (480, 960), "tood": (480, 800)}
 # mmcv's "DCN" (DeformConv2dPack) in res3-res5, v1: no modulation mask.
 _DCN_V1 = dict(dcn_stages=(3, 4, 5), dcn_modulated=False)
@@ -228,8 +231,8 @@ _RELEASES = (
                 **dict(_DCN_V1, dcn_stages=(4, 5))), 48.1,
            "resnext101_32x4d-a5af3160.pth"),
     # configs/vfnet of mmdetection (box AP val): the `vfnet` preset. Its
-    # mdconv models (DCNv2 in res3-res5 and on the towers' last conv) and
-    # the ResNeXt ones (all mdconv) are not here: fcos_jax.convert.mmdet.
+    # mdconv models: mmcv's DCNv2 in res3-res5 and as the towers' last conv
+    # (dcn_on_last_conv).
     _mmdet("vfnet_r50_fpn_1x_coco", "20201027-38db6f58", {}, 41.6,
            "resnet50-0676ba61.pth", family="vfnet"),
     _mmdet("vfnet_r50_fpn_mstrain_2x_coco", "20201027-7cc75bd2", {}, 44.5,
@@ -238,6 +241,20 @@ _RELEASES = (
            dict(depth=101), 43.0, "resnet101-63fe2227.pth", family="vfnet"),
     _mmdet("vfnet_r101_fpn_mstrain_2x_coco", "20201027pth-4a5d53f1",
            dict(depth=101), 46.2, "resnet101-63fe2227.pth", family="vfnet"),
+    _mmdet("vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-6879c318", _MDCONV, 47.8, "resnet50-0676ba61.pth",
+           family="vfnet"),
+    _mmdet("vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-7729adb5", dict(depth=101, **_MDCONV), 49.0,
+           "resnet101-63fe2227.pth", family="vfnet"),
+    _mmdet("vfnet_x101_32x4d_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-d300a6fc",
+           dict(depth=101, groups=32, width_per_group=4, **_MDCONV), 49.7,
+           "resnext101_32x4d-a5af3160.pth", family="vfnet"),
+    _mmdet("vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-b5f6da5e",
+           dict(depth=101, groups=64, width_per_group=4, **_MDCONV), 50.4,
+           "resnext101_64x4d-ee2c6f71.pth", family="vfnet"),
     # configs/tood of mmdetection (box AP, metafile.yml): the `tood` preset,
     # anchor_type "anchor_free". Not here: the anchor-based model and the
     # dconv ones (DCNv2 in the backbone and the T-head).
@@ -514,13 +531,14 @@ def markdown() -> str:
       "names, format `torchvision_resnet`); mmdetection trains the BatchNorm",
       "affine of res3-res5 (statistics frozen), this project freezes it.",
       "Their dconv models use mmcv's `DCN`, v1 without a modulation mask",
-      "(`dcn_modulated=False`; their README says dcnv2); these two convert",
-      "but do not yet train from their ImageNet file (the",
-      "`torchvision_resnet` reader takes no deformable convs). Its VFNet",
+      "(`dcn_modulated=False`; their README says dcnv2); these two, and the",
+      "VFNet mdconv models, convert but do not yet train from their ImageNet",
+      "file (the `torchvision_resnet` reader takes no deformable convs). Its",
+      "VFNet",
       "models (the `vfnet` preset) draw the short side from 480-960",
-      "(`mstrain`); its mdconv VFNet models (DCNv2 in the backbone and on",
-      "the towers' last conv), the ResNeXt ones among them, are not listed:",
-      "they do not convert yet. Its TOOD models (the `tood` preset,",
+      "(`mstrain`); its mdconv models have mmcv's DCNv2 in res3-res5 and as",
+      "the towers' last conv (`dcn_modulated=True`, `head_dcn=True`). Its",
+      "TOOD models (the `tood` preset,",
       "anchor-free) draw it from 480-800; its anchor-based and dconv TOOD",
       "models are not listed.",
       "",

@@ -12,7 +12,8 @@ eval mode), renamed to mmdetection's `backbone.conv1`, `backbone.bn1`,
 mmcv's `DCN` (DeformConv2dPack: DCN v1, no mask, fallback_on_stride=False).
 
 VFNet: the same backbone and FPN (relu_before_extra_convs=True) with
-tests/vfnet_torch.py's VFNetHead; its test-mode boxes are the refined ones
+tests/vfnet_torch.py's VFNetHead (its mdconv models: mmcv's DCNv2,
+ModulatedDeformConv2dPack, in res3-res5 and as the towers' last conv); its test-mode boxes are the refined ones
 (VFNetHead.forward_single returns cls_score, bbox_pred_refine out of
 training), decoded from the points j * s (anchor_center_offset 0, use_atss).
 
@@ -52,13 +53,30 @@ class DeformConv2dPack(nn.Module):
         padding=1)
 
 
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+  """mmcv's DCNv2 (ModulatedDeformConv2dPack, bias=False as in ResNet's
+  conv2 and a ConvModule with GN): `conv_offset` gives 27 channels, o1, o2,
+  mask = chunk(3); offset = cat(o1, o2), mask = sigmoid."""
+
+  def __init__(self, cin, cout, stride, groups):
+    super().__init__(cin, cout, stride, groups)
+    self.conv_offset = nn.Conv2d(cin, 27, 3, stride, 1)
+
+  def forward(self, x):
+    o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
+    return torchvision.ops.deform_conv2d(
+        x, torch.cat((o1, o2), dim=1), self.weight, None, stride=self.stride,
+        padding=1, mask=torch.sigmoid(mask))
+
+
 class ResNet(nn.Module):
   """mmdetection's ResNet / ResNeXt (style "pytorch", norm_eval): conv1,
   bn1, layer1..4; returns C3, C4, C5."""
 
   def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
-               dcn_stages=()):
+               dcn_stages=(), dcn_modulated=False):
     super().__init__()
+    dcn = ModulatedDeformConv2dPack if dcn_modulated else DeformConv2dPack
     body = official.ResNet(depth, width, stride_in_1x1=False, groups=groups,
                            width_per_group=width_per_group)
     self.conv1, self.bn1 = body.stem.conv1, body.stem.bn1
@@ -67,8 +85,8 @@ class ResNet(nn.Module):
       if i + 1 in dcn_stages:
         for block in layer:
           c = block.conv2
-          block.conv2 = DeformConv2dPack(c.in_channels, c.out_channels,
-                                         c.stride[0], c.groups)
+          block.conv2 = dcn(c.in_channels, c.out_channels, c.stride[0],
+                            c.groups)
       self.add_module(f"layer{i}", layer)
     for m in self.modules():
       if isinstance(m, official.FrozenBatchNorm2d):
@@ -204,14 +222,19 @@ class VFNet(nn.Module):
   bbox_pred, bbox_pred_refine), NCHW."""
 
   def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
-               fpn_channels=256, num_classes=80):
+               fpn_channels=256, num_classes=80, mdconv=False):
     super().__init__()
     import vfnet_torch  # pylint: disable=import-outside-toplevel
-    self.backbone = ResNet(depth, width, groups, width_per_group)
+    self.backbone = ResNet(depth, width, groups, width_per_group,
+                           (3, 4, 5) if mdconv else (), dcn_modulated=True)
     self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels,
                     relu_before_extra_convs=True)
     self.bbox_head = vfnet_torch.VFNetHead(num_classes, fpn_channels,
                                            stacked_convs=3)
+    if mdconv:  # dcn_on_last_conv: the towers' last ConvModule is DCNv2.
+      for tower in (self.bbox_head.cls_convs, self.bbox_head.reg_convs):
+        tower[-1].conv = ModulatedDeformConv2dPack(
+            fpn_channels, fpn_channels, 1, 1)
 
   def forward(self, x):
     feats = self.neck(self.backbone(x))

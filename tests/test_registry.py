@@ -57,13 +57,16 @@ MMDET_README = {
     "gfl_x101_32x4d_fpn_mstrain_2x_coco": (45.9, True),
     "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco": (48.1, True),
 }
-# mmdetection's configs/vfnet/README.md (box AP val), and multi-scale; its
-# mdconv models (DCNv2 in backbone and head) are not converted yet.
+# mmdetection's configs/vfnet/README.md (box AP val), and multi-scale.
 VFNET_README = {
     "vfnet_r50_fpn_1x_coco": (41.6, False),
     "vfnet_r50_fpn_mstrain_2x_coco": (44.5, True),
+    "vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco": (47.8, True),
     "vfnet_r101_fpn_1x_coco": (43.0, False),
     "vfnet_r101_fpn_mstrain_2x_coco": (46.2, True),
+    "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco": (49.0, True),
+    "vfnet_x101_32x4d_fpn_mdconv_c3-c5_mstrain_2x_coco": (49.7, True),
+    "vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco": (50.4, True),
 }
 # mmdetection's configs/tood/metafile.yml (box AP), and multi-scale: the
 # anchor-free models without deformable convs.
@@ -185,9 +188,15 @@ def test_mmdet_vfnet_zoo_config(name):
       "vfnet", "vfnet", "atss")
   assert cfg.p7_relu and cfg.head_convs == 3 and not cfg.norm_reg_targets
   assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
-  assert cfg.location_offset == "zero" and not cfg.head_dcn
-  assert not cfg.dcn_stages
+  assert cfg.location_offset == "zero"
+  # mdconv_c3-c5: mmcv's DCNv2 in res3-res5 and as the towers' last conv.
+  mdconv = "_mdconv_c3-c5_" in name
+  assert cfg.dcn_stages == ((3, 4, 5) if mdconv else ())
+  assert cfg.head_dcn is mdconv and cfg.dcn_modulated
   assert cfg.depth == (50 if "_r50_" in name else 101)
+  groups = {"x101_32x4d": (32, 4), "x101_64x4d": (64, 4)}
+  assert (cfg.groups, cfg.width_per_group) == next(
+      (v for k, v in groups.items() if k in name), (1, 64))
   assert config.init_backbone_format == "torchvision_resnet"
   release = registry.get(name)
   stamp = release.url.rsplit("/", 1)[-1][len(name) + 1:-len(".pth")]

@@ -50,11 +50,15 @@ Not converted: TOOD's anchor-based model (its boxes are DeltaXYWH deltas
 from anchors) and its dconv models (DCNv2 in the backbone and num_dcn=2 in
 the T-head's first inter convs). mmdetection does not clip TOOD's boxes to
 the image; fcos_jax's post-processing does (boxes that cross the border
-differ, those inside are the same).
+differ, those inside are the same). For every model here, a box that
+clipping leaves empty is dropped by mmdetection (min_bbox_size 0) and kept
+by fcos_jax.
 
-VFNet's released mdconv models (DCNv2 in res3-res5 and on the towers' last
-conv, dcn_on_last_conv=True) are not converted: mmcv's modulated
-ConvModule in the head is not a layout fcos_jax's `head_dcn` restates.
+VFNet's mdconv_c3-c5 models have mmcv's DCNv2 (ModulatedDeformConv2dPack,
+no bias) in res3-res5 and as the towers' last conv (dcn_on_last_conv=True):
+`conv2.weight` / `{cls,reg}_convs.2.conv.weight` and a 27-channel
+`conv_offset` (18 offsets, (dy, dx) per tap, then 9 mask logits: the
+layout of fcos_jax's DCNv2, dcn_modulated=True and head_dcn=True).
 
 BatchNorm runs in eval mode (norm_eval) with epsilon 1e-5; the input is
 RGB, mean [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] in
@@ -98,8 +102,8 @@ _REQUIRED = dict(
     location_stride="nominal", strides=MODEL_STRIDES,
     quality=GFLJointQuality())
 # VFNet's (configs/vfnet): a ReLU before P7, 3 tower convs, boxes in pixels
-# (an initial box in units of 8 strides), no DCN in the backbone (the mdconv
-# models are not converted). gradient_mul only changes training.
+# (an initial box in units of 8 strides), no DCN (the mdconv models: see
+# convert_state_dict). gradient_mul only changes training.
 _REQUIRED_VFNET = dict(
     _REQUIRED, p7_relu=True, head_convs=3, norm_reg_targets=False,
     dcn_stages=(), quality=VFNetQuality())
@@ -184,6 +188,12 @@ def _head_name(path: tuple[str, ...]) -> str | None:
   if path[0].startswith("scale_"):
     return f"scales.{path[0][len('scale_'):]}.scale"
   w_b = lambda leaf: "weight" if leaf in ("kernel", "scale") else "bias"
+  m = re.fullmatch(r"(cls|box)_tower_(\d+)", path[0])
+  if m and len(path) == 3:  # A DCNv2 tower conv (VFNet's mdconv models).
+    base = f"{'cls' if m[1] == 'cls' else 'reg'}_convs.{m[2]}.conv"
+    if path[1] == "offset":  # mmcv's ModulatedDeformConv2dPack.
+      return f"{base}.conv_offset.{w_b(path[2])}"
+    return None if path[2] == "bias" else f"{base}.weight"
   if len(path) == 3:  # TOOD's task decompositions.
     decomp, module, leaf = path
     sub = {"reduction_conv": "reduction_conv.conv",
@@ -237,7 +247,7 @@ def zero_biases(cfg: ModelConfig) -> dict:
   before GroupNorm), i.e. zero."""
   return {path: np.zeros(shape, np.float32)
           for path, shape in tv._param_shapes(cfg).items()  # pylint: disable=protected-access
-          if path[0] == "head" and path[-1] == "bias"
+          if path[0] == "head" and path[-1] == "bias" and "offset" not in path
           and re.fullmatch(r"(cls|box)_tower_\d+|vfnet_reg_conv", path[1])}
 
 
@@ -260,7 +270,11 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
   mis-shaped tensor is refused with the full list.
   """
   if cfg.quality.name == "vfnet":
-    required, what = _REQUIRED_VFNET, "VFNet"
+    required, what = dict(_REQUIRED_VFNET), "VFNet"
+    if cfg.dcn_stages:  # mdconv_c3-c5: mmcv's DCNv2 in res3-res5 and on
+      # the towers' last conv (dcn_on_last_conv).
+      required.update(dcn_stages=(3, 4, 5), dcn_modulated=True,
+                      head_dcn=True)
   elif cfg.quality.name == "tood":
     required, what = _REQUIRED_TOOD, "TOOD"
   else:
