@@ -3,7 +3,8 @@ it was trained, where its weights are, under which licence.
 
 One `Release` per model published by the official FCOS (tianzhi0549/FCOS,
 maskrcnn-benchmark), AdelaiDet (aim-uofa/AdelaiDet, detectron2),
-torchvision, and mmdetection's GFL (open-mmlab/mmdetection). The converters
+torchvision, and mmdetection's GFL, VFNet and TOOD (open-mmlab/
+mmdetection). The converters
 (`fcos_jax.convert.official`, `.adelaidet`, `.mmdet`),
 the run config `configs/zoo.py:NAME`, `configs/torchvision_r50.py` and
 docs/model_zoo.md read it;
@@ -45,7 +46,7 @@ SOURCES = {
     "official": "official FCOS",
     "adelaidet": "AdelaiDet FCOS",
     "torchvision": "torchvision FCOS",
-    "mmdet": "mmdetection GFL",
+    "mmdet": "mmdetection GFL / VFNet / TOOD",
 }
 REPOSITORIES = {
     "official": "https://github.com/tianzhi0549/FCOS",
@@ -63,7 +64,7 @@ LICENCES = {  # Quoted in docs/model_zoo.md.
 
 _OFFICIAL_URL = ("https://huggingface.co/tianzhi/FCOS/resolve/main/"
                  "{}.pth?download=true")
-_MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/gfl/{}/{}.pth"
+_MMDET_URL = "https://download.openmmlab.com/mmdetection/v2.0/{}/{}/{}.pth"
 _ADELAIDET_URL = ("https://huggingface.co/tianzhi/AdelaiDet-FCOS/resolve/main/"
                   "{}.pth?download=true")
 
@@ -117,21 +118,28 @@ def _adelaidet(name, overrides, ap, imagenet):
                  "detectron_pkl", ap, _ADELAIDET_URL.format(name))
 
 
-def _mmdet(name, stamp, overrides, ap, imagenet):
-  """mmdetection's configs/gfl/NAME.py and its weights NAME_STAMP.pth
+def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl"):
+  """mmdetection's configs/FAMILY/NAME.py and its weights NAME_STAMP.pth
   (STAMP: date, time and the sha256 prefix mmdetection's publish_model
   appends). Its README's 1x / 2x are 90k / 180k iterations at batch 16
-  (8 GPUs x 2); mstrain draws the short side from [480, 800]."""
-  return Release(name, "mmdet", "gfl", dict(_MMDET, **overrides),
+  (8 GPUs x 2); mstrain draws the short side from [480, 800] (GFL) or
+  [480, 960] (VFNet). FAMILY is the preset."""
+  overrides = dict(_MMDET if family == "gfl" else {}, **overrides)
+  return Release(name, "mmdet", family, overrides,
                  "2x" if "_2x_" in name else "1x", 16,
-                 (480, 800) if "_mstrain_" in name else 800, imagenet,
-                 "torchvision_resnet", ap,
-                 _MMDET_URL.format(name, f"{name}_{stamp}"),
+                 _MMDET_MSTRAIN[family] if "_mstrain_" in name else 800,
+                 imagenet, "torchvision_resnet", ap,
+                 _MMDET_URL.format(family, name, f"{name}_{stamp}"),
                  checksum=stamp.rsplit("-", 1)[1])
 
 
-# mmdetection's FPN (add_extra_convs="on_output") puts no ReLU before P7.
+# mmdetection's GFL FPN (add_extra_convs="on_output") puts no ReLU before
+# P7; VFNet's (relu_before_extra_convs=True) does, the preset's default.
 _MMDET = dict(p7_relu=False)
+# VFNet's mdconv: mmcv's DCNv2 (with its mask) in res3-res5 and as the
+# towers' last conv.
+_MDCONV = dict(dcn_stages=(3, 4, 5), dcn_modulated=True, head_dcn=True)
+_MMDET_MSTRAIN = {"gfl": (480, 800), "vfnet": (480, 960), "tood": (480, 800)}
 # mmcv's "DCN" (DeformConv2dPack) in res3-res5, v1: no modulation mask.
 _DCN_V1 = dict(dcn_stages=(3, 4, 5), dcn_modulated=False)
 _DCN = dict(dcn_stages=(3, 4, 5), head_dcn=True)
@@ -222,6 +230,43 @@ _RELEASES = (
            dict(depth=101, groups=32, width_per_group=4,
                 **dict(_DCN_V1, dcn_stages=(4, 5))), 48.1,
            "resnext101_32x4d-a5af3160.pth"),
+    # configs/vfnet of mmdetection (box AP val): the `vfnet` preset. Its
+    # mdconv models: mmcv's DCNv2 in res3-res5 and as the towers' last conv
+    # (dcn_on_last_conv).
+    _mmdet("vfnet_r50_fpn_1x_coco", "20201027-38db6f58", {}, 41.6,
+           "resnet50-0676ba61.pth", family="vfnet"),
+    _mmdet("vfnet_r50_fpn_mstrain_2x_coco", "20201027-7cc75bd2", {}, 44.5,
+           "resnet50-0676ba61.pth", family="vfnet"),
+    _mmdet("vfnet_r101_fpn_1x_coco", "20201027pth-c831ece7",
+           dict(depth=101), 43.0, "resnet101-63fe2227.pth", family="vfnet"),
+    _mmdet("vfnet_r101_fpn_mstrain_2x_coco", "20201027pth-4a5d53f1",
+           dict(depth=101), 46.2, "resnet101-63fe2227.pth", family="vfnet"),
+    _mmdet("vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-6879c318", _MDCONV, 47.8, "resnet50-0676ba61.pth",
+           family="vfnet"),
+    _mmdet("vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-7729adb5", dict(depth=101, **_MDCONV), 49.0,
+           "resnet101-63fe2227.pth", family="vfnet"),
+    _mmdet("vfnet_x101_32x4d_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-d300a6fc",
+           dict(depth=101, groups=32, width_per_group=4, **_MDCONV), 49.7,
+           "resnext101_32x4d-a5af3160.pth", family="vfnet"),
+    _mmdet("vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco",
+           "20201027pth-b5f6da5e",
+           dict(depth=101, groups=64, width_per_group=4, **_MDCONV), 50.4,
+           "resnext101_64x4d-ee2c6f71.pth", family="vfnet"),
+    # configs/tood of mmdetection (box AP, metafile.yml): the `tood` preset,
+    # anchor_type "anchor_free". Not here: the anchor-based model and the
+    # dconv ones (DCNv2 in the backbone and the T-head).
+    _mmdet("tood_r50_fpn_1x_coco", "20211210_103425-20e20746", {}, 42.4,
+           "resnet50-0676ba61.pth", family="tood"),
+    _mmdet("tood_r50_fpn_mstrain_2x_coco", "20211210_144231-3b23174c", {},
+           44.5, "resnet50-0676ba61.pth", family="tood"),
+    _mmdet("tood_r101_fpn_mstrain_2x_coco", "20211210_144232-a18f53c8",
+           dict(depth=101), 46.1, "resnet101-63fe2227.pth", family="tood"),
+    _mmdet("tood_x101_64x4d_fpn_mstrain_2x_coco", "20211211_003519-a4f36113",
+           dict(depth=101, groups=64, width_per_group=4), 47.6,
+           "resnext101_64x4d-ee2c6f71.pth", family="tood"),
 )
 
 MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
@@ -302,12 +347,33 @@ IMAGENET_STARTS = (
                   _CC_BY_SA.format("Detectron")),
     # torchvision's ResNet-50 (IMAGENET1K_V1; the sha256 prefix is in the
     # file name): torchvision's FCOS and this project's default config
-    # (configs/fcos_imprv_r50_1x.py) start from it.
-    ImageNetStart("resnet50-0676ba61.pth", ("torchvision",),
+    # (configs/fcos_imprv_r50_1x.py) start from it; so do mmdetection's
+    # GFL / VFNet configs (`torchvision://resnet50`).
+    ImageNetStart("resnet50-0676ba61.pth", ("torchvision", "mmdet"),
                   "torchvision_resnet",
                   "https://download.pytorch.org/models/resnet50-0676ba61.pth",
                   "torchvision: ResNet-50 (IMAGENET1K_V1)", "BSD-3-Clause",
                   checksum="0676ba61", config="configs/fcos_imprv_r50_1x.py"),
+    # mmdetection's `torchvision://resnet101` and `open-mmlab://
+    # resnext101_32x4d` (mmcv's model_zoo/open_mmlab.json).
+    ImageNetStart("resnet101-63fe2227.pth", ("mmdet",), "torchvision_resnet",
+                  "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+                  "torchvision: ResNet-101 (IMAGENET1K_V1)", "BSD-3-Clause",
+                  checksum="63fe2227"),
+    ImageNetStart("resnext101_32x4d-a5af3160.pth", ("mmdet",),
+                  "torchvision_resnet",
+                  "https://download.openmmlab.com/pretrain/third_party/"
+                  "resnext101_32x4d-a5af3160.pth",
+                  "open-mmlab: ResNeXt-101 32x4d (torchvision's names)",
+                  "none stated for the file (mmcv's open_mmlab.json lists "
+                  "it; mmdetection is Apache-2.0)", checksum="a5af3160"),
+    ImageNetStart("resnext101_64x4d-ee2c6f71.pth", ("mmdet",),
+                  "torchvision_resnet",
+                  "https://download.openmmlab.com/pretrain/third_party/"
+                  "resnext101_64x4d-ee2c6f71.pth",
+                  "open-mmlab: ResNeXt-101 64x4d (torchvision's names)",
+                  "none stated for the file (mmcv's open_mmlab.json lists "
+                  "it; mmdetection is Apache-2.0)", checksum="ee2c6f71"),
 )
 
 
@@ -436,7 +502,8 @@ def markdown() -> str:
       "--workdir runs/NAME && fcos-evaluate --workdir runs/NAME",
       "```",
       "",
-      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's GFL",
+      "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's",
+      "GFL / VFNet / TOOD",
       "with the file name of its weights; details in",
       "[predict_and_export.md](predict_and_export.md"
       "#the-official-fcos-and-adelaidet-models-as-runs)).",
@@ -464,9 +531,16 @@ def markdown() -> str:
       "names, format `torchvision_resnet`); mmdetection trains the BatchNorm",
       "affine of res3-res5 (statistics frozen), this project freezes it.",
       "Their dconv models use mmcv's `DCN`, v1 without a modulation mask",
-      "(`dcn_modulated=False`; their README says dcnv2); these two convert",
-      "but do not yet train from their ImageNet file (the",
-      "`torchvision_resnet` reader takes no deformable convs).",
+      "(`dcn_modulated=False`; their README says dcnv2); these two, and the",
+      "VFNet mdconv models, convert but do not yet train from their ImageNet",
+      "file (the `torchvision_resnet` reader takes no deformable convs). Its",
+      "VFNet",
+      "models (the `vfnet` preset) draw the short side from 480-960",
+      "(`mstrain`); its mdconv models have mmcv's DCNv2 in res3-res5 and as",
+      "the towers' last conv (`dcn_modulated=True`, `head_dcn=True`). Its",
+      "TOOD models (the `tood` preset,",
+      "anchor-free) draw it from 480-800; its anchor-based and dconv TOOD",
+      "models are not listed.",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",
@@ -522,7 +596,7 @@ def weights_markdown() -> str:
       "files that Detectron's and detectron2's MODEL_ZOO.md list are",
       "CC BY-SA 3.0 (\"All models available for download through this",
       "document\").",
-      "mmdetection's GFL weights are Apache-2.0.",
+      "mmdetection's GFL, VFNet and TOOD weights are Apache-2.0.",
       "",
       "A `.pth` needs torch to read (`pip install \".[convert]\"`); a",
       "checksum given as a sha256 prefix is checked with",

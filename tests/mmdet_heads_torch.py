@@ -11,6 +11,19 @@ eval mode), renamed to mmdetection's `backbone.conv1`, `backbone.bn1`,
 `backbone.layer1.0...` (torchvision's names); in `dcn_stages` each 3x3 is
 mmcv's `DCN` (DeformConv2dPack: DCN v1, no mask, fallback_on_stride=False).
 
+VFNet: the same backbone and FPN (relu_before_extra_convs=True) with
+tests/vfnet_torch.py's VFNetHead (its mdconv models: mmcv's DCNv2,
+ModulatedDeformConv2dPack, in res3-res5 and as the towers' last conv); its test-mode boxes are the refined ones
+(VFNetHead.forward_single returns cls_score, bbox_pred_refine out of
+training), decoded from the points j * s (anchor_center_offset 0, use_atss).
+
+TOOD: the same backbone and FPN (no ReLU before P7) with
+tests/tood_torch.py's TOODHead (anchor_free); `tood_state_dict` renames its
+modules to mmdetection's (TaskDecomposition's reduction_conv is a
+ConvModule: reduction_conv.conv, reduction_conv.gn; scales are mmcv Scales).
+Its post-processing (TOODHead._get_bboxes_single) takes the scores as they
+are (probabilities), the boxes as bbox_pred * stride, and clips nothing.
+
 mmdetection's ATSS head (DeltaXYWHBBoxCoder boxes) is not restated: it is
 not converted (fcos_jax/convert/mmdet.py).
 """
@@ -40,13 +53,30 @@ class DeformConv2dPack(nn.Module):
         padding=1)
 
 
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+  """mmcv's DCNv2 (ModulatedDeformConv2dPack, bias=False as in ResNet's
+  conv2 and a ConvModule with GN): `conv_offset` gives 27 channels, o1, o2,
+  mask = chunk(3); offset = cat(o1, o2), mask = sigmoid."""
+
+  def __init__(self, cin, cout, stride, groups):
+    super().__init__(cin, cout, stride, groups)
+    self.conv_offset = nn.Conv2d(cin, 27, 3, stride, 1)
+
+  def forward(self, x):
+    o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
+    return torchvision.ops.deform_conv2d(
+        x, torch.cat((o1, o2), dim=1), self.weight, None, stride=self.stride,
+        padding=1, mask=torch.sigmoid(mask))
+
+
 class ResNet(nn.Module):
   """mmdetection's ResNet / ResNeXt (style "pytorch", norm_eval): conv1,
   bn1, layer1..4; returns C3, C4, C5."""
 
   def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
-               dcn_stages=()):
+               dcn_stages=(), dcn_modulated=False):
     super().__init__()
+    dcn = ModulatedDeformConv2dPack if dcn_modulated else DeformConv2dPack
     body = official.ResNet(depth, width, stride_in_1x1=False, groups=groups,
                            width_per_group=width_per_group)
     self.conv1, self.bn1 = body.stem.conv1, body.stem.bn1
@@ -55,8 +85,8 @@ class ResNet(nn.Module):
       if i + 1 in dcn_stages:
         for block in layer:
           c = block.conv2
-          block.conv2 = DeformConv2dPack(c.in_channels, c.out_channels,
-                                         c.stride[0], c.groups)
+          block.conv2 = dcn(c.in_channels, c.out_channels, c.stride[0],
+                            c.groups)
       self.add_module(f"layer{i}", layer)
     for m in self.modules():
       if isinstance(m, official.FrozenBatchNorm2d):
@@ -88,12 +118,14 @@ class ConvModule(nn.Module):
 
 
 class FPN(nn.Module):
-  """start_level=1 (C3..C5), add_extra_convs="on_output", num_outs=5,
-  relu_before_extra_convs=False: P6 = fpn_convs[3](P5), P7 =
-  fpn_convs[4](P6) without a ReLU between."""
+  """start_level=1 (C3..C5), add_extra_convs="on_output", num_outs=5:
+  P6 = fpn_convs[3](P5), P7 = fpn_convs[4](P6), with a ReLU on P6 before
+  it only with relu_before_extra_convs (GFL: False, VFNet: True)."""
 
-  def __init__(self, in_channels, cout, num_outs=5):
+  def __init__(self, in_channels, cout, num_outs=5,
+               relu_before_extra_convs=False):
     super().__init__()
+    self.relu_before_extra_convs = relu_before_extra_convs
     self.lateral_convs = nn.ModuleList(
         [ConvModule(c, cout, 1) for c in in_channels])
     self.fpn_convs = nn.ModuleList(
@@ -109,7 +141,8 @@ class FPN(nn.Module):
     outs = [self.fpn_convs[i](laterals[i]) for i in range(len(laterals))]
     outs.append(self.fpn_convs[len(laterals)](outs[-1]))  # on_output
     for i in range(len(laterals) + 1, len(self.fpn_convs)):
-      outs.append(self.fpn_convs[i](outs[-1]))
+      prev = F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
+      outs.append(self.fpn_convs[i](prev))
     return outs
 
 
@@ -183,6 +216,81 @@ class GFL(nn.Module):
     return self.bbox_head(self.neck(self.backbone(x)))
 
 
+class VFNet(nn.Module):
+  """`backbone`, `neck`, `bbox_head` (tests/vfnet_torch.py's VFNetHead,
+  3 tower convs): the checkpoint's layout. Per level (cls_score,
+  bbox_pred, bbox_pred_refine), NCHW."""
+
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               fpn_channels=256, num_classes=80, mdconv=False):
+    super().__init__()
+    import vfnet_torch  # pylint: disable=import-outside-toplevel
+    self.backbone = ResNet(depth, width, groups, width_per_group,
+                           (3, 4, 5) if mdconv else (), dcn_modulated=True)
+    self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels,
+                    relu_before_extra_convs=True)
+    self.bbox_head = vfnet_torch.VFNetHead(num_classes, fpn_channels,
+                                           stacked_convs=3)
+    if mdconv:  # dcn_on_last_conv: the towers' last ConvModule is DCNv2.
+      for tower in (self.bbox_head.cls_convs, self.bbox_head.reg_convs):
+        tower[-1].conv = ModulatedDeformConv2dPack(
+            fpn_channels, fpn_channels, 1, 1)
+
+  def forward(self, x):
+    feats = self.neck(self.backbone(x))
+    return [self.bbox_head.forward_single(f, l) for l, f in enumerate(feats)]
+
+
+class TOOD(nn.Module):
+  """`backbone`, `neck`, `bbox_head` (tests/tood_torch.py's TOODHead, 6
+  inter convs). Per level (cls_score probabilities, bbox_pred boxes in
+  strides), NCHW."""
+
+  def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
+               fpn_channels=256, num_classes=80):
+    super().__init__()
+    import tood_torch  # pylint: disable=import-outside-toplevel
+    self.backbone = ResNet(depth, width, groups, width_per_group)
+    self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
+    self.bbox_head = tood_torch.TOODHead(num_classes, fpn_channels, 6, 32)
+
+  def forward(self, x):
+    feats = self.neck(self.backbone(x))
+    return [self.bbox_head.forward_level(f, l) for l, f in enumerate(feats)]
+
+
+def tood_state_dict(model):
+  """`model.state_dict()` under mmdetection's TOOD names."""
+  import re  # pylint: disable=import-outside-toplevel
+  out = {}
+  for k, v in model.state_dict().items():
+    k = re.sub(r"(_decomp)\.reduction_conv\.weight$",
+               r"\1.reduction_conv.conv.weight", k)
+    k = re.sub(r"(_decomp)\.gn\.", r"\1.reduction_conv.gn.", k)
+    k = re.sub(r"^(bbox_head\.scales\.\d+)$", r"\1.scale", k)
+    out[k] = v
+  return out
+
+
+def postprocess_tood(levels, model, image_sizes, orig_sizes, clip=False,
+                     **kw):
+  """TOODHead's test_cfg post-processing; `clip` clamps the boxes to the
+  resized image first (fcos_jax does, mmdetection does not)."""
+  strides = model.bbox_head.strides
+
+  def boxes(level, rows, centers, hw):
+    del centers
+    b = rows * strides[level]
+    if clip:
+      b = torch.stack([b[:, 0].clamp(0, hw[1]), b[:, 1].clamp(0, hw[0]),
+                       b[:, 2].clamp(0, hw[1]), b[:, 3].clamp(0, hw[0])], -1)
+    return b
+
+  return postprocess_distances(
+      [l[0] for l in levels], [l[1] for l in levels], None, strides,
+      image_sizes, orig_sizes, activated=True, decode=boxes, **kw)
+
+
 def anchor_centers(h, w, stride):
   """[h * w, 2] (x, y) of AnchorGenerator's anchors (center_offset 0,
   octave_base_scale 8: an 8 s square centred on (j s, i s)), row-major:
@@ -212,14 +320,41 @@ def postprocess(head, model, image_sizes, orig_sizes, score_thr=0.05,
   original pixels, scores, labels from 0)."""
   cls_scores, bbox_preds = head
   gfl = model.bbox_head
+
+  def distances(level, reg):  # The Integral's expectation, in pixels.
+    return gfl.integral(reg) * gfl.strides[level]
+
+  return postprocess_distances(cls_scores, bbox_preds, distances, gfl.strides,
+                               image_sizes, orig_sizes, score_thr, nms_pre,
+                               iou_threshold, max_per_img, min_bbox_size)
+
+
+def postprocess_vfnet(levels, model, image_sizes, orig_sizes, **kw):
+  """VFNetHead's test_cfg post-processing (its refined boxes, in pixels)."""
+  return postprocess_distances(
+      [l[0] for l in levels], [l[2] for l in levels], lambda _, reg: reg,
+      model.bbox_head.strides, image_sizes, orig_sizes, **kw)
+
+
+def postprocess_distances(cls_scores, bbox_preds, distances, strides,
+                          image_sizes, orig_sizes, score_thr=0.05,
+                          nms_pre=1000, iou_threshold=0.6, max_per_img=100,
+                          min_bbox_size=0, activated=False, decode=None):
+  """BaseDenseHead's post-processing per image: `distances(level, rows)`
+  turns the selected rows of a level's box output into (l, t, r, b)
+  pixels, decoded from the points and clipped to the image; or
+  `decode(level, rows, centers, (h, w))` gives the boxes. `activated`:
+  the class outputs are probabilities already (no sigmoid)."""
   results = []
   for i, ((h, w), (oh, ow)) in enumerate(zip(image_sizes, orig_sizes)):
     all_boxes, all_scores, all_labels = [], [], []
-    for cls_score, bbox_pred, stride in zip(cls_scores, bbox_preds,
-                                            gfl.strides):
+    for level, (cls_score, bbox_pred, stride) in enumerate(
+        zip(cls_scores, bbox_preds, strides)):
       c, hl, wl = cls_score.shape[1:]
-      scores = cls_score[i].permute(1, 2, 0).reshape(-1, c).sigmoid()
-      reg = bbox_pred[i].permute(1, 2, 0).reshape(-1, 4 * (gfl.reg_max + 1))
+      scores = cls_score[i].permute(1, 2, 0).reshape(-1, c)
+      if not activated:
+        scores = scores.sigmoid()
+      reg = bbox_pred[i].permute(1, 2, 0).reshape(-1, bbox_pred.shape[1])
       # filter_scores_and_topk: every (location, class) above score_thr,
       # the best nms_pre of them.
       valid = scores > score_thr
@@ -228,9 +363,12 @@ def postprocess(head, model, image_sizes, orig_sizes, score_thr=0.05,
       kept, order = kept.sort(descending=True)
       kept, order = kept[:nms_pre], order[:nms_pre]
       loc, labels = valid_idxs[order].unbind(1)
-      distances = gfl.integral(reg[loc]) * stride
       centers = anchor_centers(hl, wl, stride)[loc]
-      all_boxes.append(distance2bbox(centers, distances, (h, w)))
+      if decode is not None:
+        all_boxes.append(decode(level, reg[loc], centers, (h, w)))
+      else:
+        all_boxes.append(distance2bbox(centers, distances(level, reg[loc]),
+                                       (h, w)))
       all_scores.append(kept)
       all_labels.append(labels)
     boxes, scores, labels = (torch.cat(t) for t in (all_boxes, all_scores,

@@ -1,7 +1,7 @@
 """fcos_jax.registry, the one table of released models, and what reads it:
 the converters, configs/zoo.py:NAME (one run config per released official
-FCOS, AdelaiDet and mmdetection GFL model: the schedule, batch and multi-scale setting of
-its source config and the AP its README publishes) and docs/model_zoo.md
+FCOS, AdelaiDet and mmdetection GFL / VFNet / TOOD model: the schedule,
+batch and multi-scale setting of its source config and the AP its README publishes) and docs/model_zoo.md
 (generated from it)."""
 
 import itertools
@@ -57,14 +57,34 @@ MMDET_README = {
     "gfl_x101_32x4d_fpn_mstrain_2x_coco": (45.9, True),
     "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco": (48.1, True),
 }
+# mmdetection's configs/vfnet/README.md (box AP val), and multi-scale.
+VFNET_README = {
+    "vfnet_r50_fpn_1x_coco": (41.6, False),
+    "vfnet_r50_fpn_mstrain_2x_coco": (44.5, True),
+    "vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco": (47.8, True),
+    "vfnet_r101_fpn_1x_coco": (43.0, False),
+    "vfnet_r101_fpn_mstrain_2x_coco": (46.2, True),
+    "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco": (49.0, True),
+    "vfnet_x101_32x4d_fpn_mdconv_c3-c5_mstrain_2x_coco": (49.7, True),
+    "vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco": (50.4, True),
+}
+# mmdetection's configs/tood/metafile.yml (box AP), and multi-scale: the
+# anchor-free models without deformable convs.
+TOOD_README = {
+    "tood_r50_fpn_1x_coco": (42.4, False),
+    "tood_r50_fpn_mstrain_2x_coco": (44.5, True),
+    "tood_r101_fpn_mstrain_2x_coco": (46.1, True),
+    "tood_x101_64x4d_fpn_mstrain_2x_coco": (47.6, True),
+}
 ZOO = {**README, **ADELAIDET_README}
+MMDET_ZOO = {**MMDET_README, **VFNET_README, **TOOD_README}
 
 
 def test_one_record_per_released_model():
   assert sorted(registry.names("official")) == sorted(README)
   assert sorted(registry.names("adelaidet")) == sorted(ADELAIDET_README)
   assert registry.names("torchvision") == ["fcos_resnet50_fpn"]
-  assert sorted(registry.names("mmdet")) == sorted(MMDET_README)
+  assert sorted(registry.names("mmdet")) == sorted(MMDET_ZOO)
 
 
 def _zoo_config(name, reference, multi_scale_range=(640, 800)):
@@ -160,8 +180,55 @@ def test_mmdet_zoo_config(name):
   assert cfg == mmdet.published_config(name)
 
 
+@pytest.mark.parametrize("name", sorted(VFNET_README))
+def test_mmdet_vfnet_zoo_config(name):
+  config, cfg = _zoo_config(name, VFNET_README, multi_scale_range=(480, 960))
+  # The `vfnet` preset; mmdetection's VFNet FPN has relu_before_extra_convs.
+  assert (cfg.quality.name, cfg.loss.name, cfg.assign.name) == (
+      "vfnet", "vfnet", "atss")
+  assert cfg.p7_relu and cfg.head_convs == 3 and not cfg.norm_reg_targets
+  assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
+  assert cfg.location_offset == "zero"
+  # mdconv_c3-c5: mmcv's DCNv2 in res3-res5 and as the towers' last conv.
+  mdconv = "_mdconv_c3-c5_" in name
+  assert cfg.dcn_stages == ((3, 4, 5) if mdconv else ())
+  assert cfg.head_dcn is mdconv and cfg.dcn_modulated
+  assert cfg.depth == (50 if "_r50_" in name else 101)
+  groups = {"x101_32x4d": (32, 4), "x101_64x4d": (64, 4)}
+  assert (cfg.groups, cfg.width_per_group) == next(
+      (v for k, v in groups.items() if k in name), (1, 64))
+  assert config.init_backbone_format == "torchvision_resnet"
+  release = registry.get(name)
+  stamp = release.url.rsplit("/", 1)[-1][len(name) + 1:-len(".pth")]
+  assert release.url == ("https://download.openmmlab.com/mmdetection/v2.0/"
+                         f"vfnet/{name}/{name}_{stamp}.pth")
+  assert release.checksum == stamp[-8:] and release.licence == "Apache-2.0"
+  assert cfg == mmdet.published_config(name)
+
+
+@pytest.mark.parametrize("name", sorted(TOOD_README))
+def test_mmdet_tood_zoo_config(name):
+  config, cfg = _zoo_config(name, TOOD_README, multi_scale_range=(480, 800))
+  # The `tood` preset (anchor_free); mmdetection's FPN without a ReLU
+  # before P7.
+  assert (cfg.quality.name, cfg.loss.name, cfg.assign.name) == (
+      "tood", "tood", "tal")
+  assert not cfg.p7_relu and cfg.head_convs == 6 and not cfg.dcn_stages
+  assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
+  assert cfg.depth == (50 if "_r50_" in name else 101)
+  assert (cfg.groups, cfg.width_per_group) == (
+      (64, 4) if "x101_64x4d" in name else (1, 64))
+  assert config.init_backbone_format == "torchvision_resnet"
+  release = registry.get(name)
+  stamp = release.url.rsplit("/", 1)[-1][len(name) + 1:-len(".pth")]
+  assert release.url == ("https://download.openmmlab.com/mmdetection/v2.0/"
+                         f"tood/{name}/{name}_{stamp}.pth")
+  assert release.checksum == stamp[-8:] and release.licence == "Apache-2.0"
+  assert cfg == mmdet.published_config(name)
+
+
 def test_no_zoo_config_repeats_another():
-  configs = {n: zoo.get_config(n).to_dict() for n in {**ZOO, **MMDET_README}}
+  configs = {n: zoo.get_config(n).to_dict() for n in {**ZOO, **MMDET_ZOO}}
   for a, b in itertools.combinations(configs, 2):
     assert configs[a] != configs[b], (a, b)
 
@@ -171,7 +238,7 @@ def test_unknown_model_is_refused_in_one_line():
     with pytest.raises(ConfigError) as e:
       call()
     assert "\n" not in str(e.value)
-    assert all(n in str(e.value) for n in {**ZOO, **MMDET_README})
+    assert all(n in str(e.value) for n in {**ZOO, **MMDET_ZOO})
     assert "fcos_resnet50_fpn" not in str(e.value)
   with pytest.raises(ValueError, match="Unknown AdelaiDet FCOS model"):
     adelaidet.published_config("FCOS_imprv_R_50_FPN_1x")
@@ -185,7 +252,7 @@ def test_unknown_model_on_the_command_line():
   assert proc.returncode == 2
   first, *rest = proc.stderr.strip().splitlines()
   assert first.startswith("error: --config: Unknown official FCOS, "
-                          "AdelaiDet FCOS or mmdetection GFL model "
+                          "AdelaiDet FCOS or mmdetection GFL / VFNet / TOOD model "
                           "'FCOS_R_18'; known: ")
   assert "FCOS_MS_R_101_2x" in first and "Traceback" not in proc.stderr
   assert rest == ["Pass --helpshort or --helpfull to see help on flags."]

@@ -1,6 +1,6 @@
 """A released official FCOS (tianzhi0549/FCOS), AdelaiDet (aim-uofa/
-AdelaiDet) or mmdetection GFL (open-mmlab/mmdetection) model as a run
-config: `--config configs/zoo.py:NAME`, NAME as released (the list, with published AP, weights and licence:
+AdelaiDet) or mmdetection GFL / VFNet / TOOD (open-mmlab/mmdetection)
+model as a run config: `--config configs/zoo.py:NAME`, NAME as released (the list, with published AP, weights and licence:
 docs/model_zoo.md, generated from `fcos_jax.registry`).
 
 It holds the model's architecture in its source's layout (what the

@@ -1,5 +1,5 @@
-"""mmdetection's GFL checkpoints (open-mmlab/mmdetection, configs/gfl) ->
-fcos_jax variables.
+"""mmdetection's GFL, VFNet and TOOD checkpoints (open-mmlab/mmdetection,
+configs/gfl, configs/vfnet, configs/tood) -> fcos_jax variables.
 
 A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
 
@@ -20,6 +20,45 @@ A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
   bbox_head.scales.{0..4}.scale                   shape () (mmcv's Scale)
   bbox_head.integral.project                      the buffer 0..reg_max
                                                   (older mmdetection)
+
+VFNet (the `vfnet` preset) has the same backbone and neck names, a ReLU
+before P7 (relu_before_extra_convs=True: p7_relu) and 3 tower convs; its
+head beside the towers:
+
+  bbox_head.vfnet_reg_conv.conv.weight, .gn.*     the initial box's GN conv
+                                                  (no bias: ours is 0)
+  bbox_head.vfnet_reg.*, vfnet_reg_refine.*,      initial box, refined box,
+  bbox_head.vfnet_cls.*                           class logits
+  bbox_head.vfnet_{reg_refine,cls}_dconv.weight   the star deformable convs
+                                                  (mmcv DeformConv2d, no bias)
+  bbox_head.scales.{0..4}.scale,                  initial / refined box's
+  bbox_head.scales_refine.{0..4}.scale            Scales
+
+TOOD (the `tood` preset, anchor_type "anchor_free") has GFL's backbone and
+neck (no ReLU before P7) and the T-head:
+
+  bbox_head.inter_convs.{0..5}.conv.weight, .gn.* the shared GN convs
+  bbox_head.{cls,reg}_decomp.layer_attention.     task decomposition: layer
+      {0,2}.*, .reduction_conv.conv.weight (no    attention (1x1 convs), the
+      bias), .reduction_conv.gn.*                 reduction conv and its GN
+  bbox_head.tood_cls.*, bbox_head.tood_reg.*      3x3 outputs
+  bbox_head.cls_prob_module.{0,2}.*,              the score's probability and
+  bbox_head.reg_offset_module.{0,2}.*             the boxes' sampling offsets
+  bbox_head.scales.{0..4}.scale
+
+Not converted: TOOD's anchor-based model (its boxes are DeltaXYWH deltas
+from anchors) and its dconv models (DCNv2 in the backbone and num_dcn=2 in
+the T-head's first inter convs). mmdetection does not clip TOOD's boxes to
+the image; fcos_jax's post-processing does (boxes that cross the border
+differ, those inside are the same). For every model here, a box that
+clipping leaves empty is dropped by mmdetection (min_bbox_size 0) and kept
+by fcos_jax.
+
+VFNet's mdconv_c3-c5 models have mmcv's DCNv2 (ModulatedDeformConv2dPack,
+no bias) in res3-res5 and as the towers' last conv (dcn_on_last_conv=True):
+`conv2.weight` / `{cls,reg}_convs.2.conv.weight` and a 27-channel
+`conv_offset` (18 offsets, (dy, dx) per tap, then 9 mask logits: the
+layout of fcos_jax's DCNv2, dcn_modulated=True and head_dcn=True).
 
 BatchNorm runs in eval mode (norm_eval) with epsilon 1e-5; the input is
 RGB, mean [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] in
@@ -47,7 +86,8 @@ from fcos_jax import errors, registry, storage
 from fcos_jax.convert import official, safe_load
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
-                                   GFLJointQuality, ModelConfig)
+                                   GFLJointQuality, ModelConfig,
+                                   TOODQuality, VFNetQuality)
 from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what mmdetection's GFL weights compute, and their
@@ -61,6 +101,17 @@ _REQUIRED = dict(
     use_scale=True, norm_reg_targets=True, location_offset="zero",
     location_stride="nominal", strides=MODEL_STRIDES,
     quality=GFLJointQuality())
+# VFNet's (configs/vfnet): a ReLU before P7, 3 tower convs, boxes in pixels
+# (an initial box in units of 8 strides), no DCN (the mdconv models: see
+# convert_state_dict). gradient_mul only changes training.
+_REQUIRED_VFNET = dict(
+    _REQUIRED, p7_relu=True, head_convs=3, norm_reg_targets=False,
+    dcn_stages=(), quality=VFNetQuality())
+# TOOD's (configs/tood, anchor_free): 6 shared convs, la_down_rate 8
+# (mmdetection's stacked_convs * 8), boxes in pixels, no DCN.
+_REQUIRED_TOOD = dict(
+    _REQUIRED, head_convs=6, norm_reg_targets=False, dcn_stages=(),
+    quality=TOODQuality())
 
 _PROJECT = "bbox_head.integral.project"
 
@@ -129,11 +180,42 @@ def _fpn_name(path: tuple[str, ...]) -> str:
 
 
 def _head_name(path: tuple[str, ...]) -> str | None:
-  """mmdetection's name of our head parameter; None for the tower convs'
-  biases, which mmdetection's ConvModule (conv + GN) does not have."""
+  """mmdetection's name of our head parameter; None for the biases of the
+  convs that a GroupNorm follows (the towers, VFNet's vfnet_reg_conv),
+  which mmdetection's ConvModule (conv + GN) does not have."""
+  if path[0].startswith("scale_refine_"):
+    return f"scales_refine.{path[0][len('scale_refine_'):]}.scale"
   if path[0].startswith("scale_"):
     return f"scales.{path[0][len('scale_'):]}.scale"
+  w_b = lambda leaf: "weight" if leaf in ("kernel", "scale") else "bias"
+  m = re.fullmatch(r"(cls|box)_tower_(\d+)", path[0])
+  if m and len(path) == 3:  # A DCNv2 tower conv (VFNet's mdconv models).
+    base = f"{'cls' if m[1] == 'cls' else 'reg'}_convs.{m[2]}.conv"
+    if path[1] == "offset":  # mmcv's ModulatedDeformConv2dPack.
+      return f"{base}.conv_offset.{w_b(path[2])}"
+    return None if path[2] == "bias" else f"{base}.weight"
+  if len(path) == 3:  # TOOD's task decompositions.
+    decomp, module, leaf = path
+    sub = {"reduction_conv": "reduction_conv.conv",
+           "reduction_norm": "reduction_conv.gn"}.get(
+               module, module.replace("layer_attention_", "layer_attention."))
+    return f"{decomp}.{sub}.{w_b(leaf)}"
   module, leaf = path
+  m = re.fullmatch(r"inter_(convs|norm)_(\d+)", module)  # TOOD
+  if m:
+    sub = "conv" if m[1] == "convs" else "gn"
+    return f"inter_convs.{m[2]}.{sub}.{w_b(leaf)}"
+  m = re.fullmatch(r"(cls_prob_module|reg_offset_module)_(\d)", module)
+  if m:
+    return f"{m[1]}.{m[2]}.{w_b(leaf)}"
+  if module.startswith("tood_"):
+    return f"{module}.{w_b(leaf)}"
+  if module == "vfnet_reg_conv":
+    return None if leaf == "bias" else "vfnet_reg_conv.conv.weight"
+  if module == "vfnet_reg_norm":
+    return f"vfnet_reg_conv.gn.{'weight' if leaf == 'scale' else 'bias'}"
+  if module.startswith("vfnet_"):  # The convs (bias), the dconvs (none).
+    return f"{module}.{'weight' if leaf == 'kernel' else 'bias'}"
   m = re.fullmatch(r"(cls|box)_(tower|norm)_(\d+)", module)
   if m:
     tower = "cls_convs" if m[1] == "cls" else "reg_convs"
@@ -160,12 +242,13 @@ def state_dict_names(cfg: ModelConfig) -> dict:
 
 
 def zero_biases(cfg: ModelConfig) -> dict:
-  """{our path: zeros} of the tower convs' biases: mmdetection's tower
-  convs have none (bias=False before GroupNorm), i.e. zero."""
+  """{our path: zeros} of the biases of the convs a GroupNorm follows (the
+  towers, VFNet's vfnet_reg_conv): mmdetection's have none (bias=False
+  before GroupNorm), i.e. zero."""
   return {path: np.zeros(shape, np.float32)
           for path, shape in tv._param_shapes(cfg).items()  # pylint: disable=protected-access
-          if path[0] == "head" and path[-1] == "bias"
-          and re.fullmatch(r"(cls|box)_tower_\d+", path[1])}
+          if path[0] == "head" and path[-1] == "bias" and "offset" not in path
+          and re.fullmatch(r"(cls|box)_tower_\d+|vfnet_reg_conv", path[1])}
 
 
 def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
@@ -178,18 +261,29 @@ def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
-  """An mmdetection GFL state dict (or its checkpoint, {"meta", "state_dict"})
-  -> {"params": ...} for `FCOS(cfg)`.
+  """An mmdetection GFL, VFNet or TOOD state dict (or its checkpoint,
+  {"meta", "state_dict"}) -> {"params": ...} for `FCOS(cfg)` (quality
+  `gfl_joint`, `vfnet` or `tood` says which).
 
   cfg: `published_config(name)` of the checkpoint's model (or the same
   architecture at any width, e.g. in tests). A missing, unexpected or
   mis-shaped tensor is refused with the full list.
   """
-  required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
-                                else {}))
-  tv._check_cfg(cfg, required, "mmdetection's GFL checkpoints")  # pylint: disable=protected-access
+  if cfg.quality.name == "vfnet":
+    required, what = dict(_REQUIRED_VFNET), "VFNet"
+    if cfg.dcn_stages:  # mdconv_c3-c5: mmcv's DCNv2 in res3-res5 and on
+      # the towers' last conv (dcn_on_last_conv).
+      required.update(dcn_stages=(3, 4, 5), dcn_modulated=True,
+                      head_dcn=True)
+  elif cfg.quality.name == "tood":
+    required, what = _REQUIRED_TOOD, "TOOD"
+  else:
+    required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
+                                  else {}))
+    what = "GFL"
+  tv._check_cfg(cfg, required, f"mmdetection's {what} checkpoints")  # pylint: disable=protected-access
   sd = load_mmdet_state_dict(state_dict)
-  if _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.
+  if what == "GFL" and _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.
     project = np.asarray(sd.pop(_PROJECT), np.float32).reshape(-1)
     want = np.arange(cfg.quality.reg_max + 1, dtype=np.float32)
     if project.shape != want.shape or not np.allclose(project, want):
@@ -198,10 +292,11 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
           f"Integral takes 0, 1, ..., reg_max={cfg.quality.reg_max}: set "
           "model.quality.reg_max to the checkpoint's.")
   # mmcv's Scale is a 0-d tensor (some versions (1,)); ours is a scalar.
-  sd = {k: (v.reshape(()) if re.fullmatch(r"bbox_head\.scales\.\d+\.scale", k)
-            and v.shape == (1,) else v) for k, v in sd.items()}
-  flat = tv._convert(sd, state_dict_names(cfg), "fcos_jax GFL (mmdetection "  # pylint: disable=protected-access
-                     "layout)")
+  sd = {k: (v.reshape(()) if re.fullmatch(
+      r"bbox_head\.scales(_refine)?\.\d+\.scale", k) and v.shape == (1,)
+            else v) for k, v in sd.items()}
+  flat = tv._convert(sd, state_dict_names(cfg), f"fcos_jax {what} "  # pylint: disable=protected-access
+                     "(mmdetection layout)")
   flat.update(zero_biases(cfg))
   return {"params": traverse_util.unflatten_dict(flat)}
 

@@ -362,3 +362,343 @@ def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
     r["image_id"] = ids[os.path.basename(r.pop("file_name"))]
   key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])
   assert sorted(got, key=key) == sorted(want, key=key)
+
+
+# --- VFNet (configs/vfnet) ---------------------------------------------------
+
+VFNET = "vfnet_r50_fpn_1x_coco"
+
+
+def test_vfnet_published_names_and_shapes():
+  """The released vfnet_r50_fpn_1x_coco's head names and shapes, the
+  count, and the config the converter asks for."""
+  names = _names(VFNET)
+  expect = {
+      "neck.fpn_convs.4.conv.weight": (256, 256, 3, 3),  # P7 on ReLU(P6)
+      "bbox_head.cls_convs.2.conv.weight": (256, 256, 3, 3),
+      "bbox_head.reg_convs.2.gn.bias": (256,),
+      "bbox_head.vfnet_reg_conv.conv.weight": (256, 256, 3, 3),
+      "bbox_head.vfnet_reg_conv.gn.weight": (256,),
+      "bbox_head.vfnet_reg.weight": (4, 256, 3, 3),
+      "bbox_head.vfnet_reg_refine.bias": (4,),
+      "bbox_head.vfnet_reg_refine_dconv.weight": (256, 256, 3, 3),
+      "bbox_head.vfnet_cls_dconv.weight": (256, 256, 3, 3),
+      "bbox_head.vfnet_cls.weight": (80, 256, 3, 3),
+      "bbox_head.scales_refine.4.scale": (),
+  }
+  for k, shape in expect.items():
+    assert names[k] == shape, k
+  for k in ("bbox_head.cls_convs.3.conv.weight",
+            "bbox_head.vfnet_reg_conv.conv.bias",
+            "bbox_head.vfnet_cls_dconv.bias"):
+    assert k not in names
+  # Backbone and neck as GFL's; 6 tower convs + 6 GN (x2); vfnet_reg_conv
+  # (conv, GN x2); 3 convs (x2), 2 dconvs; 10 scales.
+  assert len(names) == 53 + 53 * 4 + 16 + 6 + 12 + 3 + 6 + 2 + 10
+  mdconv = _names("vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco")
+  assert mdconv["backbone.layer2.0.conv2.weight"] == (512, 8, 3, 3)
+  assert mdconv["backbone.layer2.0.conv2.conv_offset.weight"] == (
+      27, 512, 3, 3)  # DCNv2: 18 offsets, 9 mask logits.
+  assert mdconv["bbox_head.cls_convs.2.conv.weight"] == (256, 256, 3, 3)
+  assert mdconv["bbox_head.reg_convs.2.conv.conv_offset.bias"] == (27,)
+  assert "bbox_head.reg_convs.1.conv.conv_offset.bias" not in mdconv
+  assert "backbone.layer1.0.conv2.conv_offset.bias" not in mdconv
+  cfg = mmdet.published_config("vfnet_r101_fpn_mstrain_2x_coco")
+  assert cfg.p7_relu and cfg.depth == 101
+  # The 1x and mstrain 2x models compute alike: the first is named.
+  assert cfg == mmdet.published_config("vfnet_r101_fpn_1x_coco")
+  assert mmdet.find_published(cfg) == "vfnet_r101_fpn_1x_coco"
+
+
+def vfnet_torch_model(seed, cfg):
+  """mmdetection's VFNet restated (tests/mmdet_heads_torch.py's backbone
+  and FPN, tests/vfnet_torch.py's head) with random weights (eval)."""
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  vf = pytest.importorskip("vfnet_torch")
+  official = pytest.importorskip("official_fcos_torch")
+  torch.manual_seed(seed)
+  model = ref.VFNet(depth=cfg.depth, width=cfg.width,
+                    fpn_channels=cfg.fpn_channels,
+                    num_classes=cfg.num_classes,
+                    mdconv=bool(cfg.dcn_stages))
+  g = torch.Generator().manual_seed(seed)
+  head = model.bbox_head
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, official.FrozenBatchNorm2d):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+        m.running_mean.normal_(0, 0.1, generator=g)
+        m.running_var.uniform_(0.5, 1.5, generator=g)
+      elif isinstance(m, torch.nn.GroupNorm):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+      elif isinstance(m, vf.Scale):
+        m.scale.uniform_(0.8, 1.2, generator=g)
+      elif isinstance(m, vf.DeformConv2d):  # mmcv's init; torch.empty here.
+        bound = m.weight[0].numel() ** -0.5
+        m.weight.uniform_(-bound, bound, generator=g)
+      elif isinstance(m, ref.ModulatedDeformConv2dPack):
+        # Offsets of a few pixels and masks away from 1.
+        fan_in = m.conv_offset.weight[0].numel()
+        m.conv_offset.weight.normal_(0, 2.0 / fan_in ** 0.5, generator=g)
+        m.conv_offset.bias.normal_(0, 0.5, generator=g)
+    # Boxes of a few strides (offsets that really deform), a prior-like
+    # class bias.
+    for conv in (head.vfnet_reg, head.vfnet_reg_refine):
+      conv.weight.normal_(0, 0.02, generator=g)
+      conv.bias.normal_(-1.0, 0.3, generator=g)
+    head.vfnet_reg_refine.bias.normal_(0.0, 0.2, generator=g)
+    head.vfnet_cls.bias.normal_(-3.5, 0.3, generator=g)
+    # Scores that vary across locations (fewer near-ties in NMS).
+    head.vfnet_cls.weight.mul_(4.0)
+  return model.eval()
+
+
+VFNET_MDCONV = "vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco"
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", [VFNET, VFNET_MDCONV])
+def test_vfnet_head_outputs_and_detections_match_mmdet_restatement(
+    name, tmp_path):
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  cfg = mmdet.published_config(name, **SMALL)
+  model = vfnet_torch_model(0, cfg)
+  variables = mmdet.convert_state_dict(
+      save_checkpoint(model, tmp_path / "vfnet.pth"), cfg)
+  np.testing.assert_array_equal(
+      variables["params"]["head"]["vfnet_reg_conv"]["bias"], 0.0)
+  image_hw = np.array([CANVAS, [100, 131]], np.int32)
+  orig_hw = np.array([[256, 320], [150, 200]], np.int32)
+  x = np.random.default_rng(1).normal(size=(2, *CANVAS, 3)).astype(np.float32)
+  for b, (h, w) in enumerate(image_hw):  # A zero-padded batch.
+    x[b, h:] = 0
+    x[b, :, w:] = 0
+  with torch.no_grad():
+    head = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+  apply, levels_fn = _apply(cfg)
+  nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()
+  for l, (cls, refine, init) in enumerate(levels_fn(variables, x)):
+    want_cls, want_init, want_refine = head[l]
+    close(cls, nhwc(want_cls), f"cls P{l + 3}")
+    close(init, nhwc(want_init), f"initial box P{l + 3}")
+    close(refine, nhwc(want_refine), f"refined box P{l + 3}")
+
+  post = make_postprocess_fn(compute_locations(CANVAS, cfg), cfg)
+  ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
+  dets = ref.postprocess_vfnet(head, model, image_hw.tolist(),
+                               orig_hw.tolist())
+  _same_detections(ours, dets)
+
+
+def _same_detections(ours, dets):
+  """Our detections are mmdetection's (`dets`), but for near-ties at the
+  cut-off and boxes that clipping to the image left empty: mmdetection
+  drops those (min_bbox_size 0: width and height > 0), fcos_jax's
+  post-processing keeps them."""
+  for b, (boxes, scores, labels) in enumerate(dets):
+    boxes, scores, labels = boxes.numpy(), scores.numpy(), labels.numpy()
+    n_ours = int(ours["valid"][b].sum())
+    assert len(scores) >= 50 and n_ours >= len(scores), (n_ours, len(scores))
+    cutoff = np.sort(scores)[::-1][len(scores) - 1]
+    used = np.zeros(len(scores), bool)
+    unmatched, empty = [], 0
+    for k in range(n_ours):
+      ok = (~used & (labels == ours["classes"][b, k])
+            & (np.abs(scores - ours["scores"][b, k]) <= 1e-4)
+            & (np.abs(boxes - ours["boxes"][b, k]).max(axis=1) <= 1e-2))
+      x0, y0, x1, y1 = ours["boxes"][b, k]
+      if ok.any():
+        used[np.argmax(ok)] = True
+      elif x1 <= x0 or y1 <= y0:
+        empty += 1
+      else:
+        unmatched.append(ours["scores"][b, k])
+    # Only near-ties at the cut-off may differ, and the empty boxes push
+    # as many of mmdetection's last ones out.
+    assert all(abs(s - cutoff) <= 1e-4 for s in unmatched), (b, unmatched)
+    assert len(unmatched) <= 2 and empty <= 2, (unmatched, empty)
+    # Both capped at max_per_img, or ours has just the empty ones more.
+    assert n_ours in (len(scores), len(scores) + empty), (n_ours, empty)
+
+
+def test_vfnet_converts_random_checkpoint_and_refuses_bad_ones():
+  cfg = mmdet.published_config(VFNET, **SMALL)
+  rng = np.random.default_rng(0)
+  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
+      np.float32)
+        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  params = mmdet.convert_state_dict({"meta": {}, "state_dict": sd},
+                                    cfg)["params"]["head"]
+  np.testing.assert_array_equal(
+      params["vfnet_cls_dconv"]["kernel"],
+      sd["bbox_head.vfnet_cls_dconv.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params["vfnet_reg_norm"]["scale"],
+                                sd["bbox_head.vfnet_reg_conv.gn.weight"])
+  np.testing.assert_array_equal(params["vfnet_reg_refine"]["bias"],
+                                sd["bbox_head.vfnet_reg_refine.bias"])
+  np.testing.assert_array_equal(params["box_tower_2"]["bias"], 0.0)
+  assert params["scale_refine_2"] == sd["bbox_head.scales_refine.2.scale"]
+  one = dict(sd, **{"bbox_head.scales_refine.0.scale": np.ones(1, np.float32)})
+  mmdet.convert_state_dict(one, cfg)  # (1,) scales are taken too.
+
+  bad = dict(sd)
+  del bad["bbox_head.scales_refine.4.scale"]
+  bad["bbox_head.vfnet_cls_dconv.bias"] = np.zeros(64, np.float32)
+  bad["bbox_head.vfnet_reg.weight"] = np.zeros((68, 64, 3, 3), np.float32)
+  with pytest.raises(errors.DataError) as err:
+    mmdet.convert_state_dict(bad, cfg)
+  msg = str(err.value)
+  assert "fcos_jax VFNet (mmdetection layout)" in msg
+  assert "1 missing: bbox_head.scales_refine.4.scale" in msg
+  assert "1 unexpected: bbox_head.vfnet_cls_dconv.bias" in msg
+  assert ("bbox_head.vfnet_reg.weight: got (68, 64, 3, 3), expected "
+          "(4, 64, 3, 3)") in msg
+  # GFL's FPN (no ReLU before P7) or 4 tower convs compute something else.
+  with pytest.raises(errors.ConfigError, match=r"p7_relu=False \(needs True\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(p7_relu=False))
+  with pytest.raises(errors.ConfigError, match=r"head_convs=4 \(needs 3\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(head_convs=4))
+  # A GFL checkpoint given for VFNet: the VFNet names it lacks are listed.
+  gfl = mmdet.published_config(R50, **SMALL)
+  with pytest.raises(errors.DataError, match="bbox_head.vfnet_cls.weight"):
+    mmdet.convert_state_dict(random_mmdet_state_dict(gfl), cfg)
+
+
+# --- TOOD (configs/tood, anchor_free) ----------------------------------------
+
+TOOD = "tood_r50_fpn_1x_coco"
+
+
+def test_tood_published_names_and_shapes():
+  names = _names(TOOD)
+  expect = {
+      "bbox_head.inter_convs.5.conv.weight": (256, 256, 3, 3),
+      "bbox_head.inter_convs.0.gn.bias": (256,),
+      "bbox_head.cls_decomp.layer_attention.0.weight": (32, 1536, 1, 1),
+      "bbox_head.reg_decomp.layer_attention.2.bias": (6,),
+      "bbox_head.cls_decomp.reduction_conv.conv.weight": (256, 1536, 1, 1),
+      "bbox_head.reg_decomp.reduction_conv.gn.weight": (256,),
+      "bbox_head.tood_cls.weight": (80, 256, 3, 3),
+      "bbox_head.tood_reg.bias": (4,),
+      "bbox_head.cls_prob_module.0.weight": (64, 1536, 1, 1),
+      "bbox_head.cls_prob_module.2.weight": (1, 64, 3, 3),
+      "bbox_head.reg_offset_module.2.bias": (8,),
+      "bbox_head.scales.4.scale": (),
+  }
+  for k, shape in expect.items():
+    assert names[k] == shape, k
+  assert "bbox_head.inter_convs.0.conv.bias" not in names
+  assert "bbox_head.cls_decomp.reduction_conv.conv.bias" not in names
+  # Backbone and neck; 6 inter convs + GN (x2); 2 decompositions (2 convs
+  # x2, reduction conv, GN x2); 2 outputs, 4 branch convs (x2); 5 scales.
+  assert len(names) == 53 + 53 * 4 + 16 + 6 + 12 + 2 * 7 + 4 + 8 + 5
+  x64 = _names("tood_x101_64x4d_fpn_mstrain_2x_coco")
+  assert x64["backbone.layer1.0.conv2.weight"] == (256, 4, 3, 3)
+  cfg = mmdet.published_config("tood_r101_fpn_mstrain_2x_coco")
+  assert not cfg.p7_relu and cfg.head_convs == 6
+  assert mmdet.find_published(cfg) == "tood_r101_fpn_mstrain_2x_coco"
+
+
+def tood_torch_model(seed, cfg):
+  """mmdetection's TOOD restated (tests/mmdet_heads_torch.py's backbone and
+  FPN, tests/tood_torch.py's T-head) with random weights (eval)."""
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  official = pytest.importorskip("official_fcos_torch")
+  torch.manual_seed(seed)
+  model = ref.TOOD(depth=cfg.depth, width=cfg.width,
+                   fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes)
+  g = torch.Generator().manual_seed(seed)
+  head = model.bbox_head
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, official.FrozenBatchNorm2d):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+        m.running_mean.normal_(0, 0.1, generator=g)
+        m.running_var.uniform_(0.5, 1.5, generator=g)
+      elif isinstance(m, torch.nn.GroupNorm):
+        m.weight.uniform_(0.5, 1.5, generator=g)
+        m.bias.normal_(0, 0.1, generator=g)
+    for s in head.scales:
+      s.uniform_(0.8, 1.2, generator=g)
+    # Boxes of a few strides, offsets of about a cell, spread scores.
+    head.tood_reg.weight.normal_(0, 0.02, generator=g)
+    head.tood_reg.bias.normal_(0.5, 0.3, generator=g)
+    head.reg_offset_module[2].weight.normal_(0, 0.02, generator=g)
+    head.reg_offset_module[2].bias.normal_(0, 0.7, generator=g)
+    head.tood_cls.bias.normal_(-2.5, 0.3, generator=g)
+    head.cls_prob_module[2].bias.fill_(-1.5)
+  return model.eval()
+
+
+@pytest.mark.torch
+def test_tood_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
+  torch = pytest.importorskip("torch")
+  ref = pytest.importorskip("mmdet_heads_torch")
+  cfg = mmdet.published_config(TOOD, **SMALL)
+  model = tood_torch_model(0, cfg)
+  path = tmp_path / "tood.pth"
+  torch.save({"meta": {"mmdet_version": "2.20.0"},
+              "state_dict": ref.tood_state_dict(model)}, path)
+  variables = mmdet.convert_state_dict(str(path), cfg)
+  image_hw = np.array([CANVAS, [100, 131]], np.int32)
+  orig_hw = np.array([[256, 320], [150, 200]], np.int32)
+  x = np.random.default_rng(1).normal(size=(2, *CANVAS, 3)).astype(np.float32)
+  for b, (h, w) in enumerate(image_hw):  # A zero-padded batch.
+    x[b, h:] = 0
+    x[b, :, w:] = 0
+  with torch.no_grad():
+    head = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+  apply, levels_fn = _apply(cfg)
+  for l, (cls, ltrb) in enumerate(levels_fn(variables, x)):
+    s = cfg.strides[l]
+    want_score, want_box = (t.permute(0, 2, 3, 1).numpy() for t in head[l])
+    close(jax.nn.sigmoid(cls), want_score, f"score P{l + 3}")
+    hl, wl = ltrb.shape[1:3]
+    cy, cx = np.meshgrid(np.arange(hl) * s, np.arange(wl) * s, indexing="ij")
+    ltrb = np.asarray(ltrb)
+    box = np.stack([cx - ltrb[..., 0], cy - ltrb[..., 1],
+                    cx + ltrb[..., 2], cy + ltrb[..., 3]], -1)
+    close(box, want_box * s, f"box P{l + 3}")
+
+  post = make_postprocess_fn(compute_locations(CANVAS, cfg), cfg)
+  ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
+  # fcos_jax clips the boxes to the image, mmdetection's TOOD does not.
+  dets = ref.postprocess_tood(head, model, image_hw.tolist(),
+                              orig_hw.tolist(), clip=True)
+  _same_detections(ours, dets)
+
+
+def test_tood_refuses_bad_checkpoints():
+  cfg = mmdet.published_config(TOOD, **SMALL)
+  rng = np.random.default_rng(0)
+  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
+      np.float32)
+        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  params = mmdet.convert_state_dict(sd, cfg)["params"]["head"]
+  np.testing.assert_array_equal(
+      params["reg_decomp"]["reduction_conv"]["kernel"],
+      sd["bbox_head.reg_decomp.reduction_conv.conv.weight"].transpose(
+          2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      params["cls_decomp"]["layer_attention_2"]["bias"],
+      sd["bbox_head.cls_decomp.layer_attention.2.bias"])
+  np.testing.assert_array_equal(params["inter_norm_3"]["scale"],
+                                sd["bbox_head.inter_convs.3.gn.weight"])
+  bad = dict(sd)
+  del bad["bbox_head.cls_decomp.reduction_conv.gn.bias"]
+  bad["bbox_head.inter_convs.0.conv.conv_offset.weight"] = np.zeros(
+      (27, 64, 3, 3), np.float32)  # A dconv T-head (num_dcn > 0).
+  with pytest.raises(errors.DataError) as err:
+    mmdet.convert_state_dict(bad, cfg)
+  msg = str(err.value)
+  assert "fcos_jax TOOD (mmdetection layout)" in msg
+  assert "1 missing: bbox_head.cls_decomp.reduction_conv.gn.bias" in msg
+  assert "1 unexpected: bbox_head.inter_convs.0.conv.conv_offset.weight" in msg
+  with pytest.raises(errors.ConfigError, match=r"p7_relu=True \(needs False\)"):
+    mmdet.convert_state_dict(sd, cfg.replace(p7_relu=True))
