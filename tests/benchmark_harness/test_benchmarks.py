@@ -138,6 +138,20 @@ def test_cpu_smoke_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.torch
+@pytest.mark.slow
+def test_serving_smoke_times_onnxruntime_jit_and_torchvision(tmp_path):
+  pytest.importorskip("torch")
+  r, stdout = _run(tmp_path, "--sections", "serving")
+  e = r["sections"]["serving"]
+  assert set(e["s"]) == {"torchvision", "jitted", "onnxruntime"}
+  for t in e["s"].values():
+    assert 0 < t["min"] <= t["median"] <= t["max"]
+  assert e["torchvision_over"]["torchvision"] == 1.0
+  assert e["batch"] == 1 and e["onnx_export_s"] > 0
+  assert "serve onnxruntime b1" in stdout
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_gpu_mode_smoke_runs_on_cpu_without_tensorflow(tmp_path, dtype):
   pytest.importorskip("torch")
