@@ -54,17 +54,19 @@ def predict(config, params, mesh, categories: list[dict] | None = None,
   step_fn = jax.jit(functools.partial(detect.eval_step, cfg=cfg),
                     in_shardings=(rep, data), out_shardings=data)
   chunks = []
-  progress = bar(ds.num_steps, "evaluate", unit=" batches",
-                 enabled=jax.process_index() == 0)
+  progress = None
   for i, local in enumerate(ds):
     batch = global_batch.to_global_batch(local, mesh)
-    if i == 0:
+    if i == 0:  # The bar after the compile's own log lines.
       runtime.compile_everywhere(step_fn, params, batch, name="eval_step")
+      progress = bar(ds.num_steps, "evaluate", unit=" batches",
+                     enabled=jax.process_index() == 0)
     dets = step_fn(params, batch)
     dets["example_valid"] = batch["example_valid"]
     chunks.append(multihost_utils.process_allgather(dets, tiled=True))
     progress.update(1)
-  progress.close()
+  if progress is not None:
+    progress.close()
   out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   keep = out.pop("example_valid").astype(bool)
   return {k: v[keep] for k, v in out.items()}, ds.info
