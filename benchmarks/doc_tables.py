@@ -138,9 +138,24 @@ def detections() -> str:
                  _pct(d["ambiguous_classes_share"])]])
 
 
+def serving() -> str:
+  r = load("serving")
+  e = r["bench"]["sections"]["serving"]
+  names = {"onnxruntime": "our ONNX export in ONNX Runtime",
+           "jitted": "our jitted model (`Detector`, `fcos-predict`)",
+           "torchvision": "torchvision's FCOS (`fcos_resnet50_fpn`)"}
+  rows = [[names[k], f"{1e3 * e['s'][k]['median']:.0f}",
+           f"{1e3 * e['s'][k]['min']:.0f}-{1e3 * e['s'][k]['max']:.0f}",
+           f"{e['torchvision_over'][k]:.2f}x"]
+          for k in ("onnxruntime", "jitted", "torchvision")]
+  return _rows(["R-50 FCOS, 800x1344, batch 1, NMS included", "ms (median)",
+                "ms (min-max)", "speed vs torchvision"], rows)
+
+
 TABLES = {"main_command": main_command, "family_readme": family_readme,
           "family": family, "family_tta": family_tta, "rpn": rpn,
-          "assignment": assignment, "detections": detections}
+          "assignment": assignment, "detections": detections,
+          "serving": serving}
 
 
 def render(text: str, doc: str) -> str:
