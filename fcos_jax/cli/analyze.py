@@ -271,7 +271,7 @@ def main(argv):
 
 def run():
   """The console script's entry point (fcos-analyze)."""
-  common.run(main)
+  common.run(main, overrides_change_recorded=True)
 
 
 if __name__ == "__main__":

@@ -254,12 +254,19 @@ def _with_resolved_config(argv):
   return _with_recorded_config(out)
 
 
+# Set by `run` for the commands that read a run (evaluate, predict,
+# analyze, export): there --config.FIELD without --config changes the run's
+# recorded config. train.py and fcos-convert write --workdir instead.
+_OVERRIDES_CHANGE_RECORDED = False
+
+
 def _with_recorded_config(argv):
   """--config.FIELD overrides without --config change the recorded config
   of --workdir (configs/recorded.py), placed first as ml-collections needs
   --config before its overrides."""
   args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
-  if (not any(a.startswith("--config.") for a in args) or
+  if (not _OVERRIDES_CHANGE_RECORDED or
+      not any(a.startswith("--config.") for a in args) or
       any(a == "--config" or a.startswith("--config=") for a in args)):
     return argv
   workdir = [a.split("=", 1)[1] for a in args if a.startswith("--workdir=")]
@@ -337,7 +344,7 @@ def _exit_without_waiting(code: int) -> None:
   os._exit(code)  # pylint: disable=protected-access
 
 
-def run(main, argv=None) -> None:
+def run(main, argv=None, overrides_change_recorded: bool = False) -> None:
   """absl's app.run of `main` under the one error policy of the commands:
 
   - `fcos_jax.errors.UserError` and absl's UsageError: one line
@@ -348,9 +355,14 @@ def run(main, argv=None) -> None:
     signal (the start-up unwound, its lock released); Ctrl-C in the other
     commands: one line, exit 130;
   - --version prints the package's version and exits 0.
+
+  overrides_change_recorded: the command reads a run (--workdir), so
+  --config.FIELD without --config changes the run's recorded config.
   """
   from fcos_jax import __version__  # pylint: disable=import-outside-toplevel
   from fcos_jax.errors import StoppedBeforeTraining, UserError  # pylint: disable=import-outside-toplevel
+  global _OVERRIDES_CHANGE_RECORDED
+  _OVERRIDES_CHANGE_RECORDED = overrides_change_recorded
   argv = list(sys.argv if argv is None else argv)
   before_dashes = argv[1:argv.index("--")] if "--" in argv else argv[1:]
   if "--version" in before_dashes:

@@ -192,6 +192,7 @@ def test_overrides_without_config_change_the_runs_recorded_config(
   with V type-checked and applied as ml-collections applies overrides."""
   from ml_collections import config_flags
   workdir = _recorded_run(tmp_path)
+  monkeypatch.setattr(common, "_OVERRIDES_CHANGE_RECORDED", True)  # evaluate's
   argv = common._with_resolved_config(
       ["evaluate.py", f"--workdir={workdir}",
        "--config.model.inference.score_thresh=0.0"])
