@@ -41,7 +41,8 @@ from flax import traverse_util
 from fcos_jax import registry, storage
 from fcos_jax.convert import safe_load
 from fcos_jax.convert import torchvision as tv
-from fcos_jax.model.config import CAFFE_BGR_MEAN, RESUME_POLICY, ModelConfig
+from fcos_jax.model.config import (CAFFE_BGR_MEAN, RESUME_POLICY, DistanceBox,
+                                   ModelConfig)
 from fcos_jax.model.fcos import MODEL_STRIDES
 
 # Fields that change what official weights compute, and their values there
@@ -51,7 +52,8 @@ _REQUIRED = dict(
     backbone_norm="frozen_bn", input_bgr=True, input_range=255.0,
     pixel_mean=CAFFE_BGR_MEAN, pixel_std=(1.0, 1.0, 1.0), head_norm="gn",
     gn_groups=32, use_scale=True, location_offset="half",
-    location_stride="nominal", strides=MODEL_STRIDES, dcn_modulated=True)
+    location_stride="nominal", strides=MODEL_STRIDES, dcn_modulated=True,
+    box=DistanceBox())
 
 # What a converted model may change: the fields of the parts that do not
 # touch the parameters (inference, numerics: RESUME_POLICY "free").

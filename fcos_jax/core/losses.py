@@ -79,10 +79,13 @@ def sigmoid_focal_loss(logits, targets, alpha: float = 0.25,
   return loss
 
 
-def _iou_terms(pred, target, smooth: float):
+def _iou_terms(pred, target, smooth: float, anchor_deltas: bool = False):
   """(IoU, union, enclosing area) of two boxes around one point.
 
   pred, target: [..., 4] (l, t, r, b) >= 0. IoU = (I + smooth) / (U + smooth).
+  anchor_deltas: `pred` may have negative distances (a box decoded from
+  anchor deltas need not contain its point): the overlap's width and height
+  are clamped at 0.
   """
   pred = jnp.asarray(pred, jnp.float32)
   target = jnp.asarray(target, jnp.float32)
@@ -91,8 +94,11 @@ def _iou_terms(pred, target, smooth: float):
   pred_area = (pl + pr) * (pt + pb)
   target_area = (tl + tr) * (tt + tb)
   # Both boxes contain the point, so overlap widths add up from each side.
-  inter = ((jnp.minimum(pl, tl) + jnp.minimum(pr, tr))
-           * (jnp.minimum(pt, tt) + jnp.minimum(pb, tb)))
+  inter_w = jnp.minimum(pl, tl) + jnp.minimum(pr, tr)
+  inter_h = jnp.minimum(pt, tt) + jnp.minimum(pb, tb)
+  if anchor_deltas:  # Either may be negative: boxes apart on that axis.
+    inter_w, inter_h = jnp.maximum(inter_w, 0.0), jnp.maximum(inter_h, 0.0)
+  inter = inter_w * inter_h
   union = pred_area + target_area - inter
   enclose = ((jnp.maximum(pl, tl) + jnp.maximum(pr, tr))
              * (jnp.maximum(pt, tt) + jnp.maximum(pb, tb)))
@@ -100,26 +106,26 @@ def _iou_terms(pred, target, smooth: float):
   return iou, union, enclose
 
 
-def iou_loss(pred, target, smooth: float = 0.0):
+def iou_loss(pred, target, smooth: float = 0.0, anchor_deltas: bool = False):
   """-log(IoU), elementwise over [..., 4] (l, t, r, b) pairs -> [...]."""
-  iou, _, _ = _iou_terms(pred, target, smooth)
+  iou, _, _ = _iou_terms(pred, target, smooth, anchor_deltas)
   # Floor keeps the loss and its gradient finite for disjoint boxes
   # (smooth = 0); the official smooth = 1 never reaches it.
   return -jnp.log(jnp.maximum(iou, _EPS))
 
 
-def linear_iou_loss(pred, target, smooth: float = 0.0):
+def linear_iou_loss(pred, target, smooth: float = 0.0, anchor_deltas: bool = False):
   """1 - IoU, elementwise over [..., 4] (l, t, r, b) pairs -> [...]."""
-  iou, _, _ = _iou_terms(pred, target, smooth)
+  iou, _, _ = _iou_terms(pred, target, smooth, anchor_deltas)
   return 1.0 - iou
 
 
-def giou_loss(pred, target, smooth: float = 0.0):
+def giou_loss(pred, target, smooth: float = 0.0, anchor_deltas: bool = False):
   """1 - GIoU, elementwise over [..., 4] (l, t, r, b) pairs -> [...].
 
   GIoU = IoU - (E - U) / E with E the enclosing box area (Rezatofighi 2019).
   """
-  iou, union, enclose = _iou_terms(pred, target, smooth)
+  iou, union, enclose = _iou_terms(pred, target, smooth, anchor_deltas)
   return 1.0 - (iou - (enclose - union) / (enclose + _EPS))
 
 
@@ -140,7 +146,8 @@ def quality_targets(pred, target, targets: Targets, cfg: ModelConfig):
   as the regression loss (cfg.loss.iou_smooth). 0 on background."""
   if cfg.quality.name == "iou":
     iou, _, _ = _iou_terms(jax.lax.stop_gradient(pred), target,
-                           cfg.loss.iou_smooth)
+                           cfg.loss.iou_smooth,
+                           cfg.box.name == "anchor_deltas")
     return jnp.where(targets.positive, iou, 0.0)
   return targets.centerness
 
@@ -218,7 +225,8 @@ def fcos_loss(outputs, targets: Targets, locations: Locations,
   mask4 = positive[..., None]
   pred = jnp.where(mask4, pred, 1.0)
   target = jnp.where(mask4, targets.reg_targets.astype(jnp.float32), 1.0)
-  reg = _REG_LOSSES[cfg.loss.reg_loss](pred, target, cfg.loss.iou_smooth)  # [B, P]
+  reg = _REG_LOSSES[cfg.loss.reg_loss](  # [B, P]
+      pred, target, cfg.loss.iou_smooth, cfg.box.name == "anchor_deltas")
   if cfg.loss.reg_weighting == "centerness":
     weight = jnp.where(positive, targets.centerness, 0.0)
     total_weight = jnp.sum(weight)

@@ -9,7 +9,9 @@ that the functions reading it take:
   assign     the assignment rule (targets.py), a named choice (`ASSIGNERS`);
   loss       the training loss (losses.py), a named choice (`LOSSES`);
   inference  candidate threshold, top-k, NMS, detections (postprocess.py);
-  numerics   compute dtype and how training computes kernel gradients.
+  numerics   compute dtype and how training computes kernel gradients;
+  box        what the box branch regresses (`BOXES`): FCOS's distances, or
+             DeltaXYWH deltas from a square anchor (mmdetection's ATSS).
 
 A new assigner, quality branch or loss is a new small class registered by
 its `name` beside the FCOS one; nothing else here changes. On resume the
@@ -387,6 +389,52 @@ LOSSES["tood"] = TOODLoss
 
 
 @dataclasses.dataclass(frozen=True)
+class DistanceBox:
+  """FCOS's box branch: four distances (l, t, r, b) from the location,
+  relu(scale * x) in strides (norm_reg_targets) or exp(scale * x) in
+  pixels."""
+
+  name: str = "distances"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorDeltasBox:
+  """An anchor-based box branch (mmdetection's ATSSHead with
+  DeltaXYWHBBoxCoder, target_means 0): deltas (dx, dy, dw, dh) = scale * x
+  (no activation) from one square anchor per location, anchor_scale
+  strides wide and centred on it; denormalised by target_stds, dw and dh
+  clamped to |log(wh_ratio_clip)|, the box centre (px + w dx, py + h dy),
+  its size (w exp(dw), h exp(dh)). The head gives that box as (l, t, r, b)
+  pixels from the location (fcos_jax/model/head.py, `anchor_deltas_to_distances`):
+  the same output as `distances`, which may be negative here (a box that
+  misses its location). Needs norm_reg_targets=False and a loss on those
+  distances (`fcos`, `atss`: GIoU on the decoded boxes, mmdetection's
+  reg_decoded_bbox)."""
+
+  name: str = "anchor_deltas"
+  anchor_scale: float = 8.0  # Anchor side in strides (octave_base_scale 8,
+  # scales_per_octave 1).
+  target_stds: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
+  wh_ratio_clip: float = 16 / 1000  # dw, dh within +-|log(wh_ratio_clip)|.
+
+  def __post_init__(self):
+    if (self.anchor_scale <= 0 or len(self.target_stds) != 4
+        or min(self.target_stds) <= 0 or not 0 < self.wh_ratio_clip < 1):
+      raise ConfigError(
+          f"model.box: anchor_scale={self.anchor_scale} must be > 0, "
+          f"target_stds={self.target_stds} four values > 0 and wh_ratio_clip="
+          f"{self.wh_ratio_clip} in (0, 1) (mmdetection's ATSS: 8, "
+          "(0.1, 0.1, 0.2, 0.2), 0.016).")
+
+
+# What the box branch regresses: FCOS's distances (the default) or anchor
+# deltas. A part of the architecture (RESUME_POLICY).
+BOXES = {"distances": DistanceBox, "anchor_deltas": AnchorDeltasBox}
+PARTS["box"] = BOXES
+RESUME_POLICY["box"] = "architecture"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The architecture of an FCOS model, and its parts (see the module doc)."""
 
@@ -468,6 +516,7 @@ class ModelConfig:
   loss: FCOSLoss = FCOSLoss()
   inference: InferenceConfig = InferenceConfig()
   numerics: Numerics = Numerics()
+  box: DistanceBox = DistanceBox()
 
   def __post_init__(self):
     _check_choice(self, "p6_from", ("p5", "c5"))
@@ -511,6 +560,7 @@ class ModelConfig:
       raise ConfigError(
           f"ModelConfig: fpn_channels={self.fpn_channels} is not divisible by "
           f"gn_groups={self.gn_groups}.")
+    _check_box(self)  # First: the other heads' checks assume distances.
     _check_gfl(self)
     _check_vfnet(self)
     _check_tood(self)
@@ -621,6 +671,24 @@ def _check_tood(cfg: "ModelConfig"):
         f"ModelConfig: fpn_channels={cfg.fpn_channels} leaves TOOD's layer "
         f"attention no channels (fpn_channels // quality.la_down_rate = "
         f"{cfg.fpn_channels} // {cfg.quality.la_down_rate} must be >= 1).")
+
+
+def _check_box(cfg: "ModelConfig"):
+  """Anchor deltas give boxes in pixels, and only the FCOS / ATSS losses
+  take them (the other heads regress their own boxes)."""
+  if cfg.box.name != "anchor_deltas":
+    return
+  if cfg.norm_reg_targets:
+    raise ConfigError(
+        "ModelConfig: box.name='anchor_deltas' decodes its boxes in pixels; "
+        "set norm_reg_targets=False.")
+  if cfg.quality.name not in ("centerness", "iou") or cfg.loss.name not in (
+      "fcos", "atss"):
+    raise ConfigError(
+        f"ModelConfig: box.name='anchor_deltas' with quality.name="
+        f"{cfg.quality.name!r}, loss.name={cfg.loss.name!r}: anchor deltas go "
+        "with quality 'centerness' or 'iou' and loss 'fcos' or 'atss' (the "
+        "`atss_anchor` preset); GFL, VFNet and TOOD regress their own boxes.")
 
 
 def _part_values(part: str, value) -> dict:
@@ -768,6 +836,24 @@ def atss(**overrides) -> ModelConfig:
   return ModelConfig().replace(**base)
 
 
+def atss_anchor(**overrides) -> ModelConfig:
+  """ATSS as mmdetection's atss_r50_fpn_1x_coco (39.4 AP published): the
+  anchor-based head (box `anchor_deltas`: DeltaXYWH deltas, stds 0.1, 0.1,
+  0.2, 0.2, from one 8-stride square anchor per location, centre-ness on
+  the box tower), torchvision-layout ResNet-50 with RGB ImageNet input, P6
+  from P5 and no ReLU before P7, a 4-conv GN head with Scale, anchors
+  centred at j * s, ATSS assignment (topk 9), focal loss + GIoU (weight 2,
+  on the decoded boxes, weighted by the centre-ness targets) + centre-ness
+  BCE, score > 0.05, NMS 0.6 (docs/algorithm.md, "ATSS")."""
+  base = dict(
+      stride_in_1x1=False, bn_eps=1e-5, input_bgr=False, input_range=1.0,
+      pixel_mean=IMAGENET_RGB_MEAN, pixel_std=IMAGENET_RGB_STD,
+      location_offset="zero", p7_relu=False, norm_reg_targets=False,
+      box=AnchorDeltasBox(), assign=ATSSAssign(), loss=ATSSLoss())
+  base.update(overrides)
+  return ModelConfig().replace(**base)
+
+
 def vfnet(**overrides) -> ModelConfig:
   """VFNet (mmdetection vfnet_r50_fpn_1x_coco, 41.6 AP published):
   torchvision-layout ResNet-50 with RGB ImageNet input, P6 from P5, a
@@ -818,6 +904,7 @@ PRESETS = {"official": official, "paper": paper, "torchvision": torchvision,
 PRESETS["gfl"] = gfl
 PRESETS.update(iou=iou, atss=atss, p2=p2)
 PRESETS["vfnet"] = vfnet
+PRESETS["atss_anchor"] = atss_anchor
 
 
 def tood(**overrides) -> ModelConfig:

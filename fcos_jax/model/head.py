@@ -21,6 +21,12 @@ towers, no centerness conv, and box_regression gives 4 x (reg_max + 1)
 logits, scaled by the level's Scale (before any activation, as mmdetection
 scales them), one distribution over {0, ..., reg_max} strides per side; its
 expectation (`integral`) is the distance.
+
+Anchor deltas (`cfg.box.name == "anchor_deltas"`, mmdetection's ATSSHead):
+box_regression's 4 channels, scaled by the level's Scale with no
+activation, are DeltaXYWH deltas from the location's square anchor; the
+head returns the decoded box as (l, t, r, b) pixels from the location
+(`anchor_deltas_to_distances`), so everything downstream reads distances.
 """
 
 from __future__ import annotations
@@ -45,6 +51,25 @@ def integral(logits):
   logits = logits.astype(jnp.float32)
   n = logits.shape[-1] - 1
   return jax.nn.softmax(logits, axis=-1) @ jnp.arange(n + 1, dtype=jnp.float32)
+
+
+def anchor_deltas_to_distances(deltas, anchor_side: float, box):
+  """mmdetection's DeltaXYWHBBoxCoder.decode (target_means 0) from a square
+  anchor of side `anchor_side` centred on the location, as distances.
+
+  deltas [..., 4] (dx, dy, dw, dh), box: an AnchorDeltasBox (target_stds,
+  wh_ratio_clip) -> [..., 4] (l, t, r, b) pixels from the anchor centre,
+  float32: the box centre is offset by (side * dx * std_x, side * dy *
+  std_y), its size side * exp(dw * std_w) (dw, dh clamped to
+  |log(wh_ratio_clip)|). Distances may be negative (a box beside its
+  location); l + r and t + b never are."""
+  deltas = deltas.astype(jnp.float32)
+  stds = jnp.asarray(box.target_stds, jnp.float32)
+  d = deltas * stds
+  max_ratio = abs(math.log(box.wh_ratio_clip))
+  wh = anchor_side * jnp.exp(jnp.clip(d[..., 2:], -max_ratio, max_ratio))
+  centre = anchor_side * d[..., :2]  # (x, y) offsets from the location.
+  return jnp.concatenate([wh * 0.5 - centre, centre + wh * 0.5], axis=-1)
 
 
 class FCOSHead(nn.Module):
@@ -134,5 +159,8 @@ class FCOSHead(nn.Module):
     ctr = self.centerness(ctr_feat).astype(jnp.float32)[..., 0]
     if self.cfg.use_scale:
       reg = reg * self.scales[level]
+    if self.cfg.box.name == "anchor_deltas":  # mmdetection's ATSSHead.
+      side = self.cfg.box.anchor_scale * self.cfg.strides[level]
+      return cls, anchor_deltas_to_distances(reg, side, self.cfg.box), ctr
     reg = nn.relu(reg) if self.cfg.norm_reg_targets else jnp.exp(reg)
     return cls, reg, ctr
