@@ -46,7 +46,7 @@ SOURCES = {
     "official": "official FCOS",
     "adelaidet": "AdelaiDet FCOS",
     "torchvision": "torchvision FCOS",
-    "mmdet": "mmdetection GFL / VFNet / TOOD",
+    "mmdet": "mmdetection GFL / VFNet / TOOD / ATSS",
 }
 REPOSITORIES = {
     "official": "https://github.com/tianzhi0549/FCOS",
@@ -118,18 +118,20 @@ def _adelaidet(name, overrides, ap, imagenet):
                  "detectron_pkl", ap, _ADELAIDET_URL.format(name))
 
 
-def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl"):
+def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl", preset=None,
+           file=None):
   """mmdetection's configs/FAMILY/NAME.py and its weights NAME_STAMP.pth
   (STAMP: date, time and the sha256 prefix mmdetection's publish_model
-  appends). Its README's 1x / 2x are 90k / 180k iterations at batch 16
-  (8 GPUs x 2); mstrain draws the short side from [480, 800] (GFL) or
-  [480, 960] (VFNet). FAMILY is the preset."""
+  appends; FILE instead of NAME where the file is named otherwise). Its
+  README's 1x / 2x are 90k / 180k iterations at batch 16 (8 GPUs x 2);
+  mstrain draws the short side from [480, 800] (GFL) or [480, 960]
+  (VFNet). FAMILY is the preset, unless PRESET is given."""
   overrides = dict(_MMDET if family == "gfl" else {}, **overrides)
-  return Release(name, "mmdet", family, overrides,
+  return Release(name, "mmdet", preset or family, overrides,
                  "2x" if "_2x_" in name else "1x", 16,
                  _MMDET_MSTRAIN[family] if "_mstrain_" in name else 800,
                  imagenet, "torchvision_resnet", ap,
-                 _MMDET_URL.format(family, name, f"{name}_{stamp}"),
+                 _MMDET_URL.format(family, name, f"{file or name}_{stamp}"),
                  checksum=stamp.rsplit("-", 1)[1])
 
 
@@ -267,6 +269,14 @@ _RELEASES = (
     _mmdet("tood_x101_64x4d_fpn_mstrain_2x_coco", "20211211_003519-a4f36113",
            dict(depth=101, groups=64, width_per_group=4), 47.6,
            "resnext101_64x4d-ee2c6f71.pth", family="tood"),
+    # configs/atss of mmdetection (box AP, metafile.yml): the `atss_anchor`
+    # preset (ATSSHead: DeltaXYWH deltas from an 8-stride anchor, box
+    # `anchor_deltas`). The R-101's file is named atss_r101_fpn_1x_STAMP.
+    _mmdet("atss_r50_fpn_1x_coco", "20200209-985f7bd0", {}, 39.4,
+           "resnet50-0676ba61.pth", family="atss", preset="atss_anchor"),
+    _mmdet("atss_r101_fpn_1x_coco", "20200825-dfcadd6f", dict(depth=101),
+           41.5, "resnet101-63fe2227.pth", family="atss",
+           preset="atss_anchor", file="atss_r101_fpn_1x"),
 )
 
 MODELS: dict[str, Release] = {r.name: r for r in _RELEASES}
@@ -503,7 +513,7 @@ def markdown() -> str:
       "```",
       "",
       "(`--adelaidet` for AdelaiDet's, `--mmdet` for mmdetection's",
-      "GFL / VFNet / TOOD",
+      "GFL / VFNet / TOOD / ATSS",
       "with the file name of its weights; details in",
       "[predict_and_export.md](predict_and_export.md"
       "#the-official-fcos-and-adelaidet-models-as-runs)).",
@@ -540,7 +550,10 @@ def markdown() -> str:
       "the towers' last conv (`dcn_modulated=True`, `head_dcn=True`). Its",
       "TOOD models (the `tood` preset,",
       "anchor-free) draw it from 480-800; its anchor-based and dconv TOOD",
-      "models are not listed.",
+      "models are not listed. Its ATSS models (the `atss_anchor` preset:",
+      "box `anchor_deltas`, DeltaXYWH deltas from an 8-stride anchor) train",
+      "at 800; mmdetection scores their detections prob x centre-ness,",
+      "fcos_jax sqrt(prob x centre-ness) (the same ranking and AP).",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",

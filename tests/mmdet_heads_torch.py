@@ -24,9 +24,17 @@ ConvModule: reduction_conv.conv, reduction_conv.gn; scales are mmcv Scales).
 Its post-processing (TOODHead._get_bboxes_single) takes the scores as they
 are (probabilities), the boxes as bbox_pred * stride, and clips nothing.
 
-mmdetection's ATSS head (DeltaXYWHBBoxCoder boxes) is not restated: it is
-not converted (fcos_jax/convert/mmdet.py).
+ATSS: the same backbone and FPN (no ReLU before P7) with ATSSHead
+(dense_heads/atss_head.py: GN towers, atss_cls, atss_reg scaled by the
+level's Scale with no activation, atss_centerness on the box tower), its
+anchors (AnchorGenerator: octave_base_scale 8, one ratio, center_offset 0),
+DeltaXYWHBBoxCoder.decode (`delta2bbox`, means 0, stds 0.1, 0.1, 0.2, 0.2,
+wh_ratio_clip 16/1000, clipped to the image) and its post-processing
+(`postprocess_atss`: the candidates by prob, then score = prob x
+sigmoid(centre-ness), the score_factors of _bbox_post_process).
 """
+
+import math
 
 import torch
 import torchvision
@@ -291,17 +299,107 @@ def postprocess_tood(levels, model, image_sizes, orig_sizes, clip=False,
       image_sizes, orig_sizes, activated=True, decode=boxes, **kw)
 
 
+def anchor_boxes(h, w, stride, octave_base_scale=8):
+  """[h * w, 4] AnchorGenerator's anchors (ratio 1, scales_per_octave 1,
+  center_offset 0): the base anchor, an octave_base_scale * stride square
+  centred on (0, 0), shifted by (j s, i s), row-major."""
+  side = stride * octave_base_scale
+  base = torch.tensor([-0.5 * side, -0.5 * side, 0.5 * side, 0.5 * side])
+  ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride,
+                          indexing="ij")
+  xs, ys = xs.reshape(-1).float(), ys.reshape(-1).float()
+  return base[None] + torch.stack([xs, ys, xs, ys], 1)
+
+
 def anchor_centers(h, w, stride):
   """[h * w, 2] (x, y) of AnchorGenerator's anchors (center_offset 0,
   octave_base_scale 8: an 8 s square centred on (j s, i s)), row-major:
   the centre of each anchor box."""
-  ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride,
-                          indexing="ij")
-  cx, cy = xs.reshape(-1).float(), ys.reshape(-1).float()
-  half = 8 * stride / 2
-  boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], 1)
+  boxes = anchor_boxes(h, w, stride)
   return torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2,
                       (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+
+
+def delta2bbox(rois, deltas, stds=(0.1, 0.1, 0.2, 0.2), max_shape=None,
+               wh_ratio_clip=16 / 1000):
+  """DeltaXYWHBBoxCoder.decode (means 0, add_ctr_clamp False): anchors
+  [N, 4] and deltas [N, 4] -> boxes [N, 4], clipped to max_shape (h, w)."""
+  denorm = deltas * deltas.new_tensor(stds).view(1, -1)
+  dxy, dwh = denorm[:, :2], denorm[:, 2:]
+  pxy = (rois[:, :2] + rois[:, 2:]) * 0.5
+  pwh = rois[:, 2:] - rois[:, :2]
+  max_ratio = abs(math.log(wh_ratio_clip))
+  dwh = dwh.clamp(min=-max_ratio, max=max_ratio)
+  gxy = pxy + pwh * dxy
+  gwh = pwh * dwh.exp()
+  boxes = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], -1)
+  if max_shape is not None:
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, max_shape[1])
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, max_shape[0])
+  return boxes
+
+
+class ATSSHead(nn.Module):
+  """mmdetection's ATSSHead (one anchor per location)."""
+
+  def __init__(self, num_classes, channels, stacked_convs=4,
+               strides=(8, 16, 32, 64, 128)):
+    super().__init__()
+    self.cls_convs = nn.ModuleList(
+        [ConvModule(channels, channels, 3, norm=True, act=True)
+         for _ in range(stacked_convs)])
+    self.reg_convs = nn.ModuleList(
+        [ConvModule(channels, channels, 3, norm=True, act=True)
+         for _ in range(stacked_convs)])
+    self.atss_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
+    self.atss_reg = nn.Conv2d(channels, 4, 3, padding=1)
+    self.atss_centerness = nn.Conv2d(channels, 1, 3, padding=1)
+    self.scales = nn.ModuleList([Scale(1.0) for _ in strides])
+    self.strides = strides
+
+  def forward(self, feats):
+    """Per level (cls_score, bbox_pred deltas, centerness logits), NCHW."""
+    out = []
+    for x, scale in zip(feats, self.scales):
+      cls_feat, reg_feat = x, x
+      for conv in self.cls_convs:
+        cls_feat = conv(cls_feat)
+      for conv in self.reg_convs:
+        reg_feat = conv(reg_feat)
+      out.append((self.atss_cls(cls_feat),
+                  scale(self.atss_reg(reg_feat)).float(),
+                  self.atss_centerness(reg_feat)))
+    return out
+
+
+class ATSS(nn.Module):
+  """`backbone`, `neck` (no ReLU before P7), `bbox_head`: the checkpoint's
+  layout."""
+
+  def __init__(self, depth=50, width=64, fpn_channels=256, num_classes=80):
+    super().__init__()
+    self.backbone = ResNet(depth, width)
+    self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
+    self.bbox_head = ATSSHead(num_classes, fpn_channels)
+
+  def forward(self, x):
+    return self.bbox_head(self.neck(self.backbone(x)))
+
+
+def postprocess_atss(levels, model, image_sizes, orig_sizes, **kw):
+  """ATSSHead's test_cfg post-processing: candidates by prob, boxes
+  decoded from the anchors and clipped, score prob x sigmoid(centerness)."""
+  strides = model.bbox_head.strides
+
+  def boxes(level, rows, centers, hw):
+    half = 4 * strides[level]
+    anchors = torch.cat([centers - half, centers + half], 1)
+    return delta2bbox(anchors, rows, max_shape=hw)
+
+  return postprocess_distances(
+      [l[0] for l in levels], [l[1] for l in levels], None, strides,
+      image_sizes, orig_sizes, decode=boxes,
+      score_factors=[l[2] for l in levels], **kw)
 
 
 def distance2bbox(points, distance, max_shape):
@@ -339,12 +437,15 @@ def postprocess_vfnet(levels, model, image_sizes, orig_sizes, **kw):
 def postprocess_distances(cls_scores, bbox_preds, distances, strides,
                           image_sizes, orig_sizes, score_thr=0.05,
                           nms_pre=1000, iou_threshold=0.6, max_per_img=100,
-                          min_bbox_size=0, activated=False, decode=None):
+                          min_bbox_size=0, activated=False, decode=None,
+                          score_factors=None):
   """BaseDenseHead's post-processing per image: `distances(level, rows)`
   turns the selected rows of a level's box output into (l, t, r, b)
   pixels, decoded from the points and clipped to the image; or
   `decode(level, rows, centers, (h, w))` gives the boxes. `activated`:
-  the class outputs are probabilities already (no sigmoid)."""
+  the class outputs are probabilities already (no sigmoid).
+  `score_factors`: per level [B, 1, H, W] logits whose sigmoid multiplies
+  the selected candidates' scores (after the threshold and top-k)."""
   results = []
   for i, ((h, w), (oh, ow)) in enumerate(zip(image_sizes, orig_sizes)):
     all_boxes, all_scores, all_labels = [], [], []
@@ -369,6 +470,8 @@ def postprocess_distances(cls_scores, bbox_preds, distances, strides,
       else:
         all_boxes.append(distance2bbox(centers, distances(level, reg[loc]),
                                        (h, w)))
+      if score_factors is not None:
+        kept = kept * score_factors[level][i].reshape(-1).sigmoid()[loc]
       all_scores.append(kept)
       all_labels.append(labels)
     boxes, scores, labels = (torch.cat(t) for t in (all_boxes, all_scores,

@@ -1,6 +1,6 @@
 """fcos_jax.registry, the one table of released models, and what reads it:
 the converters, configs/zoo.py:NAME (one run config per released official
-FCOS, AdelaiDet and mmdetection GFL / VFNet / TOOD model: the schedule,
+FCOS, AdelaiDet and mmdetection GFL / VFNet / TOOD / ATSS model: the schedule,
 batch and multi-scale setting of its source config and the AP its README publishes) and docs/model_zoo.md
 (generated from it)."""
 
@@ -77,7 +77,12 @@ TOOD_README = {
     "tood_x101_64x4d_fpn_mstrain_2x_coco": (47.6, True),
 }
 ZOO = {**README, **ADELAIDET_README}
-MMDET_ZOO = {**MMDET_README, **VFNET_README, **TOOD_README}
+# mmdetection's configs/atss/metafile.yml (box AP).
+ATSS_README = {
+    "atss_r50_fpn_1x_coco": (39.4, False),
+    "atss_r101_fpn_1x_coco": (41.5, False),
+}
+MMDET_ZOO = {**MMDET_README, **VFNET_README, **TOOD_README, **ATSS_README}
 
 
 def test_one_record_per_released_model():
@@ -227,6 +232,31 @@ def test_mmdet_tood_zoo_config(name):
   assert cfg == mmdet.published_config(name)
 
 
+@pytest.mark.parametrize("name", sorted(ATSS_README))
+def test_mmdet_atss_zoo_config(name):
+  config, cfg = _zoo_config(name, ATSS_README)
+  # The `atss_anchor` preset: ATSSHead's anchor deltas, centre-ness on the
+  # box tower; mmdetection's FPN without a ReLU before P7.
+  assert (cfg.quality.name, cfg.loss.name, cfg.assign.name, cfg.box.name) == (
+      "centerness", "atss", "atss", "anchor_deltas")
+  assert cfg.box.target_stds == (0.1, 0.1, 0.2, 0.2)
+  assert cfg.box.anchor_scale == cfg.assign.anchor_scale == 8
+  assert cfg.quality.on == "reg" and cfg.loss.reg_weight == 2.0
+  assert not cfg.p7_relu and cfg.head_convs == 4 and not cfg.dcn_stages
+  assert not cfg.norm_reg_targets and cfg.location_offset == "zero"
+  assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
+  assert cfg.depth == (50 if "_r50_" in name else 101)
+  assert config.init_backbone_format == "torchvision_resnet"
+  release = registry.get(name)
+  # The R-101's file is named atss_r101_fpn_1x_STAMP.pth (metafile.yml).
+  file = {"atss_r50_fpn_1x_coco": "atss_r50_fpn_1x_coco_20200209-985f7bd0",
+          "atss_r101_fpn_1x_coco": "atss_r101_fpn_1x_20200825-dfcadd6f"}[name]
+  assert release.url == ("https://download.openmmlab.com/mmdetection/v2.0/"
+                         f"atss/{name}/{file}.pth")
+  assert release.checksum == file[-8:] and release.licence == "Apache-2.0"
+  assert cfg == mmdet.published_config(name)
+
+
 def test_no_zoo_config_repeats_another():
   configs = {n: zoo.get_config(n).to_dict() for n in {**ZOO, **MMDET_ZOO}}
   for a, b in itertools.combinations(configs, 2):
@@ -252,7 +282,8 @@ def test_unknown_model_on_the_command_line():
   assert proc.returncode == 2
   first, *rest = proc.stderr.strip().splitlines()
   assert first.startswith("error: --config: Unknown official FCOS, "
-                          "AdelaiDet FCOS or mmdetection GFL / VFNet / TOOD model "
+                          "AdelaiDet FCOS or mmdetection GFL / VFNet / TOOD / ATSS "
+                          "model "
                           "'FCOS_R_18'; known: ")
   assert "FCOS_MS_R_101_2x" in first and "Traceback" not in proc.stderr
   assert rest == ["Pass --helpshort or --helpfull to see help on flags."]

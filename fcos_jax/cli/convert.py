@@ -1,5 +1,5 @@
 """torchvision's, the official FCOS's, AdelaiDet's or mmdetection's (GFL,
-VFNet, TOOD) COCO weights -> a workdir that fcos-evaluate and fcos-predict
+VFNet, TOOD, ATSS) COCO weights -> a workdir that fcos-evaluate and fcos-predict
 take like a trained run.
 
   fcos-convert --torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth \
@@ -50,7 +50,7 @@ flags.DEFINE_string("adelaidet", None,
                     "An AdelaiDet FCOS checkpoint (.pth, or its 'model' state "
                     "dict as .npz).")
 flags.DEFINE_string("mmdet", None,
-                    "An mmdetection GFL, VFNet or TOOD checkpoint (.pth, or "
+                    "An mmdetection GFL, VFNet, TOOD or ATSS checkpoint (.pth, or "
                     "its 'state_dict' as .npz).")
 flags.DEFINE_string("workdir", None, "The workdir to write (local or URL).")
 flags.DEFINE_bool("overwrite", False, "Replace a workdir that has checkpoints.")

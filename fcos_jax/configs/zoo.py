@@ -1,5 +1,5 @@
 """A released official FCOS (tianzhi0549/FCOS), AdelaiDet (aim-uofa/
-AdelaiDet) or mmdetection GFL / VFNet / TOOD (open-mmlab/mmdetection)
+AdelaiDet) or mmdetection GFL / VFNet / TOOD / ATSS (open-mmlab/mmdetection)
 model as a run config: `--config configs/zoo.py:NAME`, NAME as released (the list, with published AP, weights and licence:
 docs/model_zoo.md, generated from `fcos_jax.registry`).
 

@@ -1,5 +1,6 @@
-"""mmdetection's GFL, VFNet and TOOD checkpoints (open-mmlab/mmdetection,
-configs/gfl, configs/vfnet, configs/tood) -> fcos_jax variables.
+"""mmdetection's GFL, VFNet, TOOD and ATSS checkpoints (open-mmlab/
+mmdetection, configs/gfl, configs/vfnet, configs/tood, configs/atss) ->
+fcos_jax variables.
 
 A released `.pth` holds {"meta": {...}, "state_dict": ...}; the names are
 
@@ -46,8 +47,9 @@ neck (no ReLU before P7) and the T-head:
   bbox_head.reg_offset_module.{0,2}.*             the boxes' sampling offsets
   bbox_head.scales.{0..4}.scale
 
-Not converted: TOOD's anchor-based model (its boxes are DeltaXYWH deltas
-from anchors) and its dconv models (DCNv2 in the backbone and num_dcn=2 in
+Not converted: TOOD's anchor-based model (its DeltaXYWH deltas are
+decoded before the T-head resamples them, which fcos_jax's TOOD head does
+not do) and its dconv models (DCNv2 in the backbone and num_dcn=2 in
 the T-head's first inter convs). mmdetection does not clip TOOD's boxes to
 the image; fcos_jax's post-processing does (boxes that cross the border
 differ, those inside are the same). For every model here, a box that
@@ -67,10 +69,25 @@ class logits have 80 channels, label i the i-th COCO category by id (the
 order `coco_categories()` gives). The released models, their configs and
 published AP are those of `fcos_jax.registry` whose source is "mmdet".
 
-mmdetection's ATSS (configs/atss) is not converted: its head regresses
-DeltaXYWHBBoxCoder deltas (stds 0.1, 0.1, 0.2, 0.2) from an 8-stride
-anchor and scores prob x centre-ness without a square root, neither of
-which fcos_jax's ATSS (the ATSS repository's point regression) computes.
+ATSS (the `atss_anchor` preset: ATSSHead, box `anchor_deltas`) has GFL's
+backbone and neck (no ReLU before P7) and FCOS's head layout with anchor
+deltas:
+
+  bbox_head.{cls,reg}_convs.{0..3}.conv.weight,   tower convs (no bias) and
+  bbox_head.{cls,reg}_convs.{0..3}.gn.*           their GroupNorms
+  bbox_head.atss_cls.*, bbox_head.atss_reg.*,     class logits, DeltaXYWH
+  bbox_head.atss_centerness.*                     deltas (4), centre-ness
+                                                  (on the box tower)
+  bbox_head.scales.{0..4}.scale                   on the raw deltas
+
+The deltas are decoded (DeltaXYWHBBoxCoder, stds 0.1, 0.1, 0.2, 0.2,
+wh_ratio_clip 16/1000) from one 8-stride square anchor centred at j * s,
+by the head (fcos_jax/model/head.py). mmdetection scores an ATSS detection
+prob x centre-ness; fcos_jax reports sqrt(prob x centre-ness): the same
+ranking, so the same detections and AP, other score values. Both take the
+candidates by prob > score_thresh; a level with more than pre_nms_topk of
+them keeps its best by prob in mmdetection 3.x, by prob x centre-ness in
+fcos_jax.
 """
 
 from __future__ import annotations
@@ -86,7 +103,8 @@ from fcos_jax import errors, registry, storage
 from fcos_jax.convert import official, safe_load
 from fcos_jax.convert import torchvision as tv
 from fcos_jax.model.config import (IMAGENET_RGB_MEAN, IMAGENET_RGB_STD,
-                                   GFLJointQuality, ModelConfig,
+                                   AnchorDeltasBox, CenternessQuality,
+                                   DistanceBox, GFLJointQuality, ModelConfig,
                                    TOODQuality, VFNetQuality)
 from fcos_jax.model.fcos import MODEL_STRIDES
 
@@ -100,7 +118,7 @@ _REQUIRED = dict(
     p6_from="p5", p7_relu=False, head_norm="gn", gn_groups=32, head_dcn=False,
     use_scale=True, norm_reg_targets=True, location_offset="zero",
     location_stride="nominal", strides=MODEL_STRIDES,
-    quality=GFLJointQuality())
+    quality=GFLJointQuality(), box=DistanceBox())
 # VFNet's (configs/vfnet): a ReLU before P7, 3 tower convs, boxes in pixels
 # (an initial box in units of 8 strides), no DCN (the mdconv models: see
 # convert_state_dict). gradient_mul only changes training.
@@ -113,7 +131,18 @@ _REQUIRED_TOOD = dict(
     _REQUIRED, head_convs=6, norm_reg_targets=False, dcn_stages=(),
     quality=TOODQuality())
 
+# ATSS's (configs/atss): GFL's backbone and neck, 4 tower convs with
+# centre-ness on the box tower, anchor deltas (mmdetection's DeltaXYWH
+# coder with its defaults), no DCN.
+_REQUIRED_ATSS = dict(
+    _REQUIRED, head_convs=4, norm_reg_targets=False, dcn_stages=(),
+    quality=CenternessQuality(on="reg"), box=AnchorDeltasBox())
+
 _PROJECT = "bbox_head.integral.project"
+# The output convs' names: GFL's (also the default), ATSS's.
+_GFL_OUTPUTS = {"cls_logits": "gfl_cls", "box_regression": "gfl_reg"}
+_ATSS_OUTPUTS = {"cls_logits": "atss_cls", "box_regression": "atss_reg",
+                 "centerness": "atss_centerness"}
 
 
 def published_config(name: str, **overrides) -> ModelConfig:
@@ -179,7 +208,7 @@ def _fpn_name(path: tuple[str, ...]) -> str:
   return f"{kind}.{int(module[-1]) - 3}.conv.{leaf}"
 
 
-def _head_name(path: tuple[str, ...]) -> str | None:
+def _head_name(path: tuple[str, ...], outputs=None) -> str | None:
   """mmdetection's name of our head parameter; None for the biases of the
   convs that a GroupNorm follows (the towers, VFNet's vfnet_reg_conv),
   which mmdetection's ConvModule (conv + GN) does not have."""
@@ -222,16 +251,26 @@ def _head_name(path: tuple[str, ...]) -> str | None:
     if m[2] == "tower":
       return None if leaf == "bias" else f"{tower}.{m[3]}.conv.weight"
     return f"{tower}.{m[3]}.gn.{'weight' if leaf == 'scale' else 'bias'}"
-  name = {"cls_logits": "gfl_cls", "box_regression": "gfl_reg"}[module]
+  name = (outputs or _GFL_OUTPUTS)[module]  # The output convs.
   return f"{name}.{'weight' if leaf == 'kernel' else 'bias'}"
+
+
+def _family(cfg: ModelConfig) -> str:
+  """Which of mmdetection's heads `cfg` is, by its quality: "GFL"
+  (gfl_joint), "VFNet", "TOOD", or "ATSS" (any other: FCOS's head, which
+  the ATSS checks then hold to anchor deltas)."""
+  return {"gfl_joint": "GFL", "vfnet": "VFNet", "tood": "TOOD"}.get(
+      cfg.quality.name, "ATSS")
 
 
 def state_dict_names(cfg: ModelConfig) -> dict:
   """{mmdetection state-dict name: (our parameter path, our shape)} for
   `FCOS(cfg)` (shapes in our layout: conv kernels HWIO). The tower convs'
   biases have no name there (`zero_biases`)."""
+  outputs = _ATSS_OUTPUTS if _family(cfg) == "ATSS" else _GFL_OUTPUTS
   prefix = {"backbone": ("backbone.", _backbone_name),
-            "fpn": ("neck.", _fpn_name), "head": ("bbox_head.", _head_name)}
+            "fpn": ("neck.", _fpn_name),
+            "head": ("bbox_head.", lambda p: _head_name(p, outputs))}
   targets = {}
   for path, shape in tv._param_shapes(cfg).items():  # pylint: disable=protected-access
     pre, name = prefix[path[0]]
@@ -261,26 +300,29 @@ def mmdet_shape(shape, path: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
-  """An mmdetection GFL, VFNet or TOOD state dict (or its checkpoint,
-  {"meta", "state_dict"}) -> {"params": ...} for `FCOS(cfg)` (quality
-  `gfl_joint`, `vfnet` or `tood` says which).
+  """An mmdetection GFL, VFNet, TOOD or ATSS state dict (or its
+  checkpoint, {"meta", "state_dict"}) -> {"params": ...} for `FCOS(cfg)`
+  (quality `gfl_joint`, `vfnet`, `tood` or, for ATSS, centre-ness with box
+  `anchor_deltas` says which).
 
   cfg: `published_config(name)` of the checkpoint's model (or the same
   architecture at any width, e.g. in tests). A missing, unexpected or
   mis-shaped tensor is refused with the full list.
   """
-  if cfg.quality.name == "vfnet":
-    required, what = dict(_REQUIRED_VFNET), "VFNet"
+  what = _family(cfg)
+  if what == "VFNet":
+    required = dict(_REQUIRED_VFNET)
     if cfg.dcn_stages:  # mdconv_c3-c5: mmcv's DCNv2 in res3-res5 and on
       # the towers' last conv (dcn_on_last_conv).
       required.update(dcn_stages=(3, 4, 5), dcn_modulated=True,
                       head_dcn=True)
-  elif cfg.quality.name == "tood":
-    required, what = _REQUIRED_TOOD, "TOOD"
+  elif what == "TOOD":
+    required = _REQUIRED_TOOD
+  elif what == "ATSS":
+    required = _REQUIRED_ATSS
   else:
     required = dict(_REQUIRED, **({"dcn_modulated": False} if cfg.dcn_stages
                                   else {}))
-    what = "GFL"
   tv._check_cfg(cfg, required, f"mmdetection's {what} checkpoints")  # pylint: disable=protected-access
   sd = load_mmdet_state_dict(state_dict)
   if what == "GFL" and _PROJECT in sd:  # The Integral's fixed 0..reg_max, a buffer.

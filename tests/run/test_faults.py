@@ -113,7 +113,7 @@ def test_validation_of_the_flat_spelling_names_it():
                                   "fcos_imprv_r101_2x_ms",
                                   "synthetic_atss_cpu", "synthetic_gfl_cpu",
                                   "synthetic_iou_cpu", "synthetic_p2_cpu",
-                                  "synthetic_rpn_cpu"])
+                                  "synthetic_rpn_cpu", "atss_anchor_r50_1x"])
 def test_packaged_configs_validate(name):
   import importlib
   validate(importlib.import_module(f"fcos_jax.configs.{name}").get_config())
