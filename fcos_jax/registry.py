@@ -258,8 +258,8 @@ _RELEASES = (
            dict(depth=101, groups=64, width_per_group=4, **_MDCONV), 50.4,
            "resnext101_64x4d-ee2c6f71.pth", family="vfnet"),
     # configs/tood of mmdetection (box AP, metafile.yml): the `tood` preset,
-    # anchor_type "anchor_free". Not here: the anchor-based model and the
-    # dconv ones (DCNv2 in the backbone and the T-head).
+    # anchor_type "anchor_free" (and the anchor-based one below). Not here:
+    # the dconv ones (DCNv2 in the backbone and the T-head).
     _mmdet("tood_r50_fpn_1x_coco", "20211210_103425-20e20746", {}, 42.4,
            "resnet50-0676ba61.pth", family="tood"),
     _mmdet("tood_r50_fpn_mstrain_2x_coco", "20211210_144231-3b23174c", {},
@@ -269,6 +269,11 @@ _RELEASES = (
     _mmdet("tood_x101_64x4d_fpn_mstrain_2x_coco", "20211211_003519-a4f36113",
            dict(depth=101, groups=64, width_per_group=4), 47.6,
            "resnext101_64x4d-ee2c6f71.pth", family="tood"),
+    # anchor_type "anchor_based": the T-head's box is DeltaXYWH deltas from
+    # the 8-stride anchor (box `anchor_deltas`).
+    _mmdet("tood_r50_fpn_anchor_based_1x_coco", "20211214_100105-b776c134",
+           dict(box={"name": "anchor_deltas"}), 42.4,
+           "resnet50-0676ba61.pth", family="tood"),
     # configs/atss of mmdetection (box AP, metafile.yml): the `atss_anchor`
     # preset (ATSSHead: DeltaXYWH deltas from an 8-stride anchor, box
     # `anchor_deltas`). The R-101's file is named atss_r101_fpn_1x_STAMP.
@@ -549,8 +554,8 @@ def markdown() -> str:
       "(`mstrain`); its mdconv models have mmcv's DCNv2 in res3-res5 and as",
       "the towers' last conv (`dcn_modulated=True`, `head_dcn=True`). Its",
       "TOOD models (the `tood` preset,",
-      "anchor-free) draw it from 480-800; its anchor-based and dconv TOOD",
-      "models are not listed. Its ATSS models (the `atss_anchor` preset:",
+      "anchor-free; the anchor-based one adds box `anchor_deltas`) draw it",
+      "from 480-800; its dconv TOOD models are not listed. Its ATSS models (the `atss_anchor` preset:",
       "box `anchor_deltas`, DeltaXYWH deltas from an 8-stride anchor) train",
       "at 800; mmdetection scores their detections prob x centre-ness,",
       "fcos_jax sqrt(prob x centre-ness) (the same ranking and AP).",

@@ -18,7 +18,8 @@ ModulatedDeformConv2dPack, in res3-res5 and as the towers' last conv); its test-
 training), decoded from the points j * s (anchor_center_offset 0, use_atss).
 
 TOOD: the same backbone and FPN (no ReLU before P7) with
-tests/tood_torch.py's TOODHead (anchor_free); `tood_state_dict` renames its
+tests/tood_torch.py's TOODHead (anchor_free, or anchor_based: DeltaXYWH
+deltas decoded from the 8-stride anchor before the resampling); `tood_state_dict` renames its
 modules to mmdetection's (TaskDecomposition's reduction_conv is a
 ConvModule: reduction_conv.conv, reduction_conv.gn; scales are mmcv Scales).
 Its post-processing (TOODHead._get_bboxes_single) takes the scores as they
@@ -255,12 +256,13 @@ class TOOD(nn.Module):
   strides), NCHW."""
 
   def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
-               fpn_channels=256, num_classes=80):
+               fpn_channels=256, num_classes=80, anchor_type="anchor_free"):
     super().__init__()
     import tood_torch  # pylint: disable=import-outside-toplevel
     self.backbone = ResNet(depth, width, groups, width_per_group)
     self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
-    self.bbox_head = tood_torch.TOODHead(num_classes, fpn_channels, 6, 32)
+    self.bbox_head = tood_torch.TOODHead(num_classes, fpn_channels, 6, 32,
+                                         anchor_type=anchor_type)
 
   def forward(self, x):
     feats = self.neck(self.backbone(x))

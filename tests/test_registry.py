@@ -75,6 +75,7 @@ TOOD_README = {
     "tood_r50_fpn_mstrain_2x_coco": (44.5, True),
     "tood_r101_fpn_mstrain_2x_coco": (46.1, True),
     "tood_x101_64x4d_fpn_mstrain_2x_coco": (47.6, True),
+    "tood_r50_fpn_anchor_based_1x_coco": (42.4, False),
 }
 ZOO = {**README, **ADELAIDET_README}
 # mmdetection's configs/atss/metafile.yml (box AP).
@@ -219,6 +220,9 @@ def test_mmdet_tood_zoo_config(name):
   assert (cfg.quality.name, cfg.loss.name, cfg.assign.name) == (
       "tood", "tood", "tal")
   assert not cfg.p7_relu and cfg.head_convs == 6 and not cfg.dcn_stages
+  # anchor_type: DeltaXYWH deltas from an 8-stride anchor, or distances.
+  assert cfg.box.name == ("anchor_deltas" if "anchor_based" in name
+                          else "distances")
   assert not cfg.stride_in_1x1 and not cfg.input_bgr and cfg.bn_eps == 1e-5
   assert cfg.depth == (50 if "_r50_" in name else 101)
   assert (cfg.groups, cfg.width_per_group) == (

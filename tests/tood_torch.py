@@ -64,13 +64,30 @@ class ConvModule(nn.Module):
     return F.relu(self.gn(self.conv(x)))
 
 
+def delta2bbox(rois, deltas, stds=(0.1, 0.1, 0.2, 0.2),
+               wh_ratio_clip=16 / 1000):
+  """DeltaXYWHBBoxCoder.decode (means 0, no max_shape): anchors [N, 4],
+  deltas [N, 4] -> boxes [N, 4]."""
+  d = deltas * deltas.new_tensor(stds).view(1, -1)
+  pxy = (rois[:, :2] + rois[:, 2:]) * 0.5
+  pwh = rois[:, 2:] - rois[:, :2]
+  max_ratio = abs(float(np.log(wh_ratio_clip)))
+  gxy = pxy + pwh * d[:, :2]
+  gwh = pwh * d[:, 2:].clamp(min=-max_ratio, max=max_ratio).exp()
+  return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], -1)
+
+
 class TOODHead(nn.Module):
-  """TOODHead(anchor_type='anchor_free'), GN head, no DCN in the tower."""
+  """TOODHead, GN head, no DCN in the tower; anchor_type 'anchor_free'
+  (the box exp(x) * scale strides from the anchor centre) or
+  'anchor_based' (DeltaXYWH deltas scale * x decoded from the anchor, then
+  / stride)."""
 
   def __init__(self, num_classes, feat_channels, stacked_convs, groups,
-               strides=(8, 16, 32, 64, 128)):
+               strides=(8, 16, 32, 64, 128), anchor_type="anchor_free"):
     super().__init__()
     self.strides = strides
+    self.anchor_type = anchor_type
     self.inter_convs = nn.ModuleList(
         [ConvModule(feat_channels, feat_channels, groups)
          for _ in range(stacked_convs)])
@@ -132,13 +149,18 @@ class TOODHead(nn.Module):
     cls_logits = self.tood_cls(cls_feat)
     cls_prob = self.cls_prob_module(feat)
     cls_score = (cls_logits.sigmoid() * cls_prob.sigmoid()).sqrt()
-    reg_dist = (self.scales[idx] * self.tood_reg(reg_feat).exp()).float()
-    reg_dist = reg_dist.permute(0, 2, 3, 1).reshape(-1, 4)
-    points = self.anchor_center(anchor) / stride
-    reg_bbox = torch.stack([points[:, 0] - reg_dist[:, 0],
-                            points[:, 1] - reg_dist[:, 1],
-                            points[:, 0] + reg_dist[:, 2],
-                            points[:, 1] + reg_dist[:, 3]], -1)
+    if self.anchor_type == "anchor_based":
+      reg_dist = (self.scales[idx] * self.tood_reg(reg_feat)).float()
+      reg_dist = reg_dist.permute(0, 2, 3, 1).reshape(-1, 4)
+      reg_bbox = delta2bbox(anchor, reg_dist) / stride
+    else:
+      reg_dist = (self.scales[idx] * self.tood_reg(reg_feat).exp()).float()
+      reg_dist = reg_dist.permute(0, 2, 3, 1).reshape(-1, 4)
+      points = self.anchor_center(anchor) / stride
+      reg_bbox = torch.stack([points[:, 0] - reg_dist[:, 0],
+                              points[:, 1] - reg_dist[:, 1],
+                              points[:, 0] + reg_dist[:, 2],
+                              points[:, 1] + reg_dist[:, 3]], -1)
     reg_bbox = reg_bbox.reshape(b, h, w, 4).permute(0, 3, 1, 2)
     reg_offset = self.reg_offset_module(feat)
     bbox_pred = self.deform_sampling(reg_bbox.contiguous(),

@@ -47,9 +47,11 @@ neck (no ReLU before P7) and the T-head:
   bbox_head.reg_offset_module.{0,2}.*             the boxes' sampling offsets
   bbox_head.scales.{0..4}.scale
 
-Not converted: TOOD's anchor-based model (its DeltaXYWH deltas are
-decoded before the T-head resamples them, which fcos_jax's TOOD head does
-not do) and its dconv models (DCNv2 in the backbone and num_dcn=2 in
+TOOD's anchor-based model (anchor_type "anchor_based": box
+`anchor_deltas`, the T-head's DeltaXYWH deltas decoded from the 8-stride
+anchor, in strides, before the resampling) has the same names and shapes.
+
+Not converted: TOOD's dconv models (DCNv2 in the backbone and num_dcn=2 in
 the T-head's first inter convs). mmdetection does not clip TOOD's boxes to
 the image; fcos_jax's post-processing does (boxes that cross the border
 differ, those inside are the same). For every model here, a box that
@@ -316,8 +318,10 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
       # the towers' last conv (dcn_on_last_conv).
       required.update(dcn_stages=(3, 4, 5), dcn_modulated=True,
                       head_dcn=True)
-  elif what == "TOOD":
-    required = _REQUIRED_TOOD
+  elif what == "TOOD":  # anchor_free, or anchor_based: anchor deltas.
+    required = dict(_REQUIRED_TOOD, box=(
+        AnchorDeltasBox() if cfg.box.name == "anchor_deltas"
+        else DistanceBox()))
   elif what == "ATSS":
     required = _REQUIRED_ATSS
   else:

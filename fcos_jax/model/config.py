@@ -409,7 +409,8 @@ class AnchorDeltasBox:
   the same output as `distances`, which may be negative here (a box that
   misses its location). Needs norm_reg_targets=False and a loss on those
   distances (`fcos`, `atss`: GIoU on the decoded boxes, mmdetection's
-  reg_decoded_bbox)."""
+  reg_decoded_bbox), or TOOD's T-head (mmdetection's anchor_type
+  'anchor_based': the decoded box, in strides, is then resampled)."""
 
   name: str = "anchor_deltas"
   anchor_scale: float = 8.0  # Anchor side in strides (octave_base_scale 8,
@@ -675,20 +676,23 @@ def _check_tood(cfg: "ModelConfig"):
 
 def _check_box(cfg: "ModelConfig"):
   """Anchor deltas give boxes in pixels, and only the FCOS / ATSS losses
-  take them (the other heads regress their own boxes)."""
+  and TOOD's head take them (GFL and VFNet regress their own boxes)."""
   if cfg.box.name != "anchor_deltas":
     return
   if cfg.norm_reg_targets:
     raise ConfigError(
         "ModelConfig: box.name='anchor_deltas' decodes its boxes in pixels; "
         "set norm_reg_targets=False.")
+  if cfg.quality.name == "tood":  # TOOD's anchor_type 'anchor_based'.
+    return
   if cfg.quality.name not in ("centerness", "iou") or cfg.loss.name not in (
       "fcos", "atss"):
     raise ConfigError(
         f"ModelConfig: box.name='anchor_deltas' with quality.name="
         f"{cfg.quality.name!r}, loss.name={cfg.loss.name!r}: anchor deltas go "
         "with quality 'centerness' or 'iou' and loss 'fcos' or 'atss' (the "
-        "`atss_anchor` preset); GFL, VFNet and TOOD regress their own boxes.")
+        "`atss_anchor` preset), or TOOD's head (`tood` preset, anchor-based); "
+        "GFL and VFNet regress their own boxes.")
 
 
 def _part_values(part: str, value) -> dict:

@@ -11,7 +11,9 @@ On a level of stride s, with n = `cfg.head_convs` (TOOD: 6) and F =
   task_feat = relu(GN(reduction_conv(feat * w_task per block)))  (1x1);
   score     = sqrt(sigmoid(tood_cls(cls_feat)) * sigmoid(cls_prob(feat)));
   box       = (c - d, c + d), d = scale_l * exp(tood_reg(reg_feat)), c the
-              location / s: a box in strides;
+              location / s: a box in strides; with box `anchor_deltas`
+              (anchor_type 'anchor_based') the DeltaXYWH decode of
+              scale_l * tood_reg(reg_feat) from the 8 s anchor, / s;
   box'      = box bilinearly resampled at (i, j) + reg_offset(feat)[side],
               one (dy, dx) per side (mmdetection's deform_sampling: a 1x1
               deformable conv with unit weights, 4 groups, zero outside).
@@ -47,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcos_jax.model.deform_conv import modulated_deform_conv
-from fcos_jax.model.head import FCOSHead, GN_EPS
+from fcos_jax.model.head import FCOSHead, GN_EPS, anchor_deltas_to_distances
 from fcos_jax.model.resnet import compute_dtype
 
 _LN2 = math.log(2.0)
@@ -174,10 +176,17 @@ class TOODHead(FCOSHead):
     prob = self.cls_prob_module[2](nn.relu(self.cls_prob_module[0](feat)))
     score = score_logit(cls, prob.astype(jnp.float32))
 
-    dist = jnp.exp(self.tood_reg(reg_feat).astype(jnp.float32))
-    if cfg.use_scale:
-      dist = dist * self.scales[level]
     s = int(cfg.strides[level])
+    reg = self.tood_reg(reg_feat).astype(jnp.float32)
+    if cfg.box.name == "anchor_deltas":  # anchor_type 'anchor_based'.
+      if cfg.use_scale:
+        reg = reg * self.scales[level]
+      dist = anchor_deltas_to_distances(reg, cfg.box.anchor_scale * s,
+                                        cfg.box) / np.float32(s)
+    else:
+      dist = jnp.exp(reg)
+      if cfg.use_scale:
+        dist = dist * self.scales[level]
     offset = (s // 2 if cfg.location_offset == "half" else 0) / s
     _, h, w, _ = dist.shape
     cx = jnp.asarray(np.arange(w, dtype=np.float32) + offset)[None, None, :]

@@ -611,7 +611,9 @@ def tood_torch_model(seed, cfg):
   official = pytest.importorskip("official_fcos_torch")
   torch.manual_seed(seed)
   model = ref.TOOD(depth=cfg.depth, width=cfg.width,
-                   fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes)
+                   fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes,
+                   anchor_type=("anchor_based" if cfg.box.name == "anchor_deltas"
+                                else "anchor_free"))
   g = torch.Generator().manual_seed(seed)
   head = model.bbox_head
   with torch.no_grad():
@@ -636,11 +638,16 @@ def tood_torch_model(seed, cfg):
   return model.eval()
 
 
+TOOD_ANCHOR = "tood_r50_fpn_anchor_based_1x_coco"
+
+
 @pytest.mark.torch
-def test_tood_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
+@pytest.mark.parametrize("name", [TOOD, TOOD_ANCHOR])
+def test_tood_head_outputs_and_detections_match_mmdet_restatement(
+    name, tmp_path):
   torch = pytest.importorskip("torch")
   ref = pytest.importorskip("mmdet_heads_torch")
-  cfg = mmdet.published_config(TOOD, **SMALL)
+  cfg = mmdet.published_config(name, **SMALL)
   model = tood_torch_model(0, cfg)
   path = tmp_path / "tood.pth"
   torch.save({"meta": {"mmdet_version": "2.20.0"},
@@ -702,6 +709,11 @@ def test_tood_refuses_bad_checkpoints():
   assert "1 unexpected: bbox_head.inter_convs.0.conv.conv_offset.weight" in msg
   with pytest.raises(errors.ConfigError, match=r"p7_relu=True \(needs False\)"):
     mmdet.convert_state_dict(sd, cfg.replace(p7_relu=True))
+  # The anchor-based model has the same names: its config converts them,
+  # and no other box choice passes for a TOOD one.
+  anchor = mmdet.published_config(TOOD_ANCHOR, **SMALL)
+  assert anchor.replace(box=cfg.box) == cfg
+  mmdet.convert_state_dict(sd, anchor)
 
 
 # --- ATSS (configs/atss: ATSSHead, DeltaXYWH anchor deltas) -----------------

@@ -174,10 +174,12 @@ def test_config_choice_and_refusals():
                              norm_reg_targets=False).box == AnchorDeltasBox()
   with pytest.raises(errors.ConfigError, match="norm_reg_targets=False"):
     config_lib.official(box={"name": "anchor_deltas"})
-  for preset in ("gfl", "vfnet", "tood"):
+  for preset in ("gfl", "vfnet"):
     with pytest.raises(errors.ConfigError, match="box.name='anchor_deltas'"):
       config_lib.PRESETS[preset](box=AnchorDeltasBox(),
                                  norm_reg_targets=False)
+  # TOOD's anchor-based T-head.
+  assert config_lib.tood(box=AnchorDeltasBox()).box == AnchorDeltasBox()
   with pytest.raises(errors.ConfigError, match="target_stds"):
     AnchorDeltasBox(target_stds=(0.1, 0.1, 0.2))
   with pytest.raises(errors.ConfigError, match="wh_ratio_clip"):
