@@ -15,8 +15,8 @@ that the functions reading it take:
 
 A new assigner, quality branch or loss is a new small class registered by
 its `name` beside the FCOS one; nothing else here changes. On resume the
-part decides what may change (fcos_jax/run/record.py): the architecture and
-the quality branch never, `assign` and `loss` with allow_config_change,
+part decides what may change (fcos_jax/run/record.py): the architecture, the
+quality branch and the box never, `assign` and `loss` with allow_config_change,
 `inference` and `numerics` freely.
 
 The presets are the published variants (see docs/algorithm.md):

@@ -49,7 +49,10 @@ class FCOS(nn.Module):
     cls_logits     float32 [B, P, C]  class logits.
     box_regression float32 [B, P, 4]  (l, t, r, b) distances, activated: in
                                       strides when cfg.norm_reg_targets
-                                      (relu), else in pixels (exp).
+                                      (relu), else in pixels (exp); with
+                                      box `anchor_deltas` the box decoded
+                                      from its anchor, in pixels (any
+                                      sign).
     centerness     float32 [B, P]     centerness logits.
   With GFL's joint quality centerness is None and box_distribution
   float32 [B, P, 4, reg_max + 1] holds the logits whose expectation is

@@ -19,7 +19,8 @@ from fcos_jax.errors import ConfigError
 class HeadOutputs:
   cls_logits: Any  # [B, P, C] class logits.
   box_regression: Any  # [B, P, 4] activated distances (l, t, r, b): stride
-  # units when cfg.norm_reg_targets, else pixels.
+  # units when cfg.norm_reg_targets, else pixels (box `anchor_deltas`: the
+  # box decoded from the location's anchor, distances of any sign).
   centerness: Any  # [B, P] quality (centre-ness) logits; None when the
   # quality has no branch of its own (GFL's joint score).
   # [B, P, 4, reg_max + 1] logits of the distribution of each distance (l, t,
