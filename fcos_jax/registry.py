@@ -558,7 +558,8 @@ def markdown() -> str:
       "from 480-800; its dconv TOOD models are not listed. Its ATSS models (the `atss_anchor` preset:",
       "box `anchor_deltas`, DeltaXYWH deltas from an 8-stride anchor) train",
       "at 800; mmdetection scores their detections prob x centre-ness,",
-      "fcos_jax sqrt(prob x centre-ness) (the same ranking and AP).",
+      "fcos_jax sqrt(prob x centre-ness) (the same ranking and AP;",
+      "`--config.model.inference.score_combine=product` reports theirs).",
       "",
       "| model | source | published AP | schedule | batch | training scales "
       "| ImageNet start (format) | architecture: preset + fields |",

@@ -86,7 +86,8 @@ The deltas are decoded (DeltaXYWHBBoxCoder, stds 0.1, 0.1, 0.2, 0.2,
 wh_ratio_clip 16/1000) from one 8-stride square anchor centred at j * s,
 by the head (fcos_jax/model/head.py). mmdetection scores an ATSS detection
 prob x centre-ness; fcos_jax reports sqrt(prob x centre-ness): the same
-ranking, so the same detections and AP, other score values. Both take the
+ranking, so the same detections and AP, other score values (inference
+`score_combine="product"` reports mmdetection's). Both take the
 candidates by prob > score_thresh; a level with more than pre_nms_topk of
 them keeps its best by prob in mmdetection 3.x, by prob x centre-ness in
 fcos_jax.

@@ -9,7 +9,8 @@ by `cfg.inference.score_thresh_on`:
      "sqrt": sqrt(prob * ctr) > score_thresh, ranked by it (torchvision).
    Keep the best `pre_nms_topk` candidates of each level.
 2. Decode (location -/+ distance), clip to the resized image (not the
-   canvas); score = sqrt(prob * ctr).
+   canvas); score = sqrt(prob * ctr) (`score_combine` "product": prob *
+   ctr, mmdetection's; the same order).
 3. Concatenate the levels, class-aware NMS at `nms_iou`, keep the best
    `max_detections`; map the boxes to the original image.
 
@@ -158,6 +159,9 @@ def level_candidates(cls, reg, ctr, loc_max, points, strides, sl: slice,
   # Official: rank prob * ctr, score its sqrt; no quality branch: prob.
   scores = (jnp.sqrt(top) if cfg.inference.score_thresh_on == "prob"
             and ctr is not None else top)
+  if ctr is not None and cfg.inference.score_combine == "product":
+    # mmdetection's prob * ctr: the same order.
+    scores = top if cfg.inference.score_thresh_on == "prob" else top * top
 
   reg = jnp.take_along_axis(reg, loc[..., None], axis=1).astype(jnp.float32)
   ltrb = box_coding.distances_to_pixels(

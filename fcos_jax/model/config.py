@@ -212,9 +212,14 @@ class InferenceConfig:
   pre_nms_topk: int = 1000  # Per level.
   nms_iou: float = 0.6
   max_detections: int = 100
+  # The reported score with a quality branch: "sqrt": sqrt(prob * ctr)
+  # (official FCOS, torchvision); "product": prob * ctr (mmdetection's
+  # ATSS, FCOS). The same ranking, hence the same detections.
+  score_combine: str = "sqrt"
 
   def __post_init__(self):
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
+    _check_choice(self, "score_combine", ("sqrt", "product"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -822,12 +822,18 @@ def test_atss_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
   ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
   # mmdetection scores prob x centre-ness, fcos_jax sqrt(prob x ctr): the
   # same ranking, the same detections.
-  dets = [(boxes, scores.sqrt(), labels) for boxes, scores, labels in
-          ref.postprocess_atss(head, model, image_hw.tolist(),
-                               orig_hw.tolist())]
+  mmdet_dets = ref.postprocess_atss(head, model, image_hw.tolist(),
+                                    orig_hw.tolist())
+  dets = [(boxes, scores.sqrt(), labels)
+          for boxes, scores, labels in mmdet_dets]
   # Anchor deltas move boxes off their locations: more of them (those of
   # the padding's locations) fall outside the image and clip to nothing.
   _same_detections(ours, dets, max_empty=10)
+  # score_combine="product" reports mmdetection's scores themselves.
+  product = cfg.replace(score_combine="product")
+  post = make_postprocess_fn(compute_locations(CANVAS, product), product)
+  ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
+  _same_detections(ours, mmdet_dets, max_empty=10)
 
 
 def test_atss_converts_and_refuses_bad_checkpoints():

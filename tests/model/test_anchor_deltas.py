@@ -186,6 +186,10 @@ def test_config_choice_and_refusals():
     AnchorDeltasBox(wh_ratio_clip=2.0)
   with pytest.raises(errors.ConfigError, match="must be one of"):
     config_lib.official(box={"name": "deltas"})
+  # The reported score: sqrt(prob * ctr) unless asked for the product.
+  assert config_lib.InferenceConfig().score_combine == "sqrt"
+  with pytest.raises(errors.ConfigError, match="score_combine"):
+    config_lib.official(score_combine="mean")
 
 
 def test_the_box_choice_is_architecture_on_resume():
