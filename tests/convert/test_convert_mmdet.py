@@ -1,9 +1,10 @@
-"""mmdetection's GFL (configs/gfl) -> fcos_jax: the released models' names
-and shapes, refusals, and outputs (head outputs per level, detections)
-equal to a PyTorch restatement of mmdetection's network and
-post-processing (tests/mmdet_heads_torch.py) with random weights; and the
-command line: a random checkpoint in mmdetection's format converted to a
-run that evaluate.py and predict.py take."""
+"""mmdetection's GFL, VFNet, TOOD and ATSS (configs/gfl, vfnet, tood, atss)
+-> fcos_jax: the released models' names and shapes, refusals, and outputs
+(head outputs per level, detections) equal to a PyTorch restatement of
+mmdetection's network and post-processing (tests/mmdet_heads_torch.py)
+with random weights; and the command line: a random GFL checkpoint in
+mmdetection's format converted to a run that evaluate.py and predict.py
+take."""
 
 import functools
 
