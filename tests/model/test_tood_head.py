@@ -48,13 +48,20 @@ def _random_params(cfg, x, seed):
   return traverse_util.unflatten_dict(out)
 
 
-@pytest.mark.parametrize("level", [0, 2])
-def test_tood_head_matches_mmdetection_forward(level):
-  cfg = _cfg()
+@pytest.mark.parametrize("level,num_dcn", [(0, 0), (2, 0), (1, 2)])
+def test_tood_head_matches_mmdetection_forward(level, num_dcn):
+  """num_dcn=2: the dconv models' DCNv2 inter convs (4 deformable groups,
+  offsets and masks from random weights)."""
+  cfg = _cfg(num_dcn=num_dcn)
   rng = np.random.default_rng(level)
   x = rng.normal(0, 1, (2, 10, 13, F)).astype(np.float32)
   params = _random_params(cfg, x, seed=level + 1)
-  head = tood_torch.TOODHead(C, F, N, GROUPS)
+  if num_dcn:
+    assert params["inter_convs_1"]["offset"]["kernel"].shape == (
+        3, 3, F, 4 * 3 * 9)
+    assert "inter_convs_2" in params and "offset" not in params[
+        "inter_convs_2"]
+  head = tood_torch.TOODHead(C, F, N, GROUPS, num_dcn=num_dcn)
   tood_torch.load_flax_head(head, params)
   with torch.no_grad():
     score, bbox = head.forward_level(torch.tensor(x.transpose(0, 3, 1, 2)),
@@ -127,3 +134,7 @@ def test_model_outputs_and_preset_checks():
     config_lib.tood(norm_reg_targets=True)
   with pytest.raises(ConfigError, match="initial_steps"):
     config_lib.tood(initial_steps=-1)
+  with pytest.raises(ConfigError, match="num_dcn=7"):
+    config_lib.tood(num_dcn=7)
+  with pytest.raises(ConfigError, match="dcn_groups=3"):
+    config_lib.tood(num_dcn=2, dcn_groups=3)
