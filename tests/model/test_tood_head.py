@@ -11,6 +11,7 @@ import torch
 from flax import traverse_util
 
 import tood_torch
+from random_params import random_head_params
 from fcos_jax.errors import ConfigError
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.fcos import FCOS, init_variables
@@ -27,25 +28,11 @@ def _cfg(**kw):
 def _random_params(cfg, x, seed):
   """Every parameter drawn at random; the offsets' last conv large enough
   to move the samples by about a cell."""
-  params = jax.jit(lambda k: TOODHead(cfg).init(k, x, 0))(
-      jax.random.PRNGKey(seed))["params"]
-  flat = traverse_util.flatten_dict(params)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for path, v in flat.items():
-    name, leaf = path[0], path[-1]
-    if name.startswith("scale"):
-      new = rng.uniform(0.5, 1.5)
-    elif leaf == "scale":  # GroupNorm.
-      new = 1 + rng.normal(0, 0.2, v.shape)
-    elif name == "reg_offset_module_2":
-      new = rng.normal(0, 0.5 if leaf == "bias" else 0.1, v.shape)
-    elif leaf == "kernel":
-      new = rng.normal(0, 0.05, v.shape)
-    else:
-      new = rng.normal(0, 0.2, v.shape)
-    out[path] = jnp.asarray(new, jnp.float32)
-  return traverse_util.unflatten_dict(out)
+  def offsets(path, shape, rng):
+    if path[0] == "reg_offset_module_2":
+      return rng.normal(0, 0.5 if path[-1] == "bias" else 0.1, shape)
+    return None
+  return random_head_params(TOODHead(cfg), x, seed, offsets)
 
 
 @pytest.mark.parametrize("level,num_dcn", [(0, 0), (2, 0), (1, 2)])
