@@ -261,8 +261,10 @@ def merge_backbone(variables: dict, backbone_params: dict) -> dict:
   starts as the plain conv it replaces)."""
   old = traverse_util.flatten_dict(variables["params"]["backbone"])
   new = traverse_util.flatten_dict(backbone_params)
-  new.update({p: v for p, v in old.items() if "offset" in p and p not in new})
-  backbone_params = traverse_util.unflatten_dict(new)
+  offsets = {p: v for p, v in old.items() if "offset" in p and p not in new}
+  if offsets:
+    new.update(offsets)
+    backbone_params = traverse_util.unflatten_dict(new)
   if set(old) != set(new):
     diff = sorted("/".join(p) for p in set(old) ^ set(new))
     raise ValueError(f"merge_backbone: parameter trees differ at {diff[:10]}; "
