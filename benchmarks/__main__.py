@@ -219,7 +219,8 @@ def run_cpu(args) -> dict:
     sections["zoo"] = bench_zoo.run(args.smoke, repeats=args.zoo_repeats)
   if "family" in args.sections:
     from benchmarks import bench_family  # pylint: disable=import-outside-toplevel
-    sections["family"] = bench_family.run(args.smoke, repeats=args.repeats)
+    sections["family"] = bench_family.run(args.smoke, repeats=args.repeats,
+                                          presets=args.family_presets)
   if "predict" in args.sections:
     from benchmarks import bench_predict  # pylint: disable=import-outside-toplevel
     sections["predict"] = bench_predict.predict_files(args.smoke)
@@ -374,6 +375,9 @@ def main(argv=None):
                       "comparison).")
   p.add_argument("--repeats", type=int, default=10,
                  help="Timed repeats of the small and family rows.")
+  p.add_argument("--family-presets", nargs="+", metavar="PRESET",
+                 help="The family section's rows (default: every preset; "
+                      "FCOS, the baseline of the ratios, always runs).")
   p.add_argument("--r50-repeats", type=int, default=3)
   p.add_argument("--zoo-repeats", type=int, default=2)
   p.add_argument("--r50-train-batch", type=int, default=1)

@@ -80,14 +80,22 @@ def settings(smoke: bool, repeats: int) -> dict:
 
 
 def run(smoke: bool = False, repeats: int = 10, dtype: str | None = None,
-        warmup: int = 1) -> dict:
+        warmup: int = 1, presets=None) -> dict:
   """Builds, compiles and times every preset's train step; returns the rows.
 
   dtype: None keeps the configs' numerics (float32); "bfloat16" or
   "float32" sets `numerics.dtype` of every model (GPU mode).
+  presets: the rows to run (None: all); the baseline always runs.
   """
   s = settings(smoke, repeats)
   configs = family_configs()
+  if presets:
+    unknown = sorted(set(presets) - set(configs))
+    if unknown:
+      raise SystemExit(f"--family-presets: unknown {unknown}; choose among "
+                       f"{list(configs)}.")
+    configs = {p: c for p, c in configs.items()
+               if p == BASELINE or p in presets}
   if smoke:
     runtime.enable_compilation_cache(configs[BASELINE].compilation_cache_dir)
   rows = []

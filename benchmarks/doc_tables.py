@@ -152,10 +152,76 @@ def serving() -> str:
                 "ms (min-max)", "speed vs torchvision"], rows)
 
 
+# Short names of the presets in sentences and the train-step table.
+_SHORT = {"official": "FCOS imprv", "iou": "IoU quality", "atss": "ATSS",
+          "gfl": "GFL", "p2": "FCOS + P2", "vfnet": "VFNet",
+          "tood": "TOOD, TAL"}
+
+
+def family_summary() -> str:
+  """The README's sentences under its family table: which presets beat
+  FCOS and by how much, what TTA adds, what their train steps cost."""
+  rows = {k: r for k, r in _family_rows().items()
+          if "metrics" in r and "step_vs_fcos" in r}
+  base = rows.pop("official")["metrics"]["AP"]
+  gain = {k: r["metrics"]["AP"] - base for k, r in rows.items()}
+  name = lambda k: _SHORT[k].split(",")[0]
+  better = sorted((k for k in gain if gain[k] > 0), key=lambda k: -gain[k])
+  worse = [k for k in gain if gain[k] <= 0]
+  tta = [r["tta_metrics"]["AP"] - r["metrics"]["AP"]
+         for r in _family_rows().values()
+         if "tta_metrics" in r and "step_vs_fcos" in r]
+  said = [f"{name(k)} (+{gain[k]:.3f} AP)" if i == 0 else
+          f"{name(k)} (+{gain[k]:.3f})" for i, k in enumerate(better)]
+  text = "On this small data " + _and(said) + " beat FCOS"
+  if worse:
+    text += ", " + _and([name(k) for k in worse]) + " alone do not"
+  text += (f"; TTA adds {min(tta):.2f}-{max(tta):.2f} AP to each. ")
+  costs = [f"{name(k)} {rows[k]['step_vs_fcos']:.2f}x and "
+           f"{rows[k]['memory_vs_fcos']:.2f}x" for k in better]
+  return (text + "Their train steps cost, against FCOS's on the CPU (time "
+          "and memory): " + ", ".join(costs) + ".\n")
+
+
+def _and(items) -> str:
+  return items[0] if len(items) == 1 else (
+      ", ".join(items[:-1]) + " and " + items[-1])
+
+
+def family_step() -> str:
+  """BENCHMARKS' train-step table of the family, from the recorded
+  benchmark (results/family.json `bench`)."""
+  bench = load("family")["bench"]["sections"]["family"]["rows"]
+  mib = lambda b: f"{b / 2**20:.1f}"
+  rows = []
+  for r in bench:
+    s, mem = r["s"], r["xla_memory"]
+    rows.append([
+        f"`{r['preset']}` ({_SHORT[r['preset']]})", f"{r['params']:,}",
+        f"{1e3 * s['median']:.1f} ({1e3 * s['min']:.1f}-{1e3 * s['max']:.1f})",
+        f"{r['time_ratio']:.2f}", f"{r['batch'] / s['median']:.1f}",
+        mib(mem["peak"]), f"{r['memory_ratio']:.2f}", mib(mem["temp"]),
+        f"{r['xla_flops'] / 1e9:.1f}"])
+  return _rows(["preset", "params", "ms/step, median (min-max)",
+                "time / FCOS", "img/s", "XLA memory, MiB", "memory / FCOS",
+                "of it temporaries, MiB", "XLA GFLOP/step"], rows)
+
+
+def serving_summary() -> str:
+  """The README's sentence on CPU inference, from results/serving.json."""
+  over = load("serving")["bench"]["sections"]["serving"]["torchvision_over"]
+  return (f"In a serving run (R-50 800x1344, batch 1, NMS included) our "
+          f"jitted model ran {over['jitted']:.2f}x torchvision's FCOS and "
+          f"our ONNX export in ONNX Runtime {over['onnxruntime']:.2f}x: for "
+          "CPU inference, serve the ONNX export with ONNX Runtime "
+          "([CPU serving](BENCHMARKS.md#cpu-serving-of-r-50-2026-12-07)).\n")
+
+
 TABLES = {"main_command": main_command, "family_readme": family_readme,
           "family": family, "family_tta": family_tta, "rpn": rpn,
           "assignment": assignment, "detections": detections,
-          "serving": serving}
+          "serving": serving, "family_summary": family_summary,
+          "family_step": family_step, "serving_summary": serving_summary}
 
 
 def render(text: str, doc: str) -> str:

@@ -114,3 +114,28 @@ def final_params(workdir):
       flat[prefix] = np.asarray(node)
   visit("", tree["params"])
   return step, flat
+
+
+def train_and_evaluate(tmp_path, config, quality, steps=4, train_args=()):
+  """A family's synthetic config through the real commands: train.py (a
+  tiny run of `steps`, which evaluates at its end) records the config with
+  `quality`; evaluate.py then scores the last checkpoint into its own
+  folder. Returns train.py's CompletedProcess and the recorded config."""
+  import json
+  workdir = tmp_path / "run"
+  proc = run("train.py", workdir, tiny_args(tmp_path, steps=steps)
+             + list(train_args), config=config)
+  assert "Average Precision" in proc.stdout
+  recorded = json.loads((workdir / "config.json").read_text())
+  assert recorded["model"]["quality"]["name"] == quality
+
+  out = tmp_path / "eval"  # Training's own eval/ files stay as written.
+  evaluated = run("evaluate.py", workdir, tiny_args(tmp_path) + [
+      f"--checkpoint={steps}", "--config.model.inference.score_thresh=0.0",
+      f"--out={out}"], config=config)
+  assert f"COCO bbox evaluation at step {steps}" in evaluated.stdout
+  metrics = json.loads((out / f"metrics_step{steps}.json").read_text())
+  assert metrics["num_images"] == 8 and 0 <= metrics["AP"] <= 1
+  detections = json.loads((out / f"detections_step{steps}.json").read_text())
+  assert detections and all(0 < d["score"] <= 1 for d in detections)
+  return proc, recorded

@@ -36,6 +36,7 @@ _LONGEST_FIRST = (
     "run/test_gcs_workdir.py", "run/test_storage_down_while_training.py",
     "model/test_batch_norm.py", "cli/test_vfnet_cli.py",
     "cli/test_tood_cli.py", "convert/test_convert_mmdet.py",
+    "cli/test_convert_mmdet_cli.py",
     "cli/test_convert_cli.py",
     "model/test_backbones.py", "benchmark_harness/test_bench_family.py",
     "cli/test_tta_cli.py", "cli/test_gfl_cli.py", "model/test_model.py",

@@ -77,20 +77,43 @@ def delta2bbox(rois, deltas, stds=(0.1, 0.1, 0.2, 0.2),
   return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], -1)
 
 
+class DCNv2ConvModule(nn.Module):
+  """ConvModule(conv_cfg=dict(type='DCNv2', deform_groups=G), GN): mmcv's
+  ModulatedDeformConv2dPack (no bias before GN): conv_offset gives 3 G K
+  channels, chunked into o1, o2, mask; offset = cat(o1, o2), mask =
+  sigmoid(mask); then GroupNorm and ReLU."""
+
+  def __init__(self, cin, cout, groups, deform_groups):
+    super().__init__()
+    self.conv = nn.Module()
+    self.conv.weight = nn.Parameter(torch.zeros(cout, cin, 3, 3))
+    self.conv.conv_offset = nn.Conv2d(cin, deform_groups * 3 * 9, 3,
+                                      padding=1)
+    self.gn = nn.GroupNorm(groups, cout)
+
+  def forward(self, x):
+    o1, o2, mask = torch.chunk(self.conv.conv_offset(x), 3, dim=1)
+    y = deform_conv2d(x, torch.cat((o1, o2), dim=1), self.conv.weight,
+                      padding=1, mask=torch.sigmoid(mask))
+    return F.relu(self.gn(y))
+
+
 class TOODHead(nn.Module):
-  """TOODHead, GN head, no DCN in the tower; anchor_type 'anchor_free'
-  (the box exp(x) * scale strides from the anchor centre) or
-  'anchor_based' (DeltaXYWH deltas scale * x decoded from the anchor, then
-  / stride)."""
+  """TOODHead, GN head; the first `num_dcn` inter convs DCNv2 with 4
+  deformable groups (the dconv models); anchor_type 'anchor_free' (the box
+  exp(x) * scale strides from the anchor centre) or 'anchor_based'
+  (DeltaXYWH deltas scale * x decoded from the anchor, then / stride)."""
 
   def __init__(self, num_classes, feat_channels, stacked_convs, groups,
-               strides=(8, 16, 32, 64, 128), anchor_type="anchor_free"):
+               strides=(8, 16, 32, 64, 128), num_dcn=0,
+               anchor_type="anchor_free"):
     super().__init__()
     self.strides = strides
     self.anchor_type = anchor_type
     self.inter_convs = nn.ModuleList(
-        [ConvModule(feat_channels, feat_channels, groups)
-         for _ in range(stacked_convs)])
+        [DCNv2ConvModule(feat_channels, feat_channels, groups, 4)
+         if i < num_dcn else ConvModule(feat_channels, feat_channels, groups)
+         for i in range(stacked_convs)])
     self.cls_decomp = TaskDecomposition(feat_channels, stacked_convs,
                                         stacked_convs * 8, groups)
     self.reg_decomp = TaskDecomposition(feat_channels, stacked_convs,
@@ -179,7 +202,12 @@ def load_flax_head(head: TOODHead, params) -> None:
       m.bias.data = vec(p["bias"])
 
   for i, m in enumerate(head.inter_convs):
-    set_conv(m.conv, params[f"inter_convs_{i}"])
+    p = params[f"inter_convs_{i}"]
+    if isinstance(m, DCNv2ConvModule):
+      m.conv.weight.data = conv(p["conv"]["kernel"])
+      set_conv(m.conv.conv_offset, p["offset"])
+    else:
+      set_conv(m.conv, p)
     m.gn.weight.data = vec(params[f"inter_norm_{i}"]["scale"])
     m.gn.bias.data = vec(params[f"inter_norm_{i}"]["bias"])
   for name in ("cls_decomp", "reg_decomp"):

@@ -70,11 +70,6 @@ _BN_TORCH = {"scale": "weight", "bias": "bias", "mean": "running_mean",
              "var": "running_var"}
 
 
-def _backbone_shapes(cfg: ModelConfig) -> dict:
-  return {p[1:]: s for p, s in tv._param_shapes(cfg).items()  # pylint: disable=protected-access
-          if p[0] == "backbone"}
-
-
 # ---------------------------------------------------------------- MobileNetV2
 
 def mobilenet_v2_module_name(path: tuple[str, ...], layout: str) -> str:
@@ -106,7 +101,7 @@ def mobilenet_v2_module_name(path: tuple[str, ...], layout: str) -> str:
 def mobilenet_v2_state_dict_names(cfg: ModelConfig, layout="torchvision"):
   """{state-dict name: (our path under backbone, our shape)}."""
   targets = {}
-  for path, shape in _backbone_shapes(cfg).items():
+  for path, shape in tv.imagenet_backbone_shapes(cfg).items():
     module = mobilenet_v2_module_name(path[:-1], layout)
     leaf = "weight" if path[-1] == "kernel" else _BN_TORCH[path[-1]]
     targets[f"{module}.{leaf}"] = (path, shape)
@@ -218,7 +213,7 @@ def detectron_blob_names(cfg: ModelConfig) -> dict:
   """{caffe2 blob name: (our path under backbone, our shape)} of the
   learned tensors (FrozenBatchNorm mean / var are not in the pickles)."""
   targets = {}
-  for path, shape in _backbone_shapes(cfg).items():
+  for path, shape in tv.imagenet_backbone_shapes(cfg).items():
     *mods, leaf = path
     if leaf in ("mean", "var"):
       continue

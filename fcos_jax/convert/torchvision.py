@@ -46,8 +46,8 @@ _FCOS_REQUIRED = dict(
     gn_groups=32, quality=CenternessQuality(), norm_reg_targets=True,
     use_scale=False,
     location_offset="zero", strides=MODEL_STRIDES)
-# torchvision's models have no deformable convs.
-_BACKBONE_REQUIRED["dcn_stages"] = ()
+# torchvision's FCOS has no deformable convs. (Its ImageNet ResNets start
+# deformable backbones too: `imagenet_backbone_shapes`.)
 _FCOS_REQUIRED.update(dcn_stages=(), head_dcn=False)
 
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -236,18 +236,35 @@ def convert_resnet_state_dict(state_dict, cfg: ModelConfig) -> dict:
   sd = {k: v for k, v in load_state_dict(state_dict).items()
         if not k.startswith("fc.")}
   targets = {}
-  for path, shape in _param_shapes(cfg).items():
-    if path[0] == "backbone":
-      targets[_backbone_name(path[1:])] = (path[1:], shape)
+  for path, shape in imagenet_backbone_shapes(cfg).items():
+    # A deformable conv2's kernel (conv2/conv/kernel) is the plain conv2's.
+    targets[_backbone_name(path[:3] + path[4:] if len(path) == 5 else path)
+            ] = (path, shape)
   flat = _convert(sd, targets, f"a ResNet-{cfg.depth} backbone")
   return traverse_util.unflatten_dict(flat)
 
 
+def imagenet_backbone_shapes(cfg: ModelConfig) -> dict:
+  """{path under params/backbone: shape} of what an ImageNet checkpoint
+  holds: every backbone parameter but the deformable convs' offset convs
+  (dcn_stages), which ImageNet classifiers do not have (`merge_backbone`
+  keeps their initial values)."""
+  return {p[1:]: s for p, s in _param_shapes(cfg).items()
+          if p[0] == "backbone" and "offset" not in p}
+
+
 def merge_backbone(variables: dict, backbone_params: dict) -> dict:
   """A copy of `variables` with params["backbone"] replaced by
-  `backbone_params` (from `convert_resnet_state_dict`); shapes must match."""
+  `backbone_params` (from `convert_resnet_state_dict`); shapes must match.
+  The deformable convs' offset convs, which ImageNet checkpoints lack, keep
+  their values in `variables` (initialised to zero: each deformable conv
+  starts as the plain conv it replaces)."""
   old = traverse_util.flatten_dict(variables["params"]["backbone"])
   new = traverse_util.flatten_dict(backbone_params)
+  offsets = {p: v for p, v in old.items() if "offset" in p and p not in new}
+  if offsets:
+    new.update(offsets)
+    backbone_params = traverse_util.unflatten_dict(new)
   if set(old) != set(new):
     diff = sorted("/".join(p) for p in set(old) ^ set(new))
     raise ValueError(f"merge_backbone: parameter trees differ at {diff[:10]}; "

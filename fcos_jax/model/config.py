@@ -325,12 +325,21 @@ class TOODQuality:
   la_down_rate: int = 8  # Layer attention's hidden width is (head_convs
   # * fpn_channels) // (la_down_rate * head_convs): mmdetection passes
   # stacked_convs * 8 as its la_down_rate.
+  num_dcn: int = 0  # The first num_dcn inter convs are DCNv2 (modulated,
+  # no bias before GN) with `dcn_groups` deformable groups: mmdetection's
+  # TOOD dconv models have 2 (num_dcn=2; its TOODHead fixes 4 groups).
+  dcn_groups: int = 4
 
   def __post_init__(self):
     if self.la_down_rate < 1:
       raise ConfigError(
           f"model.quality.la_down_rate={self.la_down_rate}: must be >= 1 "
           "(TOOD: 8).")
+    if self.num_dcn < 0 or self.dcn_groups < 1:
+      raise ConfigError(
+          f"model.quality.num_dcn={self.num_dcn}, dcn_groups="
+          f"{self.dcn_groups}: give num_dcn >= 0 (TOOD's dconv models: 2) "
+          "and dcn_groups >= 1 (4).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -671,6 +680,17 @@ def _check_tood(cfg: "ModelConfig"):
     raise ConfigError(
         "ModelConfig: quality 'tood' decodes its boxes from locations one "
         "stride apart; set location_stride='nominal'.")
+  if names[0] and cfg.quality.num_dcn > cfg.head_convs:
+    raise ConfigError(
+        f"ModelConfig: quality.num_dcn={cfg.quality.num_dcn} deformable "
+        f"inter convs, but head_convs={cfg.head_convs}; give num_dcn <= "
+        "head_convs.")
+  if names[0] and cfg.quality.num_dcn and (
+      cfg.fpn_channels % cfg.quality.dcn_groups):
+    raise ConfigError(
+        f"ModelConfig: fpn_channels={cfg.fpn_channels} is not divisible by "
+        f"quality.dcn_groups={cfg.quality.dcn_groups} (TOOD's deformable "
+        "inter convs split the channels into groups).")
   if names[0] and (cfg.fpn_channels * cfg.head_convs) // (
           cfg.quality.la_down_rate * cfg.head_convs) < 1:
     raise ConfigError(

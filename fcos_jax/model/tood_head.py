@@ -25,8 +25,13 @@ it unchanged; `box_regression` is box' as (l, t, r, b) distances from the
 location, in pixels. A resampled box need not contain its location: the
 distances can be negative.
 
+With `cfg.quality.num_dcn` (mmdetection's dconv models: 2) the first
+inter convs are DCNv2 with `dcn_groups` (4) deformable groups, their
+offsets and masks from a conv of their input (initialised to 0).
+
 Parameter tree, named after mmdetection's modules: inter_convs_{i}
-(kernel; no bias with GN, as mmdetection's ConvModule), inter_norm_{i}
+(kernel; no bias with GN, as mmdetection's ConvModule; a DCNv2's
+conv/kernel and offset/kernel, offset/bias), inter_norm_{i}
 (GN), cls_decomp and reg_decomp (layer_attention_0, layer_attention_2:
 1x1 kernel + bias; reduction_conv: kernel [1, 1, n F, F], no bias;
 reduction_norm: GN), tood_cls, tood_reg (3x3, kernel + bias),
@@ -48,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax.model.deform_conv import modulated_deform_conv
+from fcos_jax.model.deform_conv import (ModulatedDeformConv,
+                                       modulated_deform_conv)
 from fcos_jax.model.head import FCOSHead, GN_EPS, anchor_deltas_to_distances
 from fcos_jax.model.resnet import compute_dtype
 
@@ -137,7 +143,16 @@ class TOODHead(FCOSHead):
                      kernel_init=normal(std), bias_init=bias_init,
                      dtype=dtype, param_dtype=jnp.float32)
 
-    self.inter_convs = [conv(f, 3, 0.01, use_bias=not gn) for _ in range(n)]
+    def inter_conv(i):
+      if i < cfg.quality.num_dcn:  # mmdetection's DCNv2 ConvModule.
+        return ModulatedDeformConv(
+            f, use_bias=not gn, modulated=True,
+            deformable_groups=cfg.quality.dcn_groups,
+            kernel_init=normal(0.01), offset_init=nn.initializers.zeros,
+            dtype=dtype)
+      return conv(f, 3, 0.01, use_bias=not gn)
+
+    self.inter_convs = [inter_conv(i) for i in range(n)]
     if gn:
       self.inter_norm = [self._norm() for _ in range(n)]
     hidden = (f * n) // (cfg.quality.la_down_rate * n)

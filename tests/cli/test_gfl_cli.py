@@ -2,11 +2,10 @@
 train.py (a tiny run) and evaluate.py scores its checkpoint; the COCO
 config builds the `gfl` preset."""
 
-import json
 
 import pytest
 
-from cli_runs import run, tiny_args
+from cli_runs import train_and_evaluate
 
 GFL_CONFIG = "configs/synthetic_gfl_cpu.py"
 
@@ -32,20 +31,5 @@ def test_gfl_configs_build_the_gfl_parts():
 
 @pytest.mark.slow
 def test_gfl_trains_and_evaluates_through_the_clis(tmp_path):
-  workdir = tmp_path / "gfl"
-  proc = run("train.py", workdir, tiny_args(tmp_path, steps=4),
-             config=GFL_CONFIG)
+  proc, _ = train_and_evaluate(tmp_path, GFL_CONFIG, "gfl_joint")
   assert "loss_dfl" in proc.stderr and "loss_ctr" not in proc.stderr
-  assert "Average Precision" in proc.stdout
-  recorded = json.loads((workdir / "config.json").read_text())
-  assert recorded["model"]["quality"]["name"] == "gfl_joint"
-
-  out = tmp_path / "eval_gfl"  # Training's own eval/ files stay as written.
-  proc = run("evaluate.py", workdir, tiny_args(tmp_path) + [
-      "--checkpoint=4", "--config.model.inference.score_thresh=0.0",
-      f"--out={out}"], config=GFL_CONFIG)
-  assert "COCO bbox evaluation at step 4" in proc.stdout
-  metrics = json.loads((out / "metrics_step4.json").read_text())
-  assert metrics["num_images"] == 8 and 0 <= metrics["AP"] <= 1
-  detections = json.loads((out / "detections_step4.json").read_text())
-  assert detections and all(0 < d["score"] <= 1 for d in detections)

@@ -109,7 +109,6 @@ def test_console_is_quiet(trained):
   logs its own copy), no line twice."""
   import re
   import subprocess
-  import sys
   from cli_runs import command
   tmp, workdir = trained
   env = {k: v for k, v in os.environ.items()

@@ -2,11 +2,10 @@
 with train.py (a tiny run) and evaluate.py scores its checkpoint; both
 VFNet configs build the `vfnet` parts and pass the run-config checks."""
 
-import json
 
 import pytest
 
-from cli_runs import run, tiny_args
+from cli_runs import train_and_evaluate
 
 VFNET_CONFIG = "configs/synthetic_vfnet_cpu.py"
 
@@ -36,21 +35,6 @@ def test_vfnet_configs_build_the_vfnet_parts():
 
 @pytest.mark.slow
 def test_vfnet_trains_and_evaluates_through_the_clis(tmp_path):
-  workdir = tmp_path / "vfnet"
-  proc = run("train.py", workdir, tiny_args(tmp_path, steps=4),
-             config=VFNET_CONFIG)
+  proc, recorded = train_and_evaluate(tmp_path, VFNET_CONFIG, "vfnet")
   assert "loss_reg_refine" in proc.stderr and "loss_ctr" not in proc.stderr
-  assert "Average Precision" in proc.stdout
-  recorded = json.loads((workdir / "config.json").read_text())
-  assert recorded["model"]["quality"]["name"] == "vfnet"
   assert recorded["model"]["loss"]["name"] == "vfnet"
-
-  out = tmp_path / "eval_vfnet"  # Training's own eval/ files stay as written.
-  proc = run("evaluate.py", workdir, tiny_args(tmp_path) + [
-      "--checkpoint=4", "--config.model.inference.score_thresh=0.0",
-      f"--out={out}"], config=VFNET_CONFIG)
-  assert "COCO bbox evaluation at step 4" in proc.stdout
-  metrics = json.loads((out / "metrics_step4.json").read_text())
-  assert metrics["num_images"] == 8 and 0 <= metrics["AP"] <= 1
-  detections = json.loads((out / "detections_step4.json").read_text())
-  assert detections and all(0 < d["score"] <= 1 for d in detections)

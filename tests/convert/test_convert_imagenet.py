@@ -244,3 +244,52 @@ def test_official_layout_mobilenet_v2_names():
   jax.tree.map(np.testing.assert_array_equal, got, want)
   with pytest.raises(ValueError, match="233 missing: features.1.conv.0.weight"):
     imagenet.convert_mobilenet_v2_state_dict(sd, cfg, layout="official")
+
+
+# ----------------------------------------- Deformable backbones (dcn_stages)
+
+def test_imagenet_start_of_a_deformable_backbone(tmp_path):
+  """A model with deformable conv2s in res3-res5 starts from the plain
+  ImageNet checkpoints: each conv2's kernel is the checkpoint's, its offset
+  conv (absent there) keeps the model's initial values. With zero offsets
+  and no mask (DCN v1) the backbone then computes the plain ResNet."""
+  from fcos_jax.model.fcos import init_variables
+  from fcos_jax.train.initial_weights import load_initial_params
+  torch.manual_seed(0)
+  model = randomise_norms(torchvision.models.resnet50(weights=None), 0)
+  pth = tmp_path / "resnet50.pth"
+  torch.save(model.state_dict(), pth)
+  x = batch((64, 96), 2)
+  for modulated in (False, True):
+    cfg = tv_backbone_cfg("resnet50").replace(dcn_stages=(3, 4, 5),
+                                              dcn_modulated=modulated)
+    init = init_variables(cfg, jax.random.key(0))["params"]
+    params = load_initial_params(init, str(pth), "torchvision_resnet", cfg)
+    block = params["backbone"]["res4"]["block2"]["conv2"]
+    np.testing.assert_array_equal(
+        block["conv"]["kernel"],
+        model.layer3[2].conv2.weight.detach().numpy().transpose(2, 3, 1, 0))
+    for leaf in ("kernel", "bias"):
+      np.testing.assert_array_equal(
+          block["offset"][leaf],
+          init["backbone"]["res4"]["block2"]["conv2"]["offset"][leaf])
+    assert block["offset"]["kernel"].shape[-1] == (3 if modulated else 2) * 9
+    if not modulated:
+      zero_offsets = jax.tree_util.tree_map_with_path(
+          lambda path, v: v * 0 if "offset" in jax.tree_util.keystr(path)
+          else v, params["backbone"])
+      assert_close(ours(cfg, zero_offsets, x), resnet_taps(model, x))
+
+  # The official DCNv2 presets from MSRA's R-50.pkl.
+  cfg = caffe_cfg(depth=50, dcn_stages=(3, 4, 5))
+  _, blobs = caffe_reference("resnet50", True, 3)
+  pkl = tmp_path / "R-50.pkl"
+  pkl.write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
+  init = init_variables(cfg, jax.random.key(0))["params"]
+  params = load_initial_params(init, str(pkl), "detectron_pkl", cfg)
+  conv2 = params["backbone"]["res5"]["block0"]["conv2"]
+  np.testing.assert_array_equal(
+      conv2["conv"]["kernel"], blobs["res5_0_branch2b_w"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      conv2["offset"]["kernel"],
+      init["backbone"]["res5"]["block0"]["conv2"]["offset"]["kernel"])

@@ -6,7 +6,6 @@ and the optimizer groups."""
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util

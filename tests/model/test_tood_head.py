@@ -11,6 +11,7 @@ import torch
 from flax import traverse_util
 
 import tood_torch
+from random_params import random_head_params
 from fcos_jax.errors import ConfigError
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.fcos import FCOS, init_variables
@@ -27,34 +28,27 @@ def _cfg(**kw):
 def _random_params(cfg, x, seed):
   """Every parameter drawn at random; the offsets' last conv large enough
   to move the samples by about a cell."""
-  params = jax.jit(lambda k: TOODHead(cfg).init(k, x, 0))(
-      jax.random.PRNGKey(seed))["params"]
-  flat = traverse_util.flatten_dict(params)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for path, v in flat.items():
-    name, leaf = path[0], path[-1]
-    if name.startswith("scale"):
-      new = rng.uniform(0.5, 1.5)
-    elif leaf == "scale":  # GroupNorm.
-      new = 1 + rng.normal(0, 0.2, v.shape)
-    elif name == "reg_offset_module_2":
-      new = rng.normal(0, 0.5 if leaf == "bias" else 0.1, v.shape)
-    elif leaf == "kernel":
-      new = rng.normal(0, 0.05, v.shape)
-    else:
-      new = rng.normal(0, 0.2, v.shape)
-    out[path] = jnp.asarray(new, jnp.float32)
-  return traverse_util.unflatten_dict(out)
+  def offsets(path, shape, rng):
+    if path[0] == "reg_offset_module_2":
+      return rng.normal(0, 0.5 if path[-1] == "bias" else 0.1, shape)
+    return None
+  return random_head_params(TOODHead(cfg), x, seed, offsets)
 
 
-@pytest.mark.parametrize("level", [0, 2])
-def test_tood_head_matches_mmdetection_forward(level):
-  cfg = _cfg()
+@pytest.mark.parametrize("level,num_dcn", [(0, 0), (2, 0), (1, 2)])
+def test_tood_head_matches_mmdetection_forward(level, num_dcn):
+  """num_dcn=2: the dconv models' DCNv2 inter convs (4 deformable groups,
+  offsets and masks from random weights)."""
+  cfg = _cfg(num_dcn=num_dcn)
   rng = np.random.default_rng(level)
   x = rng.normal(0, 1, (2, 10, 13, F)).astype(np.float32)
   params = _random_params(cfg, x, seed=level + 1)
-  head = tood_torch.TOODHead(C, F, N, GROUPS)
+  if num_dcn:
+    assert params["inter_convs_1"]["offset"]["kernel"].shape == (
+        3, 3, F, 4 * 3 * 9)
+    assert "inter_convs_2" in params and "offset" not in params[
+        "inter_convs_2"]
+  head = tood_torch.TOODHead(C, F, N, GROUPS, num_dcn=num_dcn)
   tood_torch.load_flax_head(head, params)
   with torch.no_grad():
     score, bbox = head.forward_level(torch.tensor(x.transpose(0, 3, 1, 2)),
@@ -127,3 +121,7 @@ def test_model_outputs_and_preset_checks():
     config_lib.tood(norm_reg_targets=True)
   with pytest.raises(ConfigError, match="initial_steps"):
     config_lib.tood(initial_steps=-1)
+  with pytest.raises(ConfigError, match="num_dcn=7"):
+    config_lib.tood(num_dcn=7)
+  with pytest.raises(ConfigError, match="dcn_groups=3"):
+    config_lib.tood(num_dcn=2, dcn_groups=3)

@@ -12,6 +12,7 @@ import torch
 from flax import traverse_util
 
 import vfnet_torch
+from random_params import random_head_params
 from fcos_jax.model import config as config_lib
 from fcos_jax.model.vfnet_head import VFNetHead
 
@@ -26,25 +27,12 @@ def _cfg(**kw):
 def _random_params(cfg, x, seed):
   """Every parameter drawn at random (GN-followed conv biases 0, as
   mmdetection's ConvModules have none)."""
-  params = jax.jit(lambda k: VFNetHead(cfg).init(k, x, 0))(
-      jax.random.PRNGKey(seed))["params"]
-  flat = traverse_util.flatten_dict(params)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for path, v in flat.items():
-    name, leaf = path[0], path[-1]
-    if name.startswith("scale"):
-      new = rng.uniform(0.5, 1.5)
-    elif leaf == "kernel":
-      new = rng.normal(0, 0.05, v.shape)
-    elif leaf == "scale":  # GroupNorm.
-      new = 1 + rng.normal(0, 0.2, v.shape)
-    elif name.startswith(("cls_tower", "box_tower", "vfnet_reg_conv")):
-      new = np.zeros(v.shape)
-    else:
-      new = rng.normal(0, 0.2, v.shape)
-    out[path] = jnp.asarray(new, jnp.float32)
-  return traverse_util.unflatten_dict(out)
+  def gn_biases(path, shape, rng):
+    if path[-1] == "bias" and path[0].startswith(
+        ("cls_tower", "box_tower", "vfnet_reg_conv")):
+      return np.zeros(shape)
+    return None
+  return random_head_params(VFNetHead(cfg), x, seed, gn_biases)
 
 
 def _torch_head(cfg, params):
