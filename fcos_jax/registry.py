@@ -125,8 +125,13 @@ def _mmdet(name, stamp, overrides, ap, imagenet, family="gfl", preset=None,
   appends; FILE instead of NAME where the file is named otherwise). Its
   README's 1x / 2x are 90k / 180k iterations at batch 16 (8 GPUs x 2);
   mstrain draws the short side from [480, 800] (GFL) or [480, 960]
-  (VFNet). FAMILY is the preset, unless PRESET is given."""
-  overrides = dict(_MMDET if family == "gfl" else {}, **overrides)
+  (VFNet). FAMILY is the preset, unless PRESET is given. Post-processing
+  as mmdetection's test_cfg: empty boxes dropped (min_bbox_size 0), and
+  TOOD's boxes not clipped to the image."""
+  inference = dict(min_box_size=0.0,
+                   **({"clip_boxes": False} if family == "tood" else {}))
+  overrides = dict(_MMDET if family == "gfl" else {}, **inference,
+                   **overrides)
   return Release(name, "mmdet", preset or family, overrides,
                  "2x" if "_2x_" in name else "1x", 16,
                  _MMDET_MSTRAIN[family] if "_mstrain_" in name else 800,
@@ -258,8 +263,8 @@ _RELEASES = (
            dict(depth=101, groups=64, width_per_group=4, **_MDCONV), 50.4,
            "resnext101_64x4d-ee2c6f71.pth", family="vfnet"),
     # configs/tood of mmdetection (box AP, metafile.yml): the `tood` preset,
-    # anchor_type "anchor_free" (and the anchor-based one below). Not here:
-    # the dconv ones (DCNv2 in the backbone and the T-head).
+    # anchor_type "anchor_free" (and the anchor-based one below). The X-101
+    # dconv model has a config but no released weights.
     _mmdet("tood_r50_fpn_1x_coco", "20211210_103425-20e20746", {}, 42.4,
            "resnet50-0676ba61.pth", family="tood"),
     _mmdet("tood_r50_fpn_mstrain_2x_coco", "20211210_144231-3b23174c", {},
@@ -269,6 +274,12 @@ _RELEASES = (
     _mmdet("tood_x101_64x4d_fpn_mstrain_2x_coco", "20211211_003519-a4f36113",
            dict(depth=101, groups=64, width_per_group=4), 47.6,
            "resnext101_64x4d-ee2c6f71.pth", family="tood"),
+    # dconv: mmcv's DCNv2 in res3-res5 and the T-head's first two inter
+    # convs (num_dcn=2, 4 deformable groups).
+    _mmdet("tood_r101_fpn_dconv_c3-c5_mstrain_2x_coco",
+           "20211210_213728-4a824142",
+           dict(depth=101, dcn_stages=(3, 4, 5), dcn_modulated=True,
+                num_dcn=2), 49.3, "resnet101-63fe2227.pth", family="tood"),
     # anchor_type "anchor_based": the T-head's box is DeltaXYWH deltas from
     # the 8-stride anchor (box `anchor_deltas`).
     _mmdet("tood_r50_fpn_anchor_based_1x_coco", "20211214_100105-b776c134",

@@ -252,17 +252,21 @@ class VFNet(nn.Module):
 
 class TOOD(nn.Module):
   """`backbone`, `neck`, `bbox_head` (tests/tood_torch.py's TOODHead, 6
-  inter convs). Per level (cls_score probabilities, bbox_pred boxes in
+  inter convs; the dconv models: DCNv2 in `dcn_stages` and the first
+  `num_dcn` inter convs). Per level (cls_score probabilities, bbox_pred boxes in
   strides), NCHW."""
 
   def __init__(self, depth=50, width=64, groups=1, width_per_group=64,
-               fpn_channels=256, num_classes=80, anchor_type="anchor_free"):
+               fpn_channels=256, num_classes=80, anchor_type="anchor_free",
+               dcn_stages=(), num_dcn=0):
     super().__init__()
     import tood_torch  # pylint: disable=import-outside-toplevel
-    self.backbone = ResNet(depth, width, groups, width_per_group)
+    self.backbone = ResNet(depth, width, groups, width_per_group, dcn_stages,
+                           dcn_modulated=True)
     self.neck = FPN([width * 4 * 2 ** i for i in (1, 2, 3)], fpn_channels)
     self.bbox_head = tood_torch.TOODHead(num_classes, fpn_channels, 6, 32,
-                                         anchor_type=anchor_type)
+                                         anchor_type=anchor_type,
+                                         num_dcn=num_dcn)
 
   def forward(self, x):
     feats = self.neck(self.backbone(x))

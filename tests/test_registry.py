@@ -69,12 +69,13 @@ VFNET_README = {
     "vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco": (50.4, True),
 }
 # mmdetection's configs/tood/metafile.yml (box AP), and multi-scale: the
-# anchor-free models without deformable convs.
+# anchor-free models, the dconv one, and the anchor-based one.
 TOOD_README = {
     "tood_r50_fpn_1x_coco": (42.4, False),
     "tood_r50_fpn_mstrain_2x_coco": (44.5, True),
     "tood_r101_fpn_mstrain_2x_coco": (46.1, True),
     "tood_x101_64x4d_fpn_mstrain_2x_coco": (47.6, True),
+    "tood_r101_fpn_dconv_c3-c5_mstrain_2x_coco": (49.3, True),
     "tood_r50_fpn_anchor_based_1x_coco": (42.4, False),
 }
 ZOO = {**README, **ADELAIDET_README}
@@ -219,7 +220,14 @@ def test_mmdet_tood_zoo_config(name):
   # before P7.
   assert (cfg.quality.name, cfg.loss.name, cfg.assign.name) == (
       "tood", "tood", "tal")
-  assert not cfg.p7_relu and cfg.head_convs == 6 and not cfg.dcn_stages
+  assert not cfg.p7_relu and cfg.head_convs == 6
+  # dconv: mmcv's DCNv2 in res3-res5 and the T-head's first 2 inter convs.
+  dconv = "_dconv_c3-c5_" in name
+  assert cfg.dcn_stages == ((3, 4, 5) if dconv else ())
+  assert (cfg.quality.num_dcn, cfg.dcn_modulated) == (
+      (2, True) if dconv else (0, cfg.dcn_modulated))
+  # mmdetection's test_cfg: empty boxes dropped, TOOD's boxes not clipped.
+  assert cfg.inference.min_box_size == 0 and not cfg.inference.clip_boxes
   # anchor_type: DeltaXYWH deltas from an 8-stride anchor, or distances.
   assert cfg.box.name == ("anchor_deltas" if "anchor_based" in name
                           else "distances")

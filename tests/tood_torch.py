@@ -86,7 +86,8 @@ class DCNv2ConvModule(nn.Module):
   def __init__(self, cin, cout, groups, deform_groups):
     super().__init__()
     self.conv = nn.Module()
-    self.conv.weight = nn.Parameter(torch.zeros(cout, cin, 3, 3))
+    self.conv.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
+    nn.init.kaiming_uniform_(self.conv.weight, a=5 ** 0.5)  # As Conv2d.
     self.conv.conv_offset = nn.Conv2d(cin, deform_groups * 3 * 9, 3,
                                       padding=1)
     self.gn = nn.GroupNorm(groups, cout)

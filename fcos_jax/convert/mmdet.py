@@ -51,12 +51,17 @@ TOOD's anchor-based model (anchor_type "anchor_based": box
 `anchor_deltas`, the T-head's DeltaXYWH deltas decoded from the 8-stride
 anchor, in strides, before the resampling) has the same names and shapes.
 
-Not converted: TOOD's dconv models (DCNv2 in the backbone and num_dcn=2 in
-the T-head's first inter convs). mmdetection does not clip TOOD's boxes to
-the image; fcos_jax's post-processing does (boxes that cross the border
-differ, those inside are the same). For every model here, a box that
-clipping leaves empty is dropped by mmdetection (min_bbox_size 0) and kept
-by fcos_jax.
+TOOD's dconv model (tood_r101_fpn_dconv_c3-c5) has mmcv's DCNv2 in
+res3-res5 (as VFNet's mdconv models, below) and in the T-head's first two
+inter convs (num_dcn=2, 4 deformable groups, no bias before GN):
+`inter_convs.{0,1}.conv.weight` and a 108-channel
+`inter_convs.{0,1}.conv.conv_offset.*` (4 x 18 offsets, then 4 x 9 mask
+logits: fcos_jax's quality.num_dcn=2, dcn_groups=4).
+
+The registry's configs post-process as mmdetection's test_cfg: empty
+boxes are dropped (inference.min_box_size 0, mmdetection's min_bbox_size)
+and TOOD's boxes are not clipped to the image (inference.clip_boxes
+False), so a converted model gives mmdetection's detections.
 
 VFNet's mdconv_c3-c5 models have mmcv's DCNv2 (ModulatedDeformConv2dPack,
 no bias) in res3-res5 and as the towers' last conv (dcn_on_last_conv=True):
@@ -226,6 +231,12 @@ def _head_name(path: tuple[str, ...], outputs=None) -> str | None:
     if path[1] == "offset":  # mmcv's ModulatedDeformConv2dPack.
       return f"{base}.conv_offset.{w_b(path[2])}"
     return None if path[2] == "bias" else f"{base}.weight"
+  m = re.fullmatch(r"inter_convs_(\d+)", path[0])
+  if m and len(path) == 3:  # A DCNv2 inter conv (TOOD's dconv models).
+    base = f"inter_convs.{m[1]}.conv"
+    if path[1] == "offset":
+      return f"{base}.conv_offset.{w_b(path[2])}"
+    return None if path[2] == "bias" else f"{base}.weight"
   if len(path) == 3:  # TOOD's task decompositions.
     decomp, module, leaf = path
     sub = {"reduction_conv": "reduction_conv.conv",
@@ -323,6 +334,9 @@ def convert_state_dict(state_dict, cfg: ModelConfig) -> dict:
     required = dict(_REQUIRED_TOOD, box=(
         AnchorDeltasBox() if cfg.box.name == "anchor_deltas"
         else DistanceBox()))
+    if cfg.dcn_stages or cfg.quality.num_dcn:  # The dconv models.
+      required.update(dcn_stages=cfg.dcn_stages, dcn_modulated=True,
+                      quality=TOODQuality(num_dcn=2))
   elif what == "ATSS":
     required = _REQUIRED_ATSS
   else:

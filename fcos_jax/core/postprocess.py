@@ -10,7 +10,9 @@ by `cfg.inference.score_thresh_on`:
    Keep the best `pre_nms_topk` candidates of each level.
 2. Decode (location -/+ distance), clip to the resized image (not the
    canvas); score = sqrt(prob * ctr) (`score_combine` "product": prob *
-   ctr, mmdetection's; the same order).
+   ctr, mmdetection's; the same order). `clip_boxes=False` keeps the
+   boxes as decoded; `min_box_size` >= 0 drops those no wider or taller
+   than it (mmdetection's min_bbox_size).
 3. Concatenate the levels, class-aware NMS at `nms_iou`, keep the best
    `max_detections`; map the boxes to the original image.
 
@@ -186,19 +188,29 @@ def _clipped_candidates(outputs, locations: Locations, image_hw,
   boxes, scores, classes, valid, loc = (jnp.concatenate(x, axis=1)
                                         for x in zip(*per_level))
 
-  # Clip to the resized image: the canvas padding lies outside the image.
-  image_hw = jnp.asarray(image_hw).astype(jnp.float32)
-  hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
-  return jnp.clip(boxes, 0.0, hi), scores, classes, valid, loc
+  if cfg.inference.clip_boxes:
+    # Clip to the resized image: the canvas padding lies outside the image.
+    image_hw = jnp.asarray(image_hw).astype(jnp.float32)
+    hi = jnp.stack([image_hw[:, 1], image_hw[:, 0]] * 2, axis=-1)[:, None, :]
+    boxes = jnp.clip(boxes, 0.0, hi)
+  if cfg.inference.min_box_size >= 0:  # mmdetection's min_bbox_size.
+    m = jnp.float32(cfg.inference.min_box_size)
+    valid = (valid & (boxes[..., 2] - boxes[..., 0] > m)
+             & (boxes[..., 3] - boxes[..., 1] > m))
+    scores = jnp.where(valid, scores, 0.0)
+  return boxes, scores, classes, valid, loc
 
 
-def to_original_pixels(boxes, image_hw, orig_hw):
+def to_original_pixels(boxes, image_hw, orig_hw, clip: bool = True):
   """boxes [B, N, 4] in resized-image pixels -> original pixels, with
-  torchvision's float32 ratios orig / resized, clipped to the original."""
+  torchvision's float32 ratios orig / resized, clipped to the original
+  (unless `clip` is False: `inference.clip_boxes`)."""
   image_hw = jnp.asarray(image_hw).astype(jnp.float32)
   orig_hw = jnp.asarray(orig_hw).astype(jnp.float32)
   ratio = orig_hw / image_hw  # [B, 2] (h, w)
   scale = jnp.stack([ratio[:, 1], ratio[:, 0]] * 2, axis=-1)[:, None, :]
+  if not clip:
+    return boxes * scale
   # The ratio can round up by an ulp (XLA:GPU's division is not correctly
   # rounded): clip again so no box leaves the original image.
   orig_hi = jnp.stack([orig_hw[:, 1], orig_hw[:, 0]] * 2, axis=-1)[:, None, :]
@@ -258,7 +270,8 @@ def postprocess(outputs, locations: Locations, image_hw, orig_hw,
   boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
   scores = jnp.take_along_axis(scores, keep, axis=1)
   classes = jnp.take_along_axis(classes, keep, axis=1)
-  boxes = to_original_pixels(boxes, image_hw, orig_hw)
+  boxes = to_original_pixels(boxes, image_hw, orig_hw,
+                             cfg.inference.clip_boxes)
   dets = {
       "boxes": jnp.where(keep_valid[..., None], boxes, 0.0),
       "scores": jnp.where(keep_valid, scores, 0.0),

@@ -78,7 +78,8 @@ def merge(boxes, scores, classes, valid, base_hw, orig_hw, *,
   boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1)
   scores = jnp.take_along_axis(scores, keep, axis=1)
   classes = jnp.take_along_axis(classes, keep, axis=1)
-  boxes = postprocess.to_original_pixels(boxes, base_hw, orig_hw)
+  boxes = postprocess.to_original_pixels(boxes, base_hw, orig_hw,
+                                         cfg.inference.clip_boxes)
   return {"boxes": jnp.where(keep_valid[..., None], boxes, 0.0),
           "scores": jnp.where(keep_valid, scores, 0.0),
           "classes": jnp.where(keep_valid, classes, 0),

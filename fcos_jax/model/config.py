@@ -216,10 +216,22 @@ class InferenceConfig:
   # (official FCOS, torchvision); "product": prob * ctr (mmdetection's
   # ATSS, FCOS). The same ranking, hence the same detections.
   score_combine: str = "sqrt"
+  # Boxes are clipped to the resized image (then to the original), as the
+  # official FCOS, torchvision and mmdetection's FCOS-family heads do;
+  # False keeps them as decoded (mmdetection's TOOD).
+  clip_boxes: bool = True
+  # Candidates whose width or height is <= min_box_size pixels (after any
+  # clipping) are dropped before NMS: 0 drops the empty boxes, as
+  # mmdetection's min_bbox_size=0 does; -1 keeps every box (official FCOS).
+  min_box_size: float = -1.0
 
   def __post_init__(self):
     _check_choice(self, "score_thresh_on", ("prob", "sqrt"))
     _check_choice(self, "score_combine", ("sqrt", "product"))
+    if not (self.min_box_size == -1.0 or self.min_box_size >= 0):
+      raise ConfigError(
+          f"model.inference.min_box_size={self.min_box_size}: give -1 (keep "
+          "every box) or a size >= 0 in pixels (0: drop empty boxes).")
 
 
 @dataclasses.dataclass(frozen=True)

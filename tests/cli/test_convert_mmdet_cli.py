@@ -7,45 +7,22 @@ against PyTorch restatements in tests/convert/test_convert_mmdet.py.)"""
 
 import json
 import os
-import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from cli_runs import ROOT
+from mmdet_checkpoints import random_mmdet_state_dict, save_state_dict
 
-# The model the registry names, the file name its URL gives, the quality
-# part its run records.
+# A registry model (its file named as its URL names it) -> the quality and
+# box parts its run records. (GFL's: tests/convert/test_convert_mmdet.py.)
 MODELS = {
-    "vfnet_r50_fpn_1x_coco": "vfnet",
-    "tood_r50_fpn_1x_coco": "tood",
+    "vfnet_r50_fpn_1x_coco": ("vfnet", "distances"),
+    "tood_r50_fpn_1x_coco": ("tood", "distances"),
+    "tood_r50_fpn_anchor_based_1x_coco": ("tood", "anchor_deltas"),
+    "atss_r50_fpn_1x_coco": ("centerness", "anchor_deltas"),
 }
-
-
-def random_checkpoint(cfg, seed=0):
-  """{"meta", "state_dict"} with random weights of mmdetection's names and
-  shapes for `cfg` (NumPy): He-scaled kernels, BatchNorm statistics near
-  (0, 1), class biases at a low prior, BatchNorm's step counters."""
-  from fcos_jax.convert import mmdet
-  rng = np.random.default_rng(seed)
-  sd = {}
-  for name, (path, shape) in mmdet.state_dict_names(cfg).items():
-    shape = mmdet.mmdet_shape(shape, path)
-    leaf = path[-1]
-    if leaf == "kernel":
-      v = rng.normal(size=shape) * np.sqrt(1.0 / np.prod(shape[1:]))
-    elif leaf in ("var", "scale") or leaf.startswith("scale_"):
-      v = rng.uniform(0.8, 1.2, shape)
-    elif re.fullmatch(r"bbox_head\.[a-z]+_cls\.bias", name):
-      v = np.full(shape, -4.0)
-    else:
-      v = 0.05 * rng.normal(size=shape)
-    sd[name] = v.astype(np.float32)
-  for k in [k for k in sd if k.endswith("running_var")]:
-    sd[k.replace("running_var", "num_batches_tracked")] = np.array(0)
-  return {"meta": {"mmdet_version": "2.20.0", "epoch": 12}, "state_dict": sd}
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +51,12 @@ def _run(args):
 @pytest.mark.torch
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_released_model_converts_and_evaluates(tmp_path, coco, model):
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   from fcos_jax import registry
   from fcos_jax.convert import mmdet
   release = registry.get(model, "mmdet")
-  ckpt = random_checkpoint(mmdet.published_config(model))
   pth = tmp_path / os.path.basename(release.url)  # As downloaded.
-  ckpt["state_dict"] = {k: torch.from_numpy(np.asarray(v))
-                        for k, v in ckpt["state_dict"].items()}
-  torch.save(ckpt, pth)
+  save_state_dict(pth, random_mmdet_state_dict(mmdet.published_config(model)))
   gt_json, img_dir = coco
   workdir = tmp_path / "run"
   data = ["--config.data.source=coco_format",
@@ -95,7 +69,9 @@ def test_released_model_converts_and_evaluates(tmp_path, coco, model):
   _run(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
         f"--config=configs/zoo.py:{model}", f"--workdir={workdir}"] + data)
   config = json.loads((workdir / "config.json").read_text())
-  assert config["model"]["quality"]["name"] == MODELS[model]
+  assert (config["model"]["quality"]["name"],
+          config["model"]["box"]["name"]) == MODELS[model]
+  assert config["model"]["inference"]["min_box_size"] == 0
   assert config["model"]["inference"]["score_thresh"] == 0.02
 
   proc = _run([str(ROOT / "evaluate.py"), f"--workdir={workdir}"])

@@ -17,6 +17,7 @@ from fcos_jax.convert import mmdet
 from fcos_jax.core.locations import compute_locations
 from fcos_jax.core.postprocess import make_postprocess_fn
 from fcos_jax.model.fcos import FCOS
+from mmdet_checkpoints import random_mmdet_state_dict, save_state_dict
 
 R50 = "gfl_r50_fpn_1x_coco"
 X101 = "gfl_x101_32x4d_fpn_mstrain_2x_coco"
@@ -207,30 +208,6 @@ def test_head_outputs_and_detections_match_mmdet_restatement(name, tmp_path):
 # --- Refusals ----------------------------------------------------------------
 
 
-def random_mmdet_state_dict(cfg, seed=0):
-  """Random weights with mmdetection's names and shapes for `cfg` (NumPy):
-  He-scaled kernels, BN statistics near (0, 1), the prior's class bias,
-  and the Integral's `project` buffer as older mmdetection saved it."""
-  rng = np.random.default_rng(seed)
-  sd = {}
-  for name, (path, shape) in mmdet.state_dict_names(cfg).items():
-    shape = mmdet.mmdet_shape(shape, path)
-    leaf = path[-1]
-    if leaf == "kernel":
-      v = rng.normal(size=shape) * np.sqrt(1.0 / np.prod(shape[1:]))
-    elif leaf in ("var", "scale") or leaf.startswith("scale_"):
-      v = rng.uniform(0.8, 1.2, shape)
-    else:
-      v = 0.05 * rng.normal(size=shape)
-    sd[name] = v.astype(np.float32)
-  sd["bbox_head.gfl_cls.bias"] = np.full(cfg.num_classes, -4.0, np.float32)
-  sd["bbox_head.integral.project"] = np.arange(
-      cfg.quality.reg_max + 1, dtype=np.float32)
-  for k in [k for k in sd if k.endswith("running_var")]:  # BN's counter.
-    sd[k.replace("running_var", "num_batches_tracked")] = np.array(0)
-  return sd
-
-
 def test_converts_random_checkpoint_and_refuses_bad_ones(tmp_path):
   cfg = mmdet.published_config(R50, **SMALL)
   sd = random_mmdet_state_dict(cfg)
@@ -297,13 +274,11 @@ def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
   import coco_files as testing
   from cli_runs import ROOT
   from fcos_jax.convert import torchvision as tv
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
 
   sd = random_mmdet_state_dict(mmdet.published_config(R50), seed=1)
   pth = tmp_path / "gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth"
-  torch.save({"meta": {"mmdet_version": "2.1.0", "CLASSES": ("person",)},
-              "state_dict": {k: torch.from_numpy(np.asarray(v))
-                             for k, v in sd.items()}}, pth)
+  save_state_dict(pth, sd, mmdet_version="2.1.0", CLASSES=("person",))
   cats = [(c["id"], c["name"]) for c in tv.coco_categories()]
   images = testing.random_images(2, sizes=((100, 150), (150, 100)),
                                  categories=(1, 18, 90))
@@ -495,11 +470,11 @@ def test_vfnet_head_outputs_and_detections_match_mmdet_restatement(
   _same_detections(ours, dets)
 
 
-def _same_detections(ours, dets, max_empty=2):
+def _same_detections(ours, dets, max_empty=0):
   """Our detections are mmdetection's (`dets`), but for near-ties at the
-  cut-off and boxes that clipping to the image left empty (at most
-  `max_empty` per image): mmdetection drops those (min_bbox_size 0: width
-  and height > 0), fcos_jax's post-processing keeps them."""
+  cut-off. (With min_box_size 0, as the registry's mmdetection models
+  have, fcos_jax drops the boxes that clipping left empty, as mmdetection
+  does; `max_empty` of them are allowed otherwise.)"""
   for b, (boxes, scores, labels) in enumerate(dets):
     boxes, scores, labels = boxes.numpy(), scores.numpy(), labels.numpy()
     n_ours = int(ours["valid"][b].sum())
@@ -602,6 +577,16 @@ def test_tood_published_names_and_shapes():
   cfg = mmdet.published_config("tood_r101_fpn_mstrain_2x_coco")
   assert not cfg.p7_relu and cfg.head_convs == 6
   assert mmdet.find_published(cfg) == "tood_r101_fpn_mstrain_2x_coco"
+  dconv = _names(TOOD_DCONV)  # mmcv's DCNv2: 27 / 4 x 27 offset channels.
+  assert dconv["backbone.layer2.0.conv2.conv_offset.weight"] == (
+      27, 128, 3, 3)
+  assert dconv["bbox_head.inter_convs.1.conv.conv_offset.weight"] == (
+      108, 256, 3, 3)
+  assert dconv["bbox_head.inter_convs.1.conv.weight"] == (256, 256, 3, 3)
+  assert "bbox_head.inter_convs.2.conv.conv_offset.bias" not in dconv
+  assert "bbox_head.inter_convs.0.conv.bias" not in dconv
+  assert len(dconv) == len(_names("tood_r101_fpn_mstrain_2x_coco")) + 2 * (
+      4 + 23 + 3) + 2 * 2
 
 
 def tood_torch_model(seed, cfg):
@@ -614,7 +599,8 @@ def tood_torch_model(seed, cfg):
   model = ref.TOOD(depth=cfg.depth, width=cfg.width,
                    fpn_channels=cfg.fpn_channels, num_classes=cfg.num_classes,
                    anchor_type=("anchor_based" if cfg.box.name == "anchor_deltas"
-                                else "anchor_free"))
+                                else "anchor_free"),
+                   dcn_stages=cfg.dcn_stages, num_dcn=cfg.quality.num_dcn)
   g = torch.Generator().manual_seed(seed)
   head = model.bbox_head
   with torch.no_grad():
@@ -640,15 +626,19 @@ def tood_torch_model(seed, cfg):
 
 
 TOOD_ANCHOR = "tood_r50_fpn_anchor_based_1x_coco"
+TOOD_DCONV = "tood_r101_fpn_dconv_c3-c5_mstrain_2x_coco"
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", [TOOD, TOOD_ANCHOR])
+@pytest.mark.parametrize("name", [TOOD, TOOD_ANCHOR, TOOD_DCONV])
 def test_tood_head_outputs_and_detections_match_mmdet_restatement(
     name, tmp_path):
+  """The dconv model at depth 50 (its DCNv2 backbone stages and T-head
+  inter convs; depth only adds blocks)."""
   torch = pytest.importorskip("torch")
   ref = pytest.importorskip("mmdet_heads_torch")
-  cfg = mmdet.published_config(name, **SMALL)
+  cfg = mmdet.published_config(name, **SMALL, **(
+      {"depth": 50} if name == TOOD_DCONV else {}))
   model = tood_torch_model(0, cfg)
   path = tmp_path / "tood.pth"
   torch.save({"meta": {"mmdet_version": "2.20.0"},
@@ -676,9 +666,10 @@ def test_tood_head_outputs_and_detections_match_mmdet_restatement(
 
   post = make_postprocess_fn(compute_locations(CANVAS, cfg), cfg)
   ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
-  # fcos_jax clips the boxes to the image, mmdetection's TOOD does not.
+  # Neither clips TOOD's boxes to the image (inference.clip_boxes False).
+  assert not cfg.inference.clip_boxes and cfg.inference.min_box_size == 0
   dets = ref.postprocess_tood(head, model, image_hw.tolist(),
-                              orig_hw.tolist(), clip=True)
+                              orig_hw.tolist())
   _same_detections(ours, dets)
 
 
@@ -829,12 +820,12 @@ def test_atss_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
           for boxes, scores, labels in mmdet_dets]
   # Anchor deltas move boxes off their locations: more of them (those of
   # the padding's locations) fall outside the image and clip to nothing.
-  _same_detections(ours, dets, max_empty=10)
+  _same_detections(ours, dets)
   # score_combine="product" reports mmdetection's scores themselves.
   product = cfg.replace(score_combine="product")
   post = make_postprocess_fn(compute_locations(CANVAS, product), product)
   ours = jax.device_get(post(apply(variables, x), image_hw, orig_hw))
-  _same_detections(ours, mmdet_dets, max_empty=10)
+  _same_detections(ours, mmdet_dets)
 
 
 def test_atss_converts_and_refuses_bad_checkpoints():

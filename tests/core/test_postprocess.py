@@ -79,17 +79,26 @@ def reference_postprocess(outputs, locations, image_hw, orig_hw, cfg):
       x, y = locations.points[sl][loc].T
       box = np.stack([x - d[:, 0], y - d[:, 1], x + d[:, 2], y + d[:, 3]], 1)
       h, w = image_hw[b]
-      box = np.clip(box, 0, np.array([w, h, w, h], np.float32))
-      boxes.append(box)
-      scores.append(np.sqrt((prob * ctr).ravel()[idx]))
-      classes.append(cl)
+      if cfg.inference.clip_boxes:
+        box = np.clip(box, 0, np.array([w, h, w, h], np.float32))
+      keep = np.ones(len(box), bool)
+      if cfg.inference.min_box_size >= 0:  # mmdetection's min_bbox_size.
+        keep = ((box[:, 2] - box[:, 0] > cfg.inference.min_box_size)
+                & (box[:, 3] - box[:, 1] > cfg.inference.min_box_size))
+      boxes.append(box[keep])
+      scores.append(np.sqrt((prob * ctr).ravel()[idx])[keep])
+      classes.append(cl[keep])
     boxes, scores, classes = (np.concatenate(x) for x in (boxes, scores,
                                                           classes))
     keep = numpy_greedy_nms(boxes, scores, classes, np.ones(len(scores), bool),
                             cfg.inference.nms_iou, cfg.inference.max_detections)
     ratio = orig_hw[b].astype(np.float32) / image_hw[b].astype(np.float32)
     scale = np.array([ratio[1], ratio[0], ratio[1], ratio[0]], np.float32)
-    results.append({"boxes": boxes[keep] * scale, "scores": scores[keep],
+    out = boxes[keep] * scale
+    if cfg.inference.clip_boxes:
+      out = np.clip(out, 0, np.array([orig_hw[b][1], orig_hw[b][0]] * 2,
+                                     np.float32))
+    results.append({"boxes": out, "scores": scores[keep],
                     "classes": classes[keep]})
   return results
 
@@ -161,6 +170,37 @@ def test_no_candidates_gives_no_detections():
   got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
   assert not np.asarray(got["valid"]).any()
   assert not np.asarray(got["boxes"]).any()
+
+
+@pytest.mark.parametrize("clip_boxes,min_box_size", [(True, 0.0),
+                                                      (False, -1.0),
+                                                      (False, 20.0)])
+def test_clipping_and_small_boxes_match_numpy_reference(clip_boxes,
+                                                        min_box_size):
+  """mmdetection's choices: empty boxes dropped (min_bbox_size 0), TOOD's
+  boxes not clipped; and a larger minimum size. A third of the boxes reach
+  far beyond the image (empty once clipped, if they start outside), a
+  fifth are about 0 wide."""
+  cfg = config_lib.official(num_classes=NUM_CLASSES, pre_nms_topk=60,
+                            max_detections=40, clip_boxes=clip_boxes,
+                            min_box_size=min_box_size)
+  locations = compute_locations(CANVAS, cfg)
+  outputs = head_outputs(3, locations.num_locations, NUM_CLASSES, cfg, seed=1)
+  reg = np.asarray(outputs.box_regression).copy()
+  reg[:, ::3] *= 8.0
+  reg[:, 1::5, 0] = -reg[:, 1::5, 2] + 0.001
+  outputs = outputs.replace(box_regression=reg)
+  image_hw, orig_hw = image_sizes(3, CANVAS, seed=2)
+  got = make_postprocess_fn(locations, cfg)(outputs, image_hw, orig_hw)
+  want = reference_postprocess(outputs, locations, image_hw, orig_hw, cfg)
+  assert_matches(got, want)
+  boxes = np.asarray(got["boxes"])[np.asarray(got["valid"])]
+  if not clip_boxes:  # Some boxes leave the image.
+    assert (boxes < 0).any()
+  default = make_postprocess_fn(locations, cfg.replace(
+      clip_boxes=True, min_box_size=-1.0))(outputs, image_hw, orig_hw)
+  assert not np.array_equal(np.asarray(default["boxes"]),
+                            np.asarray(got["boxes"]))
 
 
 def test_boxes_clipped_to_image_not_canvas():
