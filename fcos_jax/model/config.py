@@ -588,8 +588,7 @@ class ModelConfig:
           f"ModelConfig: fpn_channels={self.fpn_channels} is not divisible by "
           f"gn_groups={self.gn_groups}.")
     _check_box(self)  # First: the other heads' checks assume distances.
-    _check_gfl(self)
-    _check_vfnet(self)
+    _check_families(self)
     _check_tood(self)
 
   @classmethod
@@ -643,68 +642,58 @@ def uses_distribution(cfg: "ModelConfig") -> bool:
   return cfg.quality.name == "gfl_joint"
 
 
-def _check_gfl(cfg: "ModelConfig"):
-  """GFL's joint quality and its loss only make sense together; its
-  distances are in stride units."""
-  joint, gfl_loss = cfg.quality.name == "gfl_joint", cfg.loss.name == "gfl"
-  if joint != gfl_loss:
-    raise ConfigError(
-        f"ModelConfig: quality.name={cfg.quality.name!r} with loss.name="
-        f"{cfg.loss.name!r}: GFL's joint quality ('gfl_joint') and its loss "
-        "('gfl') go together; use the `gfl` preset or set both.")
-  if joint and not cfg.norm_reg_targets:
-    raise ConfigError(
-        "ModelConfig: quality 'gfl_joint' regresses distances in stride "
-        "units; set norm_reg_targets=True.")
+# The heads whose named choices only work together, and the architecture
+# fields they need, by family: (its choices by part, its fields (why), its
+# preset). A new head of the family is one line here.
+FAMILIES = {
+    "GFL": ({"quality": "gfl_joint", "loss": "gfl"},
+            {"norm_reg_targets": (True, "it regresses distances in strides")},
+            "gfl"),
+    "VFNet": ({"quality": "vfnet", "loss": "vfnet"},
+              {"norm_reg_targets": (False, "its boxes are exp(...) pixels")},
+              "vfnet"),
+    "TOOD": ({"quality": "tood", "assign": "tal", "loss": "tood"},
+             {"norm_reg_targets": (False, "its boxes are in pixels"),
+              "location_stride": ("nominal", "it decodes its boxes from "
+                                  "locations one stride apart")},
+             "tood"),
+}
 
 
-def _check_vfnet(cfg: "ModelConfig"):
-  """VFNet's head and its loss only make sense together; its boxes are
-  exp(...) in pixels."""
-  head, loss = cfg.quality.name == "vfnet", cfg.loss.name == "vfnet"
-  if head != loss:
-    raise ConfigError(
-        f"ModelConfig: quality.name={cfg.quality.name!r} with loss.name="
-        f"{cfg.loss.name!r}: VFNet's head ('vfnet') and its loss ('vfnet') "
-        "go together; use the `vfnet` preset or set both.")
-  if head and cfg.norm_reg_targets:
-    raise ConfigError(
-        "ModelConfig: quality 'vfnet' regresses exp(...) distances in "
-        "pixels; set norm_reg_targets=False.")
+def _check_families(cfg: "ModelConfig"):
+  """Each family's choices all or none of them, with the fields it needs."""
+  for family, (parts, fields, preset) in FAMILIES.items():
+    chosen = [getattr(cfg, part).name == name for part, name in parts.items()]
+    if any(chosen) and not all(chosen):
+      got = ", ".join(f"{part}.name={getattr(cfg, part).name!r}"
+                      for part in parts)
+      want = ", ".join(f"{part} {name!r}" for part, name in parts.items())
+      raise ConfigError(
+          f"ModelConfig: {got}: {family}'s {want} go together; use the "
+          f"`{preset}` preset or set {'both' if len(parts) == 2 else 'all'}.")
+    for field, (value, why) in fields.items() if all(chosen) else ():
+      if getattr(cfg, field) != value:
+        raise ConfigError(
+            f"ModelConfig: {family} ({', '.join(parts.values())}) needs "
+            f"{field}={value!r} ({why}); got {getattr(cfg, field)!r}.")
 
 
 def _check_tood(cfg: "ModelConfig"):
-  """TOOD's head, TAL and its loss only make sense together; its boxes are
-  in pixels, decoded from locations one stride apart."""
-  names = (cfg.quality.name == "tood", cfg.assign.name == "tal",
-           cfg.loss.name == "tood")
-  if any(names) and not all(names):
-    raise ConfigError(
-        f"ModelConfig: quality.name={cfg.quality.name!r}, assign.name="
-        f"{cfg.assign.name!r}, loss.name={cfg.loss.name!r}: TOOD's head "
-        "('tood'), its assigner ('tal') and its loss ('tood') go together; "
-        "use the `tood` preset or set all three.")
-  if names[0] and cfg.norm_reg_targets:
-    raise ConfigError(
-        "ModelConfig: quality 'tood' gives boxes in pixels; set "
-        "norm_reg_targets=False.")
-  if names[0] and cfg.location_stride != "nominal":
-    raise ConfigError(
-        "ModelConfig: quality 'tood' decodes its boxes from locations one "
-        "stride apart; set location_stride='nominal'.")
-  if names[0] and cfg.quality.num_dcn > cfg.head_convs:
+  """The sizes of TOOD's T-head."""
+  if cfg.quality.name != "tood":
+    return
+  if cfg.quality.num_dcn > cfg.head_convs:
     raise ConfigError(
         f"ModelConfig: quality.num_dcn={cfg.quality.num_dcn} deformable "
         f"inter convs, but head_convs={cfg.head_convs}; give num_dcn <= "
         "head_convs.")
-  if names[0] and cfg.quality.num_dcn and (
-      cfg.fpn_channels % cfg.quality.dcn_groups):
+  if cfg.quality.num_dcn and cfg.fpn_channels % cfg.quality.dcn_groups:
     raise ConfigError(
         f"ModelConfig: fpn_channels={cfg.fpn_channels} is not divisible by "
         f"quality.dcn_groups={cfg.quality.dcn_groups} (TOOD's deformable "
         "inter convs split the channels into groups).")
-  if names[0] and (cfg.fpn_channels * cfg.head_convs) // (
-          cfg.quality.la_down_rate * cfg.head_convs) < 1:
+  if (cfg.fpn_channels * cfg.head_convs) // (
+      cfg.quality.la_down_rate * cfg.head_convs) < 1:
     raise ConfigError(
         f"ModelConfig: fpn_channels={cfg.fpn_channels} leaves TOOD's layer "
         f"attention no channels (fpn_channels // quality.la_down_rate = "

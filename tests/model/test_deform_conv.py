@@ -211,8 +211,10 @@ def test_model_config_wiring_and_optimizer_groups():
     config_lib.official(depth=18, dcn_stages=(3,))
   with pytest.raises(ValueError, match="dcn_stages"):
     config_lib.official(dcn_stages=(6,))
+  # torchvision's FCOS has no deformable convs (its ImageNet ResNets start
+  # deformable backbones: tests/convert/test_convert_imagenet.py).
   with pytest.raises(ValueError, match=r"dcn_stages=\(4, 5\) \(needs \(\)\)"):
-    tv.convert_resnet_state_dict({}, config_lib.torchvision(dcn_stages=(4, 5)))
+    tv.convert_fcos_state_dict({}, config_lib.torchvision(dcn_stages=(4, 5)))
 
 
 def test_bfloat16_compute_stays_close():

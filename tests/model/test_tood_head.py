@@ -121,6 +121,8 @@ def test_model_outputs_and_preset_checks():
     config_lib.tood(norm_reg_targets=True)
   with pytest.raises(ConfigError, match="initial_steps"):
     config_lib.tood(initial_steps=-1)
+  with pytest.raises(ConfigError, match="needs location_stride='nominal'"):
+    config_lib.tood(location_stride="canvas")
   with pytest.raises(ConfigError, match="num_dcn=7"):
     config_lib.tood(num_dcn=7)
   with pytest.raises(ConfigError, match="dcn_groups=3"):
