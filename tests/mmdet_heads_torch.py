@@ -179,17 +179,20 @@ class Integral(nn.Module):
     return F.linear(x, self.project.type_as(x)).reshape(-1, 4)
 
 
+def _towers(channels, stacked_convs):
+  """AnchorHead's cls_convs and reg_convs: GN ConvModules (conv without
+  bias, GroupNorm, ReLU)."""
+  return tuple(nn.ModuleList(
+      [ConvModule(channels, channels, 3, norm=True, act=True)
+       for _ in range(stacked_convs)]) for _ in range(2))
+
+
 class GFLHead(nn.Module):
 
   def __init__(self, num_classes, channels, stacked_convs=4, reg_max=16,
                strides=(8, 16, 32, 64, 128)):
     super().__init__()
-    self.cls_convs = nn.ModuleList(
-        [ConvModule(channels, channels, 3, norm=True, act=True)
-         for _ in range(stacked_convs)])
-    self.reg_convs = nn.ModuleList(
-        [ConvModule(channels, channels, 3, norm=True, act=True)
-         for _ in range(stacked_convs)])
+    self.cls_convs, self.reg_convs = _towers(channels, stacked_convs)
     self.gfl_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
     self.gfl_reg = nn.Conv2d(channels, 4 * (reg_max + 1), 3, padding=1)
     self.scales = nn.ModuleList([Scale(1.0) for _ in strides])
@@ -351,12 +354,7 @@ class ATSSHead(nn.Module):
   def __init__(self, num_classes, channels, stacked_convs=4,
                strides=(8, 16, 32, 64, 128)):
     super().__init__()
-    self.cls_convs = nn.ModuleList(
-        [ConvModule(channels, channels, 3, norm=True, act=True)
-         for _ in range(stacked_convs)])
-    self.reg_convs = nn.ModuleList(
-        [ConvModule(channels, channels, 3, norm=True, act=True)
-         for _ in range(stacked_convs)])
+    self.cls_convs, self.reg_convs = _towers(channels, stacked_convs)
     self.atss_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
     self.atss_reg = nn.Conv2d(channels, 4, 3, padding=1)
     self.atss_centerness = nn.Conv2d(channels, 1, 3, padding=1)

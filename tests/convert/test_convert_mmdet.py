@@ -205,6 +205,14 @@ def test_head_outputs_and_detections_match_mmdet_restatement(name, tmp_path):
     assert len(unmatched) <= 2
 
 
+def _refused(bad, cfg) -> str:
+  """The one DataError that converting `bad` raises: its message (the
+  full list of missing, unexpected and mis-shaped tensors)."""
+  with pytest.raises(errors.DataError) as err:
+    mmdet.convert_state_dict(bad, cfg)
+  return str(err.value)
+
+
 # --- Refusals ----------------------------------------------------------------
 
 
@@ -239,9 +247,7 @@ def test_converts_random_checkpoint_and_refuses_bad_ones(tmp_path):
   del bad["bbox_head.reg_convs.3.gn.weight"]
   bad["bbox_head.atss_centerness.weight"] = np.zeros((1, 64, 3, 3), np.float32)
   bad["bbox_head.gfl_reg.weight"] = np.zeros((4, 64, 3, 3), np.float32)
-  with pytest.raises(errors.DataError) as err:
-    mmdet.convert_state_dict(bad, cfg)
-  msg = str(err.value)
+  msg = _refused(bad, cfg)
   assert ("2 missing: bbox_head.reg_convs.3.gn.weight, "
           "neck.fpn_convs.4.conv.bias") in msg
   assert "1 unexpected: bbox_head.atss_centerness.weight" in msg
@@ -503,10 +509,7 @@ def _same_detections(ours, dets, max_empty=0):
 
 def test_vfnet_converts_random_checkpoint_and_refuses_bad_ones():
   cfg = mmdet.published_config(VFNET, **SMALL)
-  rng = np.random.default_rng(0)
-  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
-      np.float32)
-        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  sd = random_mmdet_state_dict(cfg)
   params = mmdet.convert_state_dict({"meta": {}, "state_dict": sd},
                                     cfg)["params"]["head"]
   np.testing.assert_array_equal(
@@ -525,9 +528,7 @@ def test_vfnet_converts_random_checkpoint_and_refuses_bad_ones():
   del bad["bbox_head.scales_refine.4.scale"]
   bad["bbox_head.vfnet_cls_dconv.bias"] = np.zeros(64, np.float32)
   bad["bbox_head.vfnet_reg.weight"] = np.zeros((68, 64, 3, 3), np.float32)
-  with pytest.raises(errors.DataError) as err:
-    mmdet.convert_state_dict(bad, cfg)
-  msg = str(err.value)
+  msg = _refused(bad, cfg)
   assert "fcos_jax VFNet (mmdetection layout)" in msg
   assert "1 missing: bbox_head.scales_refine.4.scale" in msg
   assert "1 unexpected: bbox_head.vfnet_cls_dconv.bias" in msg
@@ -675,10 +676,7 @@ def test_tood_head_outputs_and_detections_match_mmdet_restatement(
 
 def test_tood_refuses_bad_checkpoints():
   cfg = mmdet.published_config(TOOD, **SMALL)
-  rng = np.random.default_rng(0)
-  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
-      np.float32)
-        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  sd = random_mmdet_state_dict(cfg)
   params = mmdet.convert_state_dict(sd, cfg)["params"]["head"]
   np.testing.assert_array_equal(
       params["reg_decomp"]["reduction_conv"]["kernel"],
@@ -693,9 +691,7 @@ def test_tood_refuses_bad_checkpoints():
   del bad["bbox_head.cls_decomp.reduction_conv.gn.bias"]
   bad["bbox_head.inter_convs.0.conv.conv_offset.weight"] = np.zeros(
       (27, 64, 3, 3), np.float32)  # A dconv T-head (num_dcn > 0).
-  with pytest.raises(errors.DataError) as err:
-    mmdet.convert_state_dict(bad, cfg)
-  msg = str(err.value)
+  msg = _refused(bad, cfg)
   assert "fcos_jax TOOD (mmdetection layout)" in msg
   assert "1 missing: bbox_head.cls_decomp.reduction_conv.gn.bias" in msg
   assert "1 unexpected: bbox_head.inter_convs.0.conv.conv_offset.weight" in msg
@@ -819,7 +815,7 @@ def test_atss_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
   dets = [(boxes, scores.sqrt(), labels)
           for boxes, scores, labels in mmdet_dets]
   # Anchor deltas move boxes off their locations: more of them (those of
-  # the padding's locations) fall outside the image and clip to nothing.
+  # the padding's locations) clip to nothing, dropped on both sides.
   _same_detections(ours, dets)
   # score_combine="product" reports mmdetection's scores themselves.
   product = cfg.replace(score_combine="product")
@@ -830,10 +826,7 @@ def test_atss_head_outputs_and_detections_match_mmdet_restatement(tmp_path):
 
 def test_atss_converts_and_refuses_bad_checkpoints():
   cfg = mmdet.published_config(ATSS, **SMALL)
-  rng = np.random.default_rng(0)
-  sd = {name: rng.normal(size=mmdet.mmdet_shape(shape, path)).astype(
-      np.float32)
-        for name, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  sd = random_mmdet_state_dict(cfg)
   params = mmdet.convert_state_dict({"meta": {}, "state_dict": sd},
                                     cfg)["params"]["head"]
   np.testing.assert_array_equal(
@@ -852,9 +845,7 @@ def test_atss_converts_and_refuses_bad_checkpoints():
   del bad["bbox_head.atss_centerness.weight"]
   bad["bbox_head.atss_reg.weight"] = np.zeros((36, 64, 3, 3), np.float32)
   bad["bbox_head.gfl_reg.bias"] = np.zeros(68, np.float32)
-  with pytest.raises(errors.DataError) as err:
-    mmdet.convert_state_dict(bad, cfg)
-  msg = str(err.value)
+  msg = _refused(bad, cfg)
   assert "fcos_jax ATSS (mmdetection layout)" in msg
   assert "1 missing: bbox_head.atss_centerness.weight" in msg
   assert "1 unexpected: bbox_head.gfl_reg.bias" in msg
