@@ -11,12 +11,13 @@ import functools
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
-from fcos_jax import errors
+from fcos_jax import errors, registry
 from fcos_jax.convert import mmdet
 from fcos_jax.core.locations import compute_locations
 from fcos_jax.core.postprocess import make_postprocess_fn
-from fcos_jax.model.fcos import FCOS
+from fcos_jax.model.fcos import FCOS, init_variables
 from mmdet_checkpoints import random_mmdet_state_dict, save_state_dict
 
 R50 = "gfl_r50_fpn_1x_coco"
@@ -33,6 +34,21 @@ def float32_convolutions():
 def _names(model):
   return {k: mmdet.mmdet_shape(shape, path) for k, (path, shape) in
           mmdet.state_dict_names(mmdet.published_config(model)).items()}
+
+
+@pytest.mark.parametrize("model", registry.names("mmdet"))
+def test_every_released_model_converts_onto_its_model(model):
+  """Each registry model: a checkpoint of its exact names and shapes
+  (zeros) converts, and gives every parameter of FCOS(its config) with
+  its shape (the model's own, from jax.eval_shape: nothing computed)."""
+  cfg = mmdet.published_config(model)
+  sd = {k: np.zeros(mmdet.mmdet_shape(shape, path), np.float32)
+        for k, (path, shape) in mmdet.state_dict_names(cfg).items()}
+  got = traverse_util.flatten_dict(mmdet.convert_state_dict(sd, cfg)["params"])
+  want = traverse_util.flatten_dict(jax.eval_shape(
+      lambda key: init_variables(cfg, key), jax.random.key(0))["params"])
+  assert {k: tuple(v.shape) for k, v in got.items()} == {
+      k: tuple(v.shape) for k, v in want.items()}
 
 
 def test_published_names_and_shapes():
