@@ -32,3 +32,27 @@ def dummy_batch(batch_size: int, canvas_hw: tuple[int, int], max_boxes: int,
       "image_id": np.arange(batch_size, dtype=np.int32),
       "example_valid": np.ones((batch_size,), bool),
   }
+
+
+def one_train_step(cfg, canvas_hw=(64, 96), batch_size=2, seed=0):
+  """One official SGD step (no warm-up) of `FCOS(cfg)` from its fresh
+  parameters on a dummy batch: (the parameters before, the new state, the
+  step's metrics on the host)."""
+  import functools
+
+  import jax
+  from fcos_jax.model.fcos import init_variables
+  from fcos_jax.train import optimizer as optimizer_lib
+  from fcos_jax.train.param_groups import param_labels
+  from fcos_jax.train.state import TrainState
+  from fcos_jax.train.steps import train_step
+  params = init_variables(cfg, jax.random.key(0))["params"]
+  optim = optimizer_lib.default_optim_config()
+  optim.warmup_steps = 0
+  tx = optimizer_lib.make_optimizer(optim, 2, param_labels(params, cfg))
+  batch = dummy_batch(batch_size, canvas_hw, 3, cfg.num_classes, seed=seed)
+  step = jax.jit(functools.partial(
+      train_step, cfg=cfg, tx=tx,
+      schedule=optimizer_lib.lr_schedule(optim, 2)))
+  new, metrics = step(TrainState.create(params, tx), batch)
+  return params, new, jax.device_get(metrics)

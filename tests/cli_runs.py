@@ -139,3 +139,15 @@ def train_and_evaluate(tmp_path, config, quality, steps=4, train_args=()):
   detections = json.loads((out / f"detections_step{steps}.json").read_text())
   assert detections and all(0 < d["score"] <= 1 for d in detections)
   return proc, recorded
+
+
+def run_python(args, check=True):
+  """`python ARGS` from the repository root (one device), bounded in time;
+  its CompletedProcess, or an AssertionError with its output."""
+  proc = subprocess.run([sys.executable] + list(args), cwd=ROOT,
+                        env=cli_env(), capture_output=True, text=True,
+                        timeout=900)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{list(args)[:2]} failed ({proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+  return proc

@@ -61,3 +61,26 @@ def random_images(n: int, seed: int = 0, sizes=((48, 64), (64, 48)),
         boxes.append((x, y, bw, bh, int(rng.choice(categories)), 0))
     out.append((h, w, boxes))
   return out
+
+
+def write_coco80(directory: str) -> tuple[str, str]:
+  """Two JPEG images with boxes of three COCO categories (1, 18, 90) and
+  all 80 declared, as a converted COCO model's run reads them: (json
+  path, image dir)."""
+  from fcos_jax.convert import torchvision as tv
+  cats = [(c["id"], c["name"]) for c in tv.coco_categories()]
+  images = random_images(2, sizes=((100, 150), (150, 100)),
+                         categories=(1, 18, 90))
+  return write_coco(directory, images, categories=cats, fmt="jpg")
+
+
+def val_flags(gt_json: str, img_dir: str) -> list[str]:
+  """Config overrides that evaluate a run on (gt_json, img_dir): one
+  192x192 canvas (one compile), batch 1, candidates above 0.02."""
+  return ["--config.data.source=coco_format",
+          f"--config.data.coco.val_json={gt_json}",
+          f"--config.data.coco.val_images={img_dir}",
+          "--config.data.min_size=128", "--config.data.max_size=192",
+          "--config.data.canvases=((192,192),)",
+          "--config.eval_batch_size=1",
+          "--config.model.inference.score_thresh=0.02"]

@@ -290,11 +290,9 @@ def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
   predict.py on a tiny COCO-format set."""
   import json
   import os
-  import subprocess
-  import sys
 
   import coco_files as testing
-  from cli_runs import ROOT
+  from cli_runs import ROOT, run_python
   from fcos_jax.convert import torchvision as tv
   pytest.importorskip("torch")
 
@@ -302,31 +300,11 @@ def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
   pth = tmp_path / "gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth"
   save_state_dict(pth, sd, mmdet_version="2.1.0", CLASSES=("person",))
   cats = [(c["id"], c["name"]) for c in tv.coco_categories()]
-  images = testing.random_images(2, sizes=((100, 150), (150, 100)),
-                                 categories=(1, 18, 90))
-  gt_json, img_dir = testing.write_coco(str(tmp_path / "coco"), images,
-                                        categories=cats, fmt="jpg")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             TF_CPP_MIN_LOG_LEVEL="2")
-
-  def run(args, check=True):
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-      raise AssertionError(f"{args[:2]} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
+  gt_json, img_dir = testing.write_coco80(str(tmp_path / "coco"))
   workdir = tmp_path / "converted"
-  data = ["--config.data.source=coco_format",
-          f"--config.data.coco.val_json={gt_json}",
-          f"--config.data.coco.val_images={img_dir}",
-          "--config.data.min_size=128", "--config.data.max_size=192",
-          "--config.data.canvases=((192,192),)",  # One compile.
-          "--config.eval_batch_size=1",
-          "--config.model.inference.score_thresh=0.02",
-          "--config.compilation_cache_dir="]
-  run(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
+  data = testing.val_flags(gt_json, img_dir) + [
+      "--config.compilation_cache_dir="]
+  run_python(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
        f"--config=configs/zoo.py:{R50}", f"--workdir={workdir}"] + data)
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["p7_relu"] is False
@@ -336,21 +314,21 @@ def test_cli_converts_an_mmdet_checkpoint_to_a_run_that_evaluates(tmp_path):
   assert [c["id"] for c in saved] == [c for c, _ in cats]
 
   # Another model's config is refused by name, nothing written.
-  proc = run(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
+  proc = run_python(["-m", "fcos_jax.cli.convert", f"--mmdet={pth}",
               f"--config=configs/zoo.py:{X101}",
               f"--workdir={tmp_path / 'x101'}"], check=False)
   assert proc.returncode == 1 and "backbone.layer3.22.conv1.weight" in (
       proc.stderr), proc.stderr[-2000:]
   assert not (tmp_path / "x101" / "checkpoints").exists()
 
-  proc = run([str(ROOT / "evaluate.py"), f"--workdir={workdir}"])
+  proc = run_python([str(ROOT / "evaluate.py"), f"--workdir={workdir}"])
   assert "COCO bbox evaluation at step 0 on 2 images" in proc.stdout
   want = json.loads((workdir / "eval" / "detections_step0.json").read_text())
   assert len(want) > 20
   assert {r["category_id"] for r in want} <= {c for c, _ in cats}
 
   out = tmp_path / "pred"
-  run([str(ROOT / "predict.py"), f"--workdir={workdir}",
+  run_python([str(ROOT / "predict.py"), f"--workdir={workdir}",
        f"--images={img_dir}", f"--out={out}", "--noexif"])
   got = json.loads((out / "detections.json").read_text())
   ids = {im["file_name"]: im["id"]

@@ -4,7 +4,6 @@ DeltaXYWHBBoxCoder.decode (a hand-checked case and random deltas), the
 head's wiring per level, the GIoU of boxes that miss their location, the
 config's refusals, and one training step."""
 
-import functools
 import math
 
 import jax
@@ -211,23 +210,8 @@ def test_the_box_choice_is_architecture_on_resume():
 def test_a_training_step_runs_with_anchor_deltas():
   """One SGD step of a tiny ATSS with anchor deltas: finite losses with
   positives, and the box branch moves."""
-  from batches import dummy_batch
-  from fcos_jax.train import optimizer as optimizer_lib
-  from fcos_jax.train.param_groups import param_labels
-  from fcos_jax.train.state import TrainState
-  from fcos_jax.train.steps import train_step
-  cfg = config_lib.atss_anchor(**TINY)
-  params = init_variables(cfg, jax.random.key(0))["params"]
-  optim = optimizer_lib.default_optim_config()
-  optim.warmup_steps = 0
-  tx = optimizer_lib.make_optimizer(optim, 2, param_labels(params, cfg))
-  state = TrainState.create(params, tx)
-  batch = dummy_batch(2, (64, 96), 3, cfg.num_classes, seed=0)
-  step = jax.jit(functools.partial(
-      train_step, cfg=cfg, tx=tx,
-      schedule=optimizer_lib.lr_schedule(optim, 2)))
-  new, metrics = step(state, batch)
-  metrics = jax.device_get(metrics)
+  from batches import one_train_step
+  params, new, metrics = one_train_step(config_lib.atss_anchor(**TINY))
   assert np.isfinite(metrics["loss"]) and metrics["num_pos"] > 0, metrics
   assert metrics["loss_reg"] > 0
   assert not np.array_equal(params["head"]["box_regression"]["kernel"],

@@ -189,21 +189,9 @@ def test_mobilenet_v2_fcos_train_step():
   trained kernels move, the frozen stem and block 1 and every frozen BN
   stay as they were."""
   import functools
-  from batches import dummy_batch
-  from fcos_jax.train import optimizer as optimizer_lib
-  from fcos_jax.train.state import TrainState
-  from fcos_jax.train.steps import train_step
-  cfg = MNV2.replace(freeze_at=2, num_classes=3)
-  params = init_variables(cfg, jax.random.key(0))["params"]
-  optim = optimizer_lib.default_optim_config()
-  optim.warmup_steps = 0
-  tx = optimizer_lib.make_optimizer(optim, 2, param_labels(params, cfg))
-  state = TrainState.create(params, tx)
-  batch = dummy_batch(2, (64, 96), 3, cfg.num_classes, seed=0)
-  step = jax.jit(functools.partial(
-      train_step, cfg=cfg, tx=tx,
-      schedule=optimizer_lib.lr_schedule(optim, 2)))
-  new, metrics = step(state, batch)
+  from batches import one_train_step
+  params, new, metrics = one_train_step(MNV2.replace(freeze_at=2,
+                                                     num_classes=3))
   assert np.isfinite(float(metrics["loss"]))
   old_bb, new_bb = params["backbone"], new.params["backbone"]
   same = lambda *p: np.array_equal(
